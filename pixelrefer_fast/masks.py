@@ -1,0 +1,187 @@
+"""Region mask inputs: every accepted form -> one HxW uint8 {0, 1} array.
+
+Accepted forms (`to_binary_mask`):
+
+- numpy arrays and torch tensors, 2-D HxW, dtype bool, any integer or any float;
+- PIL images: mode "1", "L", "P" (palette index; index 0 is background, as in VOC/DAVIS
+  annotations), "I", "F", "RGB", "RGBA", "LA", ... (multi-channel: inside where any colour channel
+  is non-zero; alpha is ignored: convert to "L" first to choose another channel);
+- COCO RLE dicts `{"size": [h, w], "counts": str | bytes | list[int]}`: compressed (string) and
+  uncompressed (list of run lengths) counts, column-major as COCO (`decode_rle`, our own decoder);
+- boxes `(x0, y0, x1, y1)` in pixels, end-exclusive (`box_to_mask`).
+
+**Binarisation rule: a pixel is inside the region iff its value is > 0.** So a 0/255 mask, a 0/1
+mask and a bool mask mean the same thing. A soft (probability) mask counts every positive pixel:
+threshold it yourself first (e.g. `prob > 0.5`). Negative, NaN or infinite values are errors.
+
+Why uint8 {0, 1}: the full model's official crop step tests `mask == 1` and resizes the uint8 mask
+with torch bilinear (which rounds, so the resized mask stays binary and the prompt's region-token
+count `min(K, sum)` equals the number of cells the encoder selects). Handing that step a float or
+0/255 mask breaks the count (spec §10.10, §14.7). Every mask leaves this module as uint8 {0, 1},
+so the hazard cannot occur.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def decode_rle(rle: Mapping[str, Any], *, name: str = "mask") -> np.ndarray:
+    """Decode a COCO run-length encoding to an HxW uint8 {0, 1} mask.
+
+    Args:
+        rle: `{"size": [h, w], "counts": ...}`. `counts` is either the compressed COCO string
+            (str or bytes; 6-bit chunks offset by 48, runs after the second stored as deltas to the
+            run two places before) or the uncompressed list of run lengths. Runs alternate
+            0, 1, 0, ... starting with background and walk the pixels in column-major order.
+
+    Returns:
+        [h, w] uint8, C-contiguous.
+
+    Raises:
+        ValueError: missing keys, bad sizes, negative runs, or runs that do not add up to h*w.
+    """
+    if "size" not in rle or "counts" not in rle:
+        raise ValueError(f"{name}: a COCO RLE dict needs 'size' and 'counts', got keys {sorted(rle)}")
+    size = rle["size"]
+    if len(size) != 2 or any(int(v) != v or v < 0 for v in size):
+        raise ValueError(f"{name}: RLE 'size' must be [height, width] of non-negative ints, got {size!r}")
+    height, width = int(size[0]), int(size[1])
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        runs = _rle_counts_from_string(counts.encode("ascii") if isinstance(counts, str) else counts, name)
+    elif isinstance(counts, (list, tuple, np.ndarray)):
+        runs = np.asarray(counts, dtype=np.int64).reshape(-1)
+    else:
+        raise ValueError(f"{name}: RLE 'counts' must be a str, bytes or a list of ints, got {type(counts).__name__}")
+    if (runs < 0).any():
+        raise ValueError(f"{name}: RLE counts must be non-negative")
+    if int(runs.sum()) != height * width:
+        raise ValueError(f"{name}: RLE counts add up to {int(runs.sum())} pixels, but size {height}x{width} "
+                         f"has {height * width}")
+    values = (np.arange(runs.size) % 2).astype(np.uint8)
+    flat = np.repeat(values, runs)
+    return np.ascontiguousarray(flat.reshape(width, height).T)  # column-major, as COCO
+
+
+def _rle_counts_from_string(data: bytes, name: str) -> np.ndarray:
+    counts: list[int] = []
+    pos = 0
+    while pos < len(data):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(data):
+                raise ValueError(f"{name}: truncated compressed RLE string")
+            chunk = data[pos] - 48
+            if not 0 <= chunk < 64:
+                raise ValueError(f"{name}: invalid character {chr(data[pos])!r} in a compressed RLE string")
+            value |= (chunk & 0x1F) << shift
+            more = bool(chunk & 0x20)
+            pos += 1
+            shift += 5
+            if not more and chunk & 0x10:
+                value -= 1 << shift  # sign-extend the last 5-bit group
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return np.asarray(counts, dtype=np.int64)
+
+
+def box_to_mask(box: Sequence[float], height: int, width: int, *, name: str = "box") -> np.ndarray:
+    """Rasterise a box `(x0, y0, x1, y1)` (pixels, x1/y1 exclusive) into an HxW uint8 {0, 1} mask.
+
+    Float corners are rounded half up (`floor(v + 0.5)`), then clipped to the image.
+
+    Raises:
+        ValueError: not 4 finite numbers, x1 <= x0 or y1 <= y0, or a box outside the image.
+    """
+    values = np.asarray(box, dtype=np.float64).reshape(-1)
+    if values.size != 4 or not np.isfinite(values).all():
+        raise ValueError(f"{name}: a box must be 4 finite numbers (x0, y0, x1, y1), got {list(box)!r}")
+    x0, y0, x1, y1 = (int(np.floor(v + 0.5)) for v in values)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"{name}: box {tuple(values.tolist())} is empty; expected x0 < x1 and y0 < y1 "
+                         "(pixel corners, end-exclusive)")
+    top, bottom = max(0, y0), min(height, y1)
+    left, right = max(0, x0), min(width, x1)
+    if top >= bottom or left >= right:
+        raise ValueError(f"{name}: box {tuple(values.tolist())} lies outside the {width}x{height} image")
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[top:bottom, left:right] = 1
+    return mask
+
+
+def is_box(value: Any) -> bool:
+    """True for a flat sequence / 1-D array / 1-D tensor of 4 numbers (a box, not a mask)."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.ndim == 1 and value.shape[0] == 4
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value)
+    return False
+
+
+def to_binary_mask(mask: Any, height: int | None = None, width: int | None = None, *, name: str = "mask") -> np.ndarray:
+    """Convert any accepted mask form (module docstring) to an HxW uint8 {0, 1} array.
+
+    Args:
+        mask: array / tensor / PIL image / COCO RLE dict / box.
+        height, width: the image size; required for boxes, and when given every other form must
+            have exactly this size.
+        name: used in error messages (e.g. "item 0, region 1").
+
+    Returns:
+        [H, W] uint8 with values {0, 1} (inside iff the input value > 0).
+
+    Raises:
+        TypeError: an unsupported type or dtype (complex, object, string).
+        ValueError: not 2-D, NaN/inf or negative values, a size different from (height, width),
+            or an invalid RLE/box.
+    """
+    if isinstance(mask, Mapping):
+        binary = decode_rle(mask, name=name)
+    elif is_box(mask):
+        if height is None or width is None:
+            raise ValueError(f"{name}: a box needs the image size to become a mask")
+        return box_to_mask(mask.tolist() if hasattr(mask, "tolist") else mask, height, width, name=name)
+    elif isinstance(mask, Image.Image):
+        array = np.asarray(mask)
+        if array.ndim == 3:
+            bands = mask.getbands()
+            colour = [i for i, band in enumerate(bands) if band != "A"] or list(range(len(bands)))
+            binary = (array[:, :, colour] > 0).any(axis=2)
+        else:
+            binary = array > 0
+        binary = binary.astype(np.uint8)
+    elif isinstance(mask, (np.ndarray, torch.Tensor)):
+        binary = _array_to_binary(mask, name)
+    else:
+        raise TypeError(
+            f"{name}: expected a 2-D numpy array or torch tensor, a PIL image, a COCO RLE dict or a box "
+            f"(x0, y0, x1, y1), got {type(mask).__name__}"
+        )
+    if height is not None and width is not None and binary.shape != (height, width):
+        raise ValueError(f"{name}: mask size {binary.shape[0]}x{binary.shape[1]} (HxW) differs from the image "
+                         f"size {height}x{width}")
+    return binary
+
+
+def _array_to_binary(mask: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask
+    if array.ndim != 2:
+        hint = " (pass one mask per region, e.g. masks[0])" if array.ndim == 3 else ""
+        raise ValueError(f"{name}: a mask must be 2-D (H, W), got shape {tuple(array.shape)}{hint}")
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name}: the mask has NaN or infinite values")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name}: unsupported mask dtype {array.dtype} (use bool, integer or float)")
+    if array.size and array.min() < 0:
+        raise ValueError(f"{name}: the mask has negative values (min {array.min()}); values > 0 mean inside")
+    return (array > 0).astype(np.uint8)
