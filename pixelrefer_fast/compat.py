@@ -1,0 +1,148 @@
+"""Drop-in twins of the official region encoders, with the official call convention.
+
+- ``FastMaskExtractor(config, mm_hidden_size)``: the full model's ``MaskExtractor``; same parameters
+  (``pos_linear``, ``feat_linear.0``, ``feat_linear.2``), same ``forward(feats, masks, box_params,
+  mask_num)`` and output, computed by ``PixelReferFastRegionEncoder`` (batched, Triton on GPUs).
+- ``swap_region_encoder(model)``: replaces the region encoder of an official model instance in place
+  (``model.get_model().region_encoder``), choosing the twin by variant. The Lite twin,
+  ``FastLiteMaskExtractor``, comes from the infusion module through an import at the end of this
+  file; ``swap_region_encoder`` looks it up when called.
+
+With the default parity settings (random k-means init from the global CPU generator, swapped box
+axes) the twins give the official tokens for the same ``torch.manual_seed``, to float rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+
+from .modeling_region import PixelReferFastRegionEncoder, RegionInputs
+
+__all__ = ["FastMaskExtractor", "swap_region_encoder"]
+
+logger = logging.getLogger("pixelrefer_fast")
+
+OFFICIAL_ITERATIONS = 5
+
+
+class FastMaskExtractor(PixelReferFastRegionEncoder):
+    """Twin of the official full ``MaskExtractor`` (``pixelrefer/model/region_encoder.py``).
+
+    Args:
+        config: any object with ``hidden_size`` (D) and optionally ``mask_num`` (default 32).
+        mm_hidden_size: C (1152).
+        kwargs: ``PixelReferFastRegionEncoder`` options (``kmeans_init``, ``swap_box_axes``, ...);
+            the defaults reproduce upstream.
+    """
+
+    def __init__(self, config, mm_hidden_size: int, **kwargs):
+        kwargs.setdefault("mask_num", getattr(config, "mask_num", 32))
+        kwargs.setdefault("num_iters", OFFICIAL_ITERATIONS)
+        super().__init__(mm_hidden_size, config.hidden_size, **kwargs)
+
+    @classmethod
+    def from_official(cls, module: nn.Module, **kwargs) -> "FastMaskExtractor":
+        """A twin holding ``module``'s weights (copied), on its device and dtype, in its train/eval mode."""
+        for name in ("pos_linear", "feat_linear"):
+            if not hasattr(module, name):
+                raise TypeError(f"{type(module).__name__} has no {name}; expected an official MaskExtractor")
+        hidden = module.feat_linear[0].out_features
+        twin = cls(SimpleNamespace(hidden_size=hidden), module.pos_linear.out_features, **kwargs)
+        weight = module.pos_linear.weight
+        twin.to(device=weight.device, dtype=weight.dtype)
+        twin.load_state_dict({k: v for k, v in module.state_dict().items() if k.split(".")[0] in ("pos_linear", "feat_linear")})
+        return twin.train(module.training)
+
+    def forward(self, feats, masks, box_params, mask_num):
+        """Official convention.
+
+        Args:
+            feats: crop features, one ``[h, w, C]`` per mask in order (a list, or a ``[M, h, w, C]``
+                tensor).
+            masks: a list over images of ``[M_i, mh, mw]`` masks (or None entries, skipped), or None.
+            box_params: a list over images of per-mask ``((top, left, bottom, right), H, W)``.
+            mask_num: K.
+
+        Returns:
+            ``[sum(k_i), D]`` in the features' dtype (``k_i = min(K, cells > 0)``), or None when
+            ``masks`` is None or holds no mask, as upstream. Unlike upstream, a number of feature
+            maps that differs from the number of masks is an error (upstream ignores extra maps).
+        """
+        if masks is None:
+            return None
+        region_masks, boxes, image_hw = [], [], []
+        if len(masks) != len(box_params):
+            raise ValueError(
+                f"masks has {len(masks)} entries (images) but box_params has {len(box_params)}; "
+                "give one entry per image"
+            )
+        for image_masks, image_boxes in zip(masks, box_params):
+            if image_masks is None:
+                continue
+            if len(image_masks) != len(image_boxes):
+                raise ValueError(
+                    f"an image has {len(image_masks)} masks but {len(image_boxes)} box_params; give one ((top, left, bottom, "
+                    "right), H, W) per mask"
+                )
+            for mask, (box, raw_h, raw_w) in zip(image_masks, image_boxes):
+                region_masks.append(mask)
+                boxes.append([float(v) for v in box])
+                image_hw.append([int(raw_h), int(raw_w)])
+        if not region_masks:
+            return None
+        if len(feats) != len(region_masks):
+            raise ValueError(
+                f"got {len(feats)} crop feature maps for {len(region_masks)} masks; "
+                "give exactly one feature map per mask"
+            )
+        inputs = RegionInputs.from_lists(list(feats), region_masks, torch.tensor(boxes), torch.tensor(image_hw))
+        return super().forward(inputs, mask_num=mask_num)[0]
+
+
+def _region_encoder_owner(model: nn.Module) -> nn.Module:
+    """The module holding ``region_encoder``: ``model.get_model()``, ``model.model`` or ``model``."""
+    candidates = []
+    if hasattr(model, "get_model"):
+        candidates.append(model.get_model())
+    candidates += [getattr(model, "model", None), model]
+    for owner in candidates:
+        if owner is not None and isinstance(getattr(owner, "region_encoder", None), nn.Module):
+            return owner
+    raise ValueError(f"{type(model).__name__} has no region_encoder (looked at get_model(), .model and the model itself)")
+
+
+def _is_lite(encoder: nn.Module) -> bool:
+    return hasattr(encoder, "fusion_attention_local") or "pixelreferlite" in type(encoder).__module__
+
+
+def swap_region_encoder(model: nn.Module) -> nn.Module:
+    """Replace the region encoder of an official PixelRefer / PixelRefer-Lite model in place.
+
+    The full model's ``MaskExtractor`` becomes ``FastMaskExtractor``; Lite's becomes
+    ``FastLiteMaskExtractor``. Weights, device, dtype and train/eval mode carry over. Returns the new
+    encoder (the old one unchanged if it already is a fast twin).
+    """
+    owner = _region_encoder_owner(model)
+    old = owner.region_encoder
+    if isinstance(old, PixelReferFastRegionEncoder):
+        return old
+    if _is_lite(old):
+        twin_cls = globals().get("FastLiteMaskExtractor")
+        if twin_cls is None:
+            raise NotImplementedError(
+                "this build has no FastLiteMaskExtractor (the Lite twin); "
+                "the Lite region encoder cannot be swapped"
+            )
+    else:
+        twin_cls = FastMaskExtractor
+    new = twin_cls.from_official(old)
+    owner.region_encoder = new
+    logger.info("swapped %s for %s", type(old).__name__, twin_cls.__name__)
+    return new
+
+
+from .modeling_infusion import FastLiteMaskExtractor  # noqa: E402,F401  (the Lite twin, re-exported)

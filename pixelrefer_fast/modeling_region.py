@@ -1,0 +1,302 @@
+"""PixelRefer's region encoder (Scale-Adaptive Object Tokenizer, full model), batched over regions.
+
+``PixelReferFastRegionEncoder`` turns R referred regions into object tokens for the LLM:
+
+1. ``region_pool``: crop features + box position embedding (``pos_linear``), resampled to the mask grid
+   when the grids differ, cells with mask > 0 gathered (packed over all regions);
+2. ``kmeans``: regions with more than ``mask_num`` (K) cells are clustered to K tokens (``num_iters``
+   Lloyd iterations, official early stop); smaller regions keep their cells (full model) or are
+   zero-padded to K (``pad_to_mask_num=True``, the Lite convention);
+3. ``feat_linear`` (Linear(C, D) → GELU → Linear(D, D)) maps the tokens to the LLM width.
+
+Dtypes follow the official full model: features + position embedding in the features' (model) dtype,
+pooling and k-means in float32, the tokens cast back to the features' dtype before ``feat_linear``.
+
+The module composes the ops with no Python loop over regions (``kmeans_init="parity"`` draws one
+``randperm`` per clustered region on the CPU, as upstream). With ``kmeans_init="deterministic"``,
+``tokenize`` does not synchronise with the host: every size it needs comes from the host-known grid
+sizes (``feature_hw``, ``mask_hw``), or from the masks themselves when they are on the CPU.
+
+Parameter names match upstream ``MaskExtractor`` (``pos_linear``, ``feat_linear.0``, ``feat_linear.2``),
+so the released state dicts load unchanged. The Lite encoder (``modeling_infusion``) subclasses this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# imported from the op modules: the package attributes ``region_pool`` / ``kmeans`` name the modules
+# once those are imported
+from pixelrefer_kernels._validate import check_positive_int
+from pixelrefer_kernels.kmeans import INIT_MODES, kmeans, kmeans_init_indices
+from pixelrefer_kernels.region_pool import (
+    MASK_DTYPES,
+    box_pos_coefficients,
+    check_finite_screened,
+    host_grid_sizes,
+    pack_region_lists,
+    region_pool,
+)
+
+__all__ = ["RegionInputs", "PixelReferFastRegionEncoder"]
+
+
+@dataclass
+class RegionInputs:
+    """The regions of one forward call, packed.
+
+    Attributes:
+        features: ``[N_f, C]`` crop features, raster order per region (the vision encoder's packed
+            output for the crops), in the model dtype.
+        feature_hw: ``[R, 2]`` (h, w) feature grid per region, CPU int64.
+        masks: ``[N_m]`` packed raster mask grids (float/bool/uint8; value > 0 = inside). Keep them on
+            the CPU (the processor's output) so region sizes are known without a device sync; the
+            encoder copies them to the features' device.
+        mask_hw: ``[R, 2]`` (mh, mw) mask grid per region, CPU int64.
+        boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel boxes of the crops.
+        image_hw: ``[R, 2]`` (H, W) of each region's source image or frame.
+    """
+
+    features: torch.Tensor
+    feature_hw: torch.Tensor
+    masks: torch.Tensor
+    mask_hw: torch.Tensor
+    boxes: torch.Tensor
+    image_hw: torch.Tensor
+
+    @classmethod
+    def from_lists(cls, features: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], boxes, image_hw) -> "RegionInputs":
+        """Pack per-region lists: ``features`` R × ``[h, w, C]``, ``masks`` R × ``[mh, mw]`` (2-D),
+        ``boxes`` ``[R, 4]`` (or R 4-tuples), ``image_hw`` ``[R, 2]`` (or R (H, W) pairs)."""
+        packed, _, feature_hw, packed_masks, _, mask_hw = pack_region_lists(features, masks)
+        boxes = torch.as_tensor(boxes)
+        image_hw = torch.as_tensor(image_hw)
+        if boxes.dim() != 2 or boxes.shape[0] != feature_hw.shape[0]:
+            raise ValueError(
+                f"boxes must be [R, 4] with one row per region (R = {feature_hw.shape[0]}), "
+                f"got shape {tuple(boxes.shape)}"
+            )
+        if image_hw.dim() != 2 or image_hw.shape[0] != feature_hw.shape[0]:
+            raise ValueError(
+                f"image_hw must be [R, 2] with one row per region (R = {feature_hw.shape[0]}), "
+                f"got shape {tuple(image_hw.shape)}"
+            )
+        return cls(packed, feature_hw, packed_masks, mask_hw, boxes, image_hw)
+
+    @property
+    def num_regions(self) -> int:
+        return int(self.feature_hw.shape[0])
+
+
+def _offsets(sizes: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``[R+1]`` int32 running sum of host-known sizes, on ``device``."""
+    return F.pad(sizes.cumsum(0), (1, 0)).to(torch.int32).to(device, non_blocking=True)
+
+
+class PixelReferFastRegionEncoder(nn.Module):
+    """Full-model region encoder (upstream ``MaskExtractor``), batched over regions.
+
+    Args:
+        mm_hidden_size: C, the vision width (1152).
+        hidden_size: D, the LLM width (1536 / 3584).
+        mask_num: K, tokens per region (32).
+        num_iters: k-means iterations (5 in the full model, 3 in Lite).
+        kmeans_init: ``"parity"`` (default): the official random init, ``torch.randperm`` from the
+            global CPU generator (or ``generator``) once per clustered region, so after the same
+            ``torch.manual_seed`` the tokens equal upstream's; ``"deterministic"``: evenly spaced rows,
+            the same tokens every run, no host sync.
+        swap_box_axes: ``True`` (default, parity with the released weights): the official position
+            embedding with the box axes swapped (spec §5.3); ``False``: the corrected layout.
+        pad_to_mask_num: ``False`` (full model): a region with n <= K cells gives n tokens (0 for an
+            all-zero mask); ``True`` (Lite): every region gives K tokens, zero-padded.
+        check_finite: check features and masks for NaN/inf: ``None`` (default) only when they are on
+            the CPU (free); ``True`` always (one sync on a GPU); ``False`` never.
+
+    Example:
+        >>> enc = PixelReferFastRegionEncoder(1152, 1536)
+        >>> emb, counts = enc(RegionInputs.from_lists(crop_feats, masks, boxes, image_hw))
+    """
+
+    def __init__(
+        self,
+        mm_hidden_size: int,
+        hidden_size: int,
+        mask_num: int = 32,
+        num_iters: int = 5,
+        kmeans_init: str = "parity",
+        swap_box_axes: bool = True,
+        pad_to_mask_num: bool = False,
+        *,
+        check_finite: bool | None = None,
+    ):
+        super().__init__()
+        if kmeans_init not in INIT_MODES:
+            raise ValueError(f"kmeans_init must be one of {INIT_MODES}, got {kmeans_init!r}")
+        if isinstance(mask_num, bool) or not isinstance(mask_num, int) or mask_num < 1:
+            raise ValueError(f"mask_num must be an int >= 1, got {mask_num!r}")
+        if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
+            raise ValueError(f"num_iters must be an int >= 0, got {num_iters!r}")
+        self.mask_num = mask_num
+        self.num_iters = num_iters
+        self.kmeans_init = kmeans_init
+        self.swap_box_axes = swap_box_axes
+        self.pad_to_mask_num = pad_to_mask_num
+        self.check_finite = check_finite
+        self.pos_linear = nn.Linear(2, mm_hidden_size)
+        self.feat_linear = nn.Sequential(nn.Linear(mm_hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+
+    def token_dtype(self, feature_dtype: torch.dtype) -> torch.dtype:
+        """Dtype of the pooled and clustered tokens: float32, as the official full model (float64 for
+        float64 features). Subclasses that pool in the model dtype override this."""
+        return torch.float64 if feature_dtype == torch.float64 else torch.float32
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _check(self, inputs: RegionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Host-side checks (no device sync unless ``check_finite=True``); returns the grid sizes
+        ``feature_hw``, ``mask_hw`` as CPU int64."""
+        if not isinstance(inputs, RegionInputs):
+            raise TypeError(f"inputs must be a RegionInputs, got {type(inputs).__name__}")
+        features, masks = inputs.features, inputs.masks
+        if not isinstance(features, torch.Tensor) or features.dim() != 2 or not features.is_floating_point():
+            got = f"{getattr(features, 'dtype', type(features).__name__)} of shape {tuple(getattr(features, 'shape', ()))}"
+            raise TypeError(f"inputs.features must be a float [N_f, C] tensor, got {got}")
+        if features.shape[1] != self.pos_linear.out_features:
+            raise ValueError(
+                f"inputs.features has {features.shape[1]} channels but the encoder expects "
+                f"mm_hidden_size={self.pos_linear.out_features}"
+            )
+        if not isinstance(masks, torch.Tensor) or masks.dim() != 1 or masks.dtype not in MASK_DTYPES:
+            got = f"{getattr(masks, 'dtype', type(masks).__name__)} of shape {tuple(getattr(masks, 'shape', ()))}"
+            raise TypeError(f"inputs.masks must be a 1-D packed mask tensor (float/bool/uint8), got {got}")
+        feature_hw = host_grid_sizes("inputs.feature_hw", inputs.feature_hw, None)
+        regions = feature_hw.shape[0]
+        for name in ("mask_hw", "boxes", "image_hw"):
+            value = getattr(inputs, name)
+            if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != regions:
+                raise ValueError(
+                    f"inputs.{name} must be a 2-D tensor with one row per region ({regions} regions from "
+                    f"feature_hw), got {tuple(getattr(value, 'shape', ()))}"
+                )
+        mask_hw = host_grid_sizes("inputs.mask_hw", inputs.mask_hw, regions)
+        feature_cells, mask_cells = int(feature_hw.prod(1).sum()), int(mask_hw.prod(1).sum())
+        if feature_cells != features.shape[0]:
+            raise ValueError(
+                f"inputs.features has {features.shape[0]} rows but feature_hw adds up to {feature_cells} cells; "
+                "give one h*w block of rows per region"
+            )
+        if mask_cells != masks.shape[0]:
+            raise ValueError(
+                f"inputs.masks has {masks.shape[0]} cells but mask_hw adds up to {mask_cells}; "
+                "give one mh*mw block per region"
+            )
+        if masks.device != features.device and masks.device.type != "cpu":
+            raise ValueError(
+                f"inputs.masks is on {masks.device} but inputs.features on {features.device}; "
+                "put the masks on the CPU or on the features' device"
+            )
+        check = self.check_finite
+        if check is None:
+            check = features.device.type == "cpu"
+        if check:
+            check_finite_screened("inputs.features", features)
+        if (check or masks.device.type == "cpu") and masks.is_floating_point() and bool(torch.isnan(masks).any()):
+            raise ValueError("inputs.masks contains NaN; accepted: finite values (> 0 means inside)")
+        return feature_hw, mask_hw
+
+    def _tokenize(self, inputs: RegionInputs, generator: torch.Generator | None, mask_num: int):
+        """Pool + k-means. Returns ``(tokens [R, K, C], counts [R] int32, host_counts)`` where
+        ``host_counts`` (``[R]`` CPU int64 tokens per region, or None) is known without a sync when
+        the masks are on the CPU."""
+        check_positive_int("mask_num", mask_num)
+        feature_hw, mask_hw = self._check(inputs)
+        features, masks = inputs.features, inputs.masks
+        device = features.device
+        cu_features = _offsets(feature_hw.prod(1), device)
+        cu_masks = _offsets(mask_hw.prod(1), device)
+
+        if masks.device.type == "cpu":
+            # region sizes on the host: selected cells per region (no device sync needed later)
+            running = F.pad(torch.cumsum(masks > 0, 0), (1, 0))
+            cu_host = F.pad(mask_hw.prod(1).cumsum(0), (1, 0))
+            cells = running[cu_host[1:]] - running[cu_host[:-1]]  # (R,)
+            max_tokens = int(cells.sum())
+            max_region = int(cells.max()) if cells.numel() else 0
+        else:
+            cells = None
+            max_tokens = int(mask_hw.prod(1).sum())
+            max_region = int(mask_hw.prod(1).max()) if mask_hw.numel() else 0
+        masks = masks.to(device, non_blocking=True)
+        pos_params = box_pos_coefficients(inputs.boxes, inputs.image_hw, swap_axes=self.swap_box_axes)
+        pos_params = pos_params.to(device, non_blocking=True)
+
+        tokens, cu_tokens = region_pool(
+            features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params,
+            self.pos_linear.weight, self.pos_linear.bias,
+            max_tokens=max_tokens, out_dtype=self.token_dtype(features.dtype), validate=False,
+        )
+        if self.kmeans_init == "parity":
+            sizes = cells if cells is not None else (cu_tokens[1:] - cu_tokens[:-1]).cpu()
+            init = kmeans_init_indices(sizes, mask_num, "parity", generator=generator).to(device, non_blocking=True)
+        else:
+            init = "deterministic"
+        centroids, counts = kmeans(
+            tokens, cu_tokens, mask_num, num_iters=self.num_iters, init=init,
+            pad_to_clusters=self.pad_to_mask_num, max_region_tokens=max_region, validate=False,
+        )
+        host_counts = None
+        if cells is not None:
+            host_counts = torch.full_like(cells, mask_num) if self.pad_to_mask_num else cells.clamp(max=mask_num)
+        return centroids, counts, host_counts
+
+    def tokenize(self, inputs: RegionInputs, generator: torch.Generator | None = None, *, mask_num: int | None = None):
+        """Pool and cluster the regions (everything before ``feat_linear``).
+
+        Args:
+            inputs: the packed regions.
+            generator: CPU generator for the parity init (default: the global CPU RNG, as upstream).
+            mask_num: K for this call (default ``self.mask_num``; the official forward takes it per call).
+
+        Returns:
+            ``(tokens [R, K, C] float32, counts [R] int32)``: region r's tokens are rows
+            ``0..counts[r]-1``; rows past them are zero. An all-zero mask gives count 0 (full model)
+            or K zero tokens (``pad_to_mask_num``).
+        """
+        tokens, counts, _ = self._tokenize(inputs, generator, self.mask_num if mask_num is None else mask_num)
+        return tokens, counts
+
+    def project(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``feat_linear`` on tokens cast to ``dtype`` (the model dtype): ``[..., C]`` -> ``[..., D]``."""
+        return self.feat_linear(tokens.to(dtype))
+
+    def select_tokens(self, tokens: torch.Tensor, counts: torch.Tensor, host_counts: torch.Tensor | None) -> torch.Tensor:
+        """Pack the valid rows of ``tokens [R, K, C]`` to ``[sum(counts), C]`` in region order.
+
+        Uses ``host_counts`` (CPU) when given, so the output size is known without a device sync;
+        otherwise reads ``counts`` (one sync on a GPU)."""
+        num_regions, num_clusters, channels = tokens.shape
+        if self.pad_to_mask_num:
+            return tokens.reshape(num_regions * num_clusters, channels)  # (R*K, C)
+        if host_counts is None:
+            host_counts = counts.to("cpu", torch.int64)
+        keep = torch.arange(num_clusters)[None, :] < host_counts[:, None]  # (R, K)
+        rows = keep.flatten().nonzero().squeeze(1).to(tokens.device, non_blocking=True)
+        return tokens.reshape(num_regions * num_clusters, channels).index_select(0, rows)  # (sum(counts), C)
+
+    def forward(self, inputs: RegionInputs, generator: torch.Generator | None = None, *, mask_num: int | None = None):
+        """Object tokens of every region, projected to the LLM width.
+
+        Returns:
+            ``(embeddings [sum(counts), D] in the features' dtype, counts [R] int32)``; the rows of
+            region r follow those of region r-1. With ``pad_to_mask_num`` every region has K rows.
+            Unlike ``tokenize``, the ragged output needs the counts on the host: free when the masks are
+            on the CPU, else one sync.
+        """
+        tokens, counts, host_counts = self._tokenize(inputs, generator, self.mask_num if mask_num is None else mask_num)
+        selected = self.select_tokens(tokens, counts, host_counts)
+        return self.project(selected, inputs.features.dtype), counts
