@@ -4,41 +4,32 @@ Custom Triton kernels for PixelRefer's hot spots, each beside a plain PyTorch re
 path) and a dispatcher that says why it picked a backend. See ``README.md`` in this folder for the
 shape vocabulary and the op table, and ``python -m pixelrefer_kernels.info`` for what runs here.
 
-Public ops are loaded on first access, so ``import pixelrefer_kernels`` is cheap and never touches
-CUDA.
+Importing never touches CUDA: Triton (when installed) is imported, backends are probed on first use.
+The public names are bound here eagerly: an op's module shares the op's name (``region_pool``,
+``kmeans``), and binding the function after the submodule import keeps ``pixelrefer_kernels.kmeans``
+the function whichever import runs first.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from ._dispatch import Backend, BackendUnavailableError, last_backend
 from ._runtime import clear_probe_cache, current_mode, force, has_flash_attn, has_triton, has_xformers, interpret_mode
+from .attention import varlen_attention
+from .infusion import InfusionWeights, object_infusion, object_infusion_ref
+from .kmeans import kmeans, kmeans_init_indices, kmeans_ref
+from .region_pool import box_pos_coefficients, region_pool, region_pool_from_lists, region_pool_ref
+from .varlen import varlen_attention_ref
 
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it
-_OPS = {
-    "box_pos_coefficients": "region_pool",
-    "region_pool": "region_pool",
-    "region_pool_ref": "region_pool",
-    "kmeans": "kmeans",
-    "kmeans_ref": "kmeans",
-    "kmeans_init_indices": "kmeans",
-    "varlen_attention": "attention",
-    "varlen_attention_ref": "varlen_attention",
-    "object_infusion": "infusion",
-    "object_infusion_ref": "infusion",
-    "InfusionWeights": "infusion",
-    "layer_norm": "layer_norm",
-}
-
 # submodules whose dispatchers ``python -m pixelrefer_kernels.info`` reports
-OP_MODULES = ("region_pool", "kmeans", "attention", "infusion", "layer_norm")
+OP_MODULES = ("region_pool", "kmeans", "attention", "infusion")
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "InfusionWeights",
+    "box_pos_coefficients",
     "clear_probe_cache",
     "current_mode",
     "force",
@@ -46,19 +37,15 @@ __all__ = [
     "has_triton",
     "has_xformers",
     "interpret_mode",
+    "kmeans",
+    "kmeans_init_indices",
+    "kmeans_ref",
     "last_backend",
-    *_OPS,
+    "object_infusion",
+    "object_infusion_ref",
+    "region_pool",
+    "region_pool_from_lists",
+    "region_pool_ref",
+    "varlen_attention",
+    "varlen_attention_ref",
 ]
-
-
-def __getattr__(name: str):
-    module = _OPS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pixelrefer_kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_OPS))
