@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, ring_mask, thin_band_mask
+from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, ring_mask, thin_band_mask
 
 from pixelrefer_fast.crops import (
     full_region_crop,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures import DEMO_DIR, demo_path
+from tests.model.fixtures import DEMO_DIR, demo_path
 from PIL import Image
 
 from pixelrefer_fast.image_processing_pixelrefer_fast import (

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, make_tiny_tokenizer, ring_mask, threshold_mask
+from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, make_tiny_tokenizer, ring_mask, threshold_mask
 
 from pixelrefer_fast.crops import full_region_crop
 from pixelrefer_fast.image_processing_pixelrefer_fast import load_image

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from fixtures import DEMO_DIR, demo_path
+from tests.model.fixtures import DEMO_DIR, demo_path
 
 from pixelrefer_fast.image_processing_pixelrefer_fast import PixelReferFastImageProcessor
 from pixelrefer_fast.video import (

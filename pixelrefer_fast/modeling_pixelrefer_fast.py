@@ -1,0 +1,696 @@
+"""PixelRefer and PixelRefer-Lite as drop-in transformers models (spec §5, §6, §7).
+
+Classes (the Lite twins share every piece and differ in configuration only):
+
+- ``PixelReferFastPreTrainedModel`` / ``PixelReferFastLitePreTrainedModel``: HF plumbing, strict loading;
+- ``PixelReferFastModel`` / ``PixelReferFastLiteModel``: transformers' own ``Qwen2Model`` plus the children
+  ``vision_encoder``, ``mm_projector`` (full only) and ``region_encoder``, so the released keys load as they
+  are (``model.embed_tokens``, ``model.layers.*``, ``model.vision_encoder.vision_encoder.*``, ...);
+- ``PixelReferFastForCausalLM`` / ``PixelReferFastLiteForCausalLM``: ``lm_head`` (tied when
+  ``tie_word_embeddings``) and ``GenerationMixin``; ``describe()`` is the one-call API.
+
+Forward of one batch (``B`` items, left padded, any mix of images, videos and regions):
+
+1. every pixel source of the batch (global images and video frames, region crops, Lite's 336 global and
+   224 local views) goes through ONE packed vision-encoder call;
+2. ``get_image_features`` (full model): stride-2 frames are 2x2 averaged, tokens pruned by the video
+   compression are dropped (``image_token_keep``), then the projector;
+3. ``get_region_features``: the region encoder (full: pool + k-means + ``feat_linear``; Lite: the same
+   with zero padding and object-centric infusion into the views);
+4. the number of ``<image>`` / ``<REGION>`` placeholders must equal the number of features (``ValueError``
+   with both numbers), then ``inputs_embeds.masked_scatter``;
+5. Qwen2 on ``inputs_embeds`` with 1-D positions per item (from the attention mask, so left padding
+   gives the official unpadded positions), logits only where asked (``logits_to_keep``).
+
+Upstream differences: batched (upstream asserts batch 1), no ``.cuda()``/autocast (device and dtype come
+from the parameters), the prefill computes logits only for the last position under ``generate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel, Qwen2Model
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from . import checkpoint
+from .configuration_pixelrefer_fast import (
+    LITE_MODEL_TYPE,
+    MODEL_TYPE,
+    PixelReferFastConfig,
+    PixelReferFastLiteConfig,
+)
+from .modeling_infusion import PixelReferFastLiteRegionEncoder
+from .modeling_projector import PixelReferFastProjector
+from .modeling_region import PixelReferFastRegionEncoder, RegionInputs
+from .modeling_vision import PixelReferFastVisionEncoder, merge_windows
+
+logger = logging.getLogger("pixelrefer_fast")
+
+
+@dataclass
+class PixelReferFastInputs:
+    """The multimodal inputs of one batch (the processor's output keys; all optional).
+
+    Full model, global images and video frames (packed in item order):
+        pixel_values ``[N_img, 588]`` float; image_grid_thw ``[I, 3]`` long (t=1 per image/frame);
+        image_merge_sizes ``[I]`` long (1 images, 2 video frames; default all 1);
+        image_token_keep ``[sum(h*w/s**2)]`` bool (video token compression; absent keeps all).
+    Regions (one crop per region, regions of all items in placeholder order):
+        crop_pixel_values ``[N_crop, 588]``; crop_grid_thw ``[R, 3]``; region_masks ``[N_m]`` packed mask
+        grids; region_mask_hw ``[R, 2]``; region_boxes ``[R, 4]`` (top, left, bottom, right);
+        region_image_hw ``[R, 2]`` (H, W of the source image); region_token_counts ``[R]`` (tokens the
+        prompt reserved per region, checked against the encoder); region_item ``[R]`` (batch index).
+    Lite only (each view encoded once, regions index them):
+        global_pixel_values, global_grid_thw ``[G, 3]``, region_global ``[R]``;
+        local_pixel_values, local_grid_thw ``[L, 3]``, region_local ``[R]``.
+    Other:
+        kmeans_generator: ``torch.Generator`` for the k-means init (default: the global CPU RNG).
+    """
+
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    image_merge_sizes: torch.Tensor | None = None
+    image_token_keep: torch.Tensor | None = None
+    crop_pixel_values: torch.Tensor | None = None
+    crop_grid_thw: torch.Tensor | None = None
+    region_masks: torch.Tensor | None = None
+    region_mask_hw: torch.Tensor | None = None
+    region_boxes: torch.Tensor | None = None
+    region_image_hw: torch.Tensor | None = None
+    region_token_counts: torch.Tensor | None = None
+    region_item: torch.Tensor | None = None
+    global_pixel_values: torch.Tensor | None = None
+    global_grid_thw: torch.Tensor | None = None
+    region_global: torch.Tensor | None = None
+    local_pixel_values: torch.Tensor | None = None
+    local_grid_thw: torch.Tensor | None = None
+    region_local: torch.Tensor | None = None
+    kmeans_generator: torch.Generator | None = None
+
+    @classmethod
+    def pop_from(cls, kwargs: dict) -> PixelReferFastInputs:
+        """Take this class's keys out of a keyword dict (the rest stays for the LLM)."""
+        return cls(**{name: kwargs.pop(name) for name in MULTIMODAL_KEYS if name in kwargs})
+
+    @property
+    def has_images(self) -> bool:
+        return self.pixel_values is not None
+
+    @property
+    def has_regions(self) -> bool:
+        return self.crop_grid_thw is not None and self.crop_grid_thw.shape[0] > 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(getattr(self, f.name) is not None for f in fields(self) if f.name != "kmeans_generator")
+
+
+MULTIMODAL_KEYS = tuple(f.name for f in fields(PixelReferFastInputs))
+# Metadata the model reads on the host (sizes, masks, indices): kept on the CPU, so no device sync.
+HOST_KEYS = (
+    "image_grid_thw", "image_merge_sizes", "image_token_keep", "crop_grid_thw", "region_masks", "region_mask_hw", "region_boxes",
+    "region_image_hw", "region_token_counts", "region_item", "global_grid_thw", "region_global",
+    "local_grid_thw", "region_local",
+)
+_REGION_KEYS = ("crop_pixel_values", "crop_grid_thw", "region_masks", "region_mask_hw", "region_boxes", "region_image_hw")
+_LITE_VIEW_KEYS = ("global_pixel_values", "global_grid_thw", "region_global", "local_pixel_values", "local_grid_thw", "region_local")
+
+
+def _host_offsets(grid_thw: torch.Tensor) -> torch.Tensor:
+    """CPU int32 ``[V+1]`` row offsets of the views of a packed call (kept on the host: no device sync)."""
+    return F.pad(grid_thw.to("cpu", torch.long).prod(-1).cumsum(0), (1, 0)).to(torch.int32)
+
+
+def _check_count(token: str, slots: int, features: int, source: str) -> None:
+    if slots != features:
+        raise ValueError(f"the prompt has {slots} {token} tokens but {source} {features} features for them")
+
+
+def _check_per_item(slots: torch.Tensor, counts: torch.Tensor, region_item: torch.Tensor | None) -> None:
+    """``<REGION>`` placeholders per item (``[B]``) against the region token counts summed per item."""
+    if region_item is None:
+        return
+    item = region_item.to("cpu", torch.long)
+    if item.shape != counts.shape or (item.numel() and (int(item.min()) < 0 or int(item.max()) >= slots.shape[0])):
+        raise ValueError(f"region_item must hold one batch index (0..{slots.shape[0] - 1}) per region, got {item.tolist()}")
+    per_item = torch.zeros_like(slots).index_add_(0, item, counts)
+    if not torch.equal(per_item, slots):
+        raise ValueError(
+            f"<REGION> tokens per item {slots.tolist()} disagree with the region tokens per item {per_item.tolist()} "
+            f"(region_item {item.tolist()})"
+        )
+
+
+def _image_merge_sizes(inputs: PixelReferFastInputs) -> torch.Tensor:
+    """Per-image stride (``image_merge_sizes``; all 1 when absent)."""
+    if inputs.image_merge_sizes is not None:
+        return inputs.image_merge_sizes
+    return torch.ones(inputs.image_grid_thw.shape[0], dtype=torch.long)
+
+
+def _announced_image_tokens(inputs: PixelReferFastInputs) -> int:
+    """Image tokens the inputs describe, from host metadata: kept tokens, else sum(t*h*w / s**2)."""
+    if inputs.image_grid_thw is None:
+        raise ValueError("pixel_values were given without image_grid_thw")
+    if inputs.image_token_keep is not None:
+        return int(inputs.image_token_keep.to("cpu").sum())
+    grid = inputs.image_grid_thw.to("cpu", torch.long)
+    merge = _image_merge_sizes(inputs).to("cpu", torch.long)
+    return int((grid.prod(-1) // (merge * merge)).sum())
+
+
+def default_llm_attention(dtype) -> str:
+    """``"flash_attention_2"`` when flash-attn is installed, CUDA is there and ``dtype`` is fp16/bf16; else ``"sdpa"``."""
+    from pixelrefer_kernels import has_flash_attn
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    if dtype in (torch.float16, torch.bfloat16) and torch.cuda.is_available() and has_flash_attn():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class PixelReferFastPreTrainedModel(PreTrainedModel):
+    """Shared HF plumbing of the PixelRefer models; ``from_pretrained`` adds the strict checks of ``checkpoint.py``."""
+
+    config_class = PixelReferFastConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["Qwen2DecoderLayer", "PixelReferFastVisionLayer"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _keys_to_ignore_on_load_unexpected = list(checkpoint.ALLOWED_UNEXPECTED_KEYS[MODEL_TYPE])
+    _keys_to_ignore_on_load_missing = list(checkpoint.ALLOWED_MISSING_KEYS[MODEL_TYPE])
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' ``from_pretrained`` plus the model-type check, the strict key check and the token ids.
+
+        Besides the usual arguments (``dtype``, ``device_map``, ``attn_implementation``, ...):
+        the LLM attention defaults to flash-attn when installed (CUDA, fp16/bf16), else SDPA; the ids of
+        ``<image>`` / ``<REGION>`` are taken from the checkpoint's tokenizer files when present.
+
+        Raises:
+            ValueError: a ``model_type`` this class cannot load, or keys missing from / foreign to the
+                checkpoint (listed by name; see ``checkpoint.ALLOWED_*_KEYS`` for the exceptions).
+        """
+        source = str(pretrained_model_name_or_path)
+        model_type = cls.config_class.model_type
+        config = kwargs.get("config")
+        found = config.model_type if isinstance(config, PixelReferFastConfig) else checkpoint.read_model_type(source)
+        checkpoint.check_model_type(found, (model_type,), source)
+        if "attn_implementation" not in kwargs:
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            if dtype == "auto":
+                dtype = getattr(config, "dtype", None) if config is not None else cls.config_class.from_pretrained(source).dtype
+            kwargs["attn_implementation"] = default_llm_attention(dtype)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        checkpoint.check_loading_info(info, model_type, source)
+        token_ids = checkpoint.special_token_ids(source)
+        for token, name in ((checkpoint.IMAGE_TOKEN, "image_token_index"), (checkpoint.REGION_TOKEN, "region_token_index")):
+            if token in token_ids and token_ids[token] != getattr(model.config, name):
+                logger.info("%s: %s = %d from the tokenizer (config.json: %s)", source, name, token_ids[token], getattr(model.config, name))
+                setattr(model.config, name, token_ids[token])
+        return (model, info) if want_info else model
+
+
+class PixelReferFastLitePreTrainedModel(PixelReferFastPreTrainedModel):
+    """Lite: its own config class and the allow-list of unused Lite weights."""
+
+    config_class = PixelReferFastLiteConfig
+    _keys_to_ignore_on_load_unexpected = list(checkpoint.ALLOWED_UNEXPECTED_KEYS[LITE_MODEL_TYPE])
+    _keys_to_ignore_on_load_missing = list(checkpoint.ALLOWED_MISSING_KEYS[LITE_MODEL_TYPE])
+
+
+def build_region_encoder(config: PixelReferFastConfig) -> nn.Module:
+    """The region encoder of the variant (task A's full encoder, task B's Lite encoder)."""
+    options = dict(
+        mm_hidden_size=config.mm_hidden_size,
+        hidden_size=config.hidden_size,
+        mask_num=config.mask_num,
+        num_iters=config.region_kmeans_iters,
+        kmeans_init=config.kmeans_init,
+        swap_box_axes=config.swap_box_axes,
+    )
+    if config.is_lite:
+        return PixelReferFastLiteRegionEncoder(**options)
+    return PixelReferFastRegionEncoder(**options)
+
+
+class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
+    """Qwen2 decoder plus the multimodal encoders; ``forward`` splices image and region features in.
+
+    Keys: ``embed_tokens``, ``layers.*``, ``norm`` (Qwen2), ``vision_encoder.vision_encoder.*``,
+    ``mm_projector.readout.*`` (full only), ``region_encoder.*``.
+    """
+
+    def __init__(self, config: PixelReferFastConfig):
+        super().__init__(config)
+        self.vision_encoder = PixelReferFastVisionEncoder(config.vision_encoder_config)
+        if not config.is_lite:
+            self.mm_projector = PixelReferFastProjector(config.mm_hidden_size, config.hidden_size, config.mm_projector_type)
+        self.region_encoder = build_region_encoder(config)
+        self.post_init()
+
+    # ---- vision ---------------------------------------------------------------------------------
+
+    def encode_pixels(self, inputs: PixelReferFastInputs) -> dict[str, torch.Tensor]:
+        """Run every pixel source of the batch through ONE packed vision-encoder call.
+
+        Returns:
+            ``{"images", "crops", "global", "local"}`` -> ``[rows, C]`` features, for the sources present.
+        """
+        device = self.vision_encoder.vision_encoder.embeddings.patch_embedding.weight.device
+        sources = []
+        if inputs.pixel_values is not None:
+            sources.append(("images", inputs.pixel_values, inputs.image_grid_thw, _image_merge_sizes(inputs)))
+        for name, pixels, grid in (
+            ("crops", inputs.crop_pixel_values, inputs.crop_grid_thw),
+            ("global", inputs.global_pixel_values, inputs.global_grid_thw),
+            ("local", inputs.local_pixel_values, inputs.local_grid_thw),
+        ):
+            if pixels is not None:
+                sources.append((name, pixels, grid, torch.ones(grid.shape[0], dtype=torch.long)))
+        if not sources:
+            return {}
+        for name, pixels, grid, _ in sources:
+            if grid is None:
+                raise ValueError(f"{name} pixels were given without their grid_thw")
+        pixels = torch.cat([p.to(device) for _, p, _, _ in sources])
+        grid = torch.cat([g.to("cpu", torch.long) for _, _, g, _ in sources])
+        merge = torch.cat([m.to("cpu", torch.long) for _, _, _, m in sources])
+        features = self.vision_encoder(pixels, grid, merge)  # (N, C), one packed call
+        rows = [int(g.to("cpu", torch.long).prod(-1).sum()) for _, _, g, _ in sources]
+        return dict(zip([name for name, *_ in sources], features.split(rows)))
+
+    def get_image_features(self, inputs: PixelReferFastInputs, vision: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Global image / video-frame tokens for the LLM: ``[n_image_tokens, D]``.
+
+        Args:
+            inputs: needs ``pixel_values`` and ``image_grid_thw`` (and ``image_merge_sizes`` for video,
+                ``image_token_keep`` for compressed video).
+            vision: the output of ``encode_pixels`` when already computed (else it is run here).
+        """
+        if self.config.is_lite:
+            raise ValueError(
+                "PixelRefer-Lite takes no global image tokens (Object-Only framework); pass region inputs "
+                "(crops, masks and the Lite views) without pixel_values"
+            )
+        if vision is None:
+            vision = self.encode_pixels(inputs)
+        tokens = merge_windows(vision["images"], inputs.image_grid_thw, _image_merge_sizes(inputs))  # (n_tokens, C)
+        keep = inputs.image_token_keep
+        if keep is not None:
+            if keep.dim() != 1 or keep.shape[0] != tokens.shape[0]:
+                raise ValueError(
+                    f"image_token_keep must have one entry per merged image token ({tokens.shape[0]}), got shape {tuple(keep.shape)}"
+                )
+            kept = keep.to("cpu", torch.bool).nonzero().squeeze(1)  # on the host: no device sync
+            tokens = tokens.index_select(0, kept.to(tokens.device, non_blocking=True))
+        return self.mm_projector(tokens)
+
+    def get_region_features(
+        self, inputs: PixelReferFastInputs, vision: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Region tokens for the LLM.
+
+        Returns:
+            ``(embeddings [sum(counts), D], counts [R])``; counts are ``min(K, cells)`` (full) or K (Lite).
+        """
+        self._check_region_inputs(inputs)
+        if vision is None:
+            vision = self.encode_pixels(inputs)
+        crop_grid = inputs.crop_grid_thw.to("cpu", torch.long)
+        if bool((crop_grid[:, 0] != 1).any()):
+            raise ValueError(f"crop_grid_thw must have t == 1 for every crop, got {crop_grid[:, 0].tolist()}")
+        regions = RegionInputs(
+            features=vision["crops"],
+            feature_hw=crop_grid[:, 1:],
+            masks=inputs.region_masks,
+            mask_hw=inputs.region_mask_hw.to("cpu", torch.long),
+            boxes=inputs.region_boxes,
+            image_hw=inputs.region_image_hw,
+        )
+        generator = inputs.kmeans_generator
+        if not self.config.is_lite:
+            return self.region_encoder(regions, generator=generator)
+        return self.region_encoder(
+            regions,
+            vision["local"],
+            _host_offsets(inputs.local_grid_thw),
+            inputs.region_local.to("cpu", torch.long),
+            vision["global"],
+            _host_offsets(inputs.global_grid_thw),
+            inputs.region_global.to("cpu", torch.long),
+            generator=generator,
+        )
+
+    def _check_region_inputs(self, inputs: PixelReferFastInputs) -> None:
+        required = _REGION_KEYS + (_LITE_VIEW_KEYS if self.config.is_lite else ())
+        missing = [key for key in required if getattr(inputs, key) is None]
+        if missing:
+            raise ValueError(f"region inputs are incomplete: missing {', '.join(missing)}")
+
+    # ---- splicing -------------------------------------------------------------------------------
+
+    def _token_id(self, name: str) -> int:
+        value = getattr(self.config, name)
+        if value is None:
+            raise ValueError(
+                f"config.{name} is not set: load the model from a directory with its tokenizer files, or call "
+                "model.set_special_token_ids(tokenizer)"
+            )
+        return value
+
+    def embed_multimodal(self, input_ids: torch.Tensor, inputs: PixelReferFastInputs) -> torch.Tensor:
+        """``inputs_embeds [B, T, D]`` with image and region features written over their placeholders.
+
+        Placeholder counts are checked against the counts the inputs announce before any encoder
+        runs, and against the features the encoders produce afterwards (``ValueError`` with both numbers).
+        """
+        image_id, region_id = self._token_id("image_token_index"), self._token_id("region_token_index")
+        image_slots, region_slots = input_ids == image_id, input_ids == region_id
+        slots_per_item = torch.stack([image_slots.sum(-1), region_slots.sum(-1)]).to("cpu", torch.long)  # (2, B), one sync
+        n_image_slots, n_region_slots = slots_per_item.sum(-1).tolist()
+        if inputs.has_images:
+            if self.config.is_lite:
+                self.get_image_features(inputs)  # raises the Lite message
+            _check_count("<image>", n_image_slots, _announced_image_tokens(inputs), "the images give")
+        elif n_image_slots:
+            raise ValueError(f"the prompt has {n_image_slots} <image> tokens but no pixel_values were given")
+        if inputs.has_regions:
+            self._check_region_inputs(inputs)
+            if inputs.region_token_counts is not None:
+                announced = inputs.region_token_counts.to("cpu", torch.long)
+                _check_count("<REGION>", n_region_slots, int(announced.sum()), "region_token_counts announce")
+                _check_per_item(slots_per_item[1], announced, inputs.region_item)
+        elif n_region_slots:
+            raise ValueError(
+                f"the prompt has {n_region_slots} <REGION> tokens but no region inputs were given "
+                f"({', '.join(_REGION_KEYS)}); every <region> needs a mask"
+            )
+
+        vision = self.encode_pixels(inputs)
+        embeds = self.embed_tokens(input_ids)
+        if inputs.has_images:
+            features = self.get_image_features(inputs, vision)
+            _check_count("<image>", n_image_slots, features.shape[0], "the images give")
+            embeds = embeds.masked_scatter(image_slots[..., None], features.to(embeds.dtype))
+        if inputs.has_regions:
+            features, counts = self.get_region_features(inputs, vision)
+            counts = counts.to("cpu", torch.long)
+            if inputs.region_token_counts is not None and not torch.equal(counts, announced):
+                bad = [i for i, (a, b) in enumerate(zip(announced.tolist(), counts.tolist())) if a != b]
+                raise ValueError(
+                    f"region token counts disagree: the prompt reserved {announced.tolist()} tokens per region but "
+                    f"the region encoder produced {counts.tolist()} (first differing regions {bad[:8]}); the mask "
+                    "grids must be the processor's"
+                )
+            _check_count("<REGION>", n_region_slots, features.shape[0], "the region encoder produced")
+            _check_per_item(slots_per_item[1], counts, inputs.region_item)
+            embeds = embeds.masked_scatter(region_slots[..., None], features.to(embeds.dtype))
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        multimodal_inputs: PixelReferFastInputs | None = None,
+        **kwargs,
+    ):
+        """Qwen2 forward with the multimodal inputs spliced in.
+
+        Args:
+            input_ids: ``[B, T]``, left padded; needed whenever multimodal inputs are given.
+            attention_mask: ``[B, T_past + T]`` (1 = token, 0 = padding).
+            position_ids: ``[B, T]``; default from the attention mask (per-item 1-D positions).
+            inputs_embeds: instead of ``input_ids`` when there are no multimodal inputs.
+            multimodal_inputs: the pixel / region inputs; alternatively pass their fields
+                (``PixelReferFastInputs``) as keyword arguments.
+            **kwargs: the usual Qwen2 arguments (cache, ``use_cache``, ...).
+        """
+        inputs = multimodal_inputs if multimodal_inputs is not None else PixelReferFastInputs.pop_from(kwargs)
+        if not inputs.is_empty:
+            if input_ids is None or inputs_embeds is not None:
+                raise ValueError("multimodal inputs need input_ids (to find the placeholders) and no inputs_embeds")
+            inputs_embeds = self.embed_multimodal(input_ids, inputs)
+            input_ids = None
+        elif input_ids is not None and input_ids.shape[-1] > 1:
+            self._refuse_unfilled_placeholders(input_ids)
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
+
+    def _refuse_unfilled_placeholders(self, input_ids: torch.Tensor) -> None:
+        ids = [i for i in (self.config.image_token_index, self.config.region_token_index) if i is not None]
+        if not ids:
+            return
+        counts = torch.stack([(input_ids == i).sum() for i in ids]).tolist()
+        if any(counts):
+            raise ValueError(
+                f"the prompt has {counts} <image>/<REGION> placeholder tokens but no pixel or region inputs were given"
+            )
+
+
+class PixelReferFastLiteModel(PixelReferFastLitePreTrainedModel, PixelReferFastModel):
+    """PixelRefer-Lite: the same model without the projector, with the infusion region encoder."""
+
+
+class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
+    """PixelRefer with a language-model head: ``forward``, ``generate`` and ``describe``.
+
+    Example:
+        >>> import pixelrefer_fast
+        >>> from transformers import AutoModelForCausalLM
+        >>> model = AutoModelForCausalLM.from_pretrained("PixelRefer-2B", dtype="auto", device_map="cuda")
+        >>> processor = pixelrefer_fast.PixelReferFastProcessor.from_pretrained("PixelRefer-2B")
+        >>> model.describe(processor, images=[image], masks=[[mask]], questions=["What is <region>?"])
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    model_class = PixelReferFastModel
+
+    def __init__(self, config: PixelReferFastConfig):
+        super().__init__(config)
+        self.model = self.model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def set_special_token_ids(self, tokenizer) -> None:
+        """Take the ids of ``<image>`` and ``<REGION>`` from ``tokenizer`` (the official runtime rule)."""
+        for token, name in ((checkpoint.IMAGE_TOKEN, "image_token_index"), (checkpoint.REGION_TOKEN, "region_token_index")):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is not None and token_id != getattr(tokenizer, "unk_token_id", None):
+                setattr(self.config, name, int(token_id))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        image_merge_sizes: torch.Tensor | None = None,
+        image_token_keep: torch.Tensor | None = None,
+        crop_pixel_values: torch.Tensor | None = None,
+        crop_grid_thw: torch.Tensor | None = None,
+        region_masks: torch.Tensor | None = None,
+        region_mask_hw: torch.Tensor | None = None,
+        region_boxes: torch.Tensor | None = None,
+        region_image_hw: torch.Tensor | None = None,
+        region_token_counts: torch.Tensor | None = None,
+        region_item: torch.Tensor | None = None,
+        global_pixel_values: torch.Tensor | None = None,
+        global_grid_thw: torch.Tensor | None = None,
+        region_global: torch.Tensor | None = None,
+        local_pixel_values: torch.Tensor | None = None,
+        local_grid_thw: torch.Tensor | None = None,
+        region_local: torch.Tensor | None = None,
+        kmeans_generator: torch.Generator | None = None,
+        **kwargs,
+    ):
+        """Logits for ``[B, T]`` (left-padded) tokens and the batch's pixel and region inputs.
+
+        Args:
+            input_ids, attention_mask, position_ids, inputs_embeds: as for Qwen2 (see
+                ``PixelReferFastModel.forward``).
+            logits_to_keep: 0 = every position; ``n`` = the last ``n`` (``generate`` uses 1 at prefill);
+                or a 1-D tensor of positions.
+            pixel_values ... kmeans_generator: the processor's multimodal outputs, described in
+                ``PixelReferFastInputs`` (only the prefill step gets them).
+            **kwargs: Qwen2 arguments (cache, ``use_cache``, ...).
+
+        Returns:
+            ``CausalLMOutputWithPast`` (``logits [B, kept, V]`` in the model dtype, the cache, ...).
+        """
+        multimodal = PixelReferFastInputs(
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            image_merge_sizes=image_merge_sizes,
+            image_token_keep=image_token_keep,
+            crop_pixel_values=crop_pixel_values,
+            crop_grid_thw=crop_grid_thw,
+            region_masks=region_masks,
+            region_mask_hw=region_mask_hw,
+            region_boxes=region_boxes,
+            region_image_hw=region_image_hw,
+            region_token_counts=region_token_counts,
+            region_item=region_item,
+            global_pixel_values=global_pixel_values,
+            global_grid_thw=global_grid_thw,
+            region_global=region_global,
+            local_pixel_values=local_pixel_values,
+            local_grid_thw=local_grid_thw,
+            region_local=region_local,
+            kmeans_generator=kmeans_generator,
+        )
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            multimodal_inputs=multimodal,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        result = CausalLMOutputWithPast(logits=logits, **{k: v for k, v in outputs.items() if k != "last_hidden_state"})
+        return result if return_dict is not False else result.to_tuple()
+
+    def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
+        """transformers' preparation; pixel, mask and view inputs go only to the prefill step."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and model_inputs.get("use_cache", True):
+            for key in MULTIMODAL_KEYS:
+                model_inputs.pop(key, None)
+        return model_inputs
+
+    def describe(
+        self,
+        processor,
+        images=None,
+        masks=None,
+        questions=None,
+        videos=None,
+        frame_ids=None,
+        *,
+        max_new_tokens: int = 2048,
+        static_cache: bool = False,
+        **generate_kwargs,
+    ) -> list[str]:
+        """Answer one question per item about its image or video and its masks (batched).
+
+        Args:
+            processor: the ``PixelReferFastProcessor`` of this checkpoint (same variant and ``mask_num``).
+            images: per item, an image (path, PIL image, HWC uint8 array) or None for a video item.
+            masks: per item, the list of its masks (H x W, nonzero = inside; see the processor for
+                boxes and RLE), one per ``<region>`` of its question, in order.
+            questions: per item, the question with ``<region>`` placeholders; a single string means a
+                batch of one (then images / masks / videos / frame_ids are that item's values).
+            videos: per item, a video path or frame list, or None for an image item.
+            frame_ids: per video item, the frame of each mask (see the processor).
+            max_new_tokens: generation budget (official: 2048).
+            static_cache: decode with a static KV cache (``cache_implementation="static"``); on CUDA
+                transformers then compiles the decoding step with ``torch.compile`` (lower latency per
+                token once compiled; the first call pays the compilation).
+            **generate_kwargs: passed to ``generate`` (e.g. ``do_sample=True``, ``repetition_penalty``).
+
+        Returns:
+            One answer per item, special tokens skipped, stripped. Decoding is greedy by default (as the
+            official scripts) and keeps the checkpoint's ``generation_config`` processors
+            (``repetition_penalty``, which transformers applies in greedy mode too) and eos.
+
+        Raises:
+            ValueError: bad inputs, e.g. no masks for Lite, more or fewer ``<region>`` than masks, a
+                processor of the other variant.
+        """
+        if questions is None:
+            raise ValueError("describe() needs questions (one per item)")
+        if isinstance(questions, str):
+            questions = [questions]
+            images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
+        self._check_processor(processor)
+        batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
+        self.set_special_token_ids(processor.tokenizer)
+        batch = self.place_inputs(batch)
+        generation_config, model_kwargs = self._describe_generation_config(
+            processor.tokenizer, max_new_tokens, static_cache, **generate_kwargs
+        )
+        with torch.inference_mode():
+            sequences = self.generate(**batch, generation_config=generation_config, **model_kwargs)
+        new_tokens = sequences[:, batch["input_ids"].shape[1] :]
+        return [text.strip() for text in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def place_inputs(self, batch) -> dict:
+        """Move a processor batch for this model: tokens, pixels and ``image_token_keep`` to the model's
+        device (pixels asynchronously), the host metadata (``HOST_KEYS``: grids, masks, indices) to the
+        CPU, where the region tokenizer reads it without a device sync."""
+        device = self.device
+        return {
+            key: value.to("cpu") if key in HOST_KEYS else value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()
+        }
+
+    def _check_processor(self, processor) -> None:
+        variant = "lite" if self.config.is_lite else "full"
+        if getattr(processor, "variant", variant) != variant:
+            raise ValueError(f"the processor is for the {processor.variant!r} model but this model is {variant!r}")
+        if getattr(processor, "mask_num", self.config.mask_num) != self.config.mask_num:
+            raise ValueError(f"processor mask_num={processor.mask_num} differs from config.mask_num={self.config.mask_num}")
+
+    def _describe_generation_config(self, tokenizer, max_new_tokens: int, static_cache: bool, **generate_kwargs):
+        """The checkpoint's generation config made greedy, updated with ``generate_kwargs``; returns it
+        and the keyword arguments that are not generation options (model inputs such as ``kmeans_generator``)."""
+        config = copy.deepcopy(self.generation_config)
+        config.do_sample = False
+        config.max_new_tokens = max_new_tokens
+        if static_cache:
+            config.cache_implementation = "static"
+        model_kwargs = config.update(**generate_kwargs)
+        if not config.do_sample:
+            # neutral sampling knobs: None would be refilled from the checkpoint's sampling defaults by
+            # generate() and trigger "flags ignored" warnings
+            config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
+        if config.eos_token_id is None:
+            config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if config.pad_token_id is None:
+            eos = config.eos_token_id
+            config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        return config, model_kwargs
+
+
+class PixelReferFastLiteForCausalLM(PixelReferFastLitePreTrainedModel, PixelReferFastForCausalLM):
+    """PixelRefer-Lite with a language-model head (``forward``, ``generate``, ``describe``)."""
+
+    model_class = PixelReferFastLiteModel
+
+
+__all__ = [
+    "MULTIMODAL_KEYS",
+    "PixelReferFastForCausalLM",
+    "PixelReferFastInputs",
+    "PixelReferFastLiteForCausalLM",
+    "PixelReferFastLiteModel",
+    "PixelReferFastLitePreTrainedModel",
+    "PixelReferFastModel",
+    "PixelReferFastPreTrainedModel",
+]
