@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pixelrefer_fast.masks import decode_rle
+from tests.model.test_masks import runs_of
 
 mask_utils = pytest.importorskip("pycocotools.mask")
 
@@ -24,19 +25,7 @@ def test_compressed_and_uncompressed_counts_match_pycocotools(height, width, den
     encoded = mask_utils.encode(np.asfortranarray(mask))
     np.testing.assert_array_equal(decode_rle(encoded), mask_utils.decode(encoded))
     np.testing.assert_array_equal(decode_rle({**encoded, "counts": encoded["counts"].decode("ascii")}), mask)
-    runs = mask_utils.frPyObjects({"size": [height, width], "counts": _runs(mask)}, height, width)
+    runs = mask_utils.frPyObjects({"size": [height, width], "counts": runs_of(mask)}, height, width)
     np.testing.assert_array_equal(mask_utils.decode(runs), mask)
-    np.testing.assert_array_equal(decode_rle({"size": [height, width], "counts": _runs(mask)}), mask)
+    np.testing.assert_array_equal(decode_rle({"size": [height, width], "counts": runs_of(mask)}), mask)
 
-
-def _runs(mask: np.ndarray) -> list[int]:
-    flat = mask.flatten(order="F")
-    runs, current, length = [], 0, 0
-    for value in flat:
-        if value == current:
-            length += 1
-        else:
-            runs.append(length)
-            current, length = value, 1
-    runs.append(length)
-    return runs
