@@ -15,6 +15,7 @@ exit code is the number of failures. ``tests/kernels/test_cuda_compile.py`` runs
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import traceback
@@ -77,7 +78,7 @@ def _launch_records(jit, args, kwargs, configs) -> list[Launch]:
             merged.update(config.kwargs)
             opts.update(num_warps=config.num_warps, num_stages=config.num_stages)
         for p in params:  # constexprs left to their defaults
-            if p.is_constexpr and p.name not in merged and p.default is not p.default.__class__:
+            if p.is_constexpr and p.name not in merged and p.default is not inspect.Parameter.empty:
                 merged[p.name] = p.default
         records.append(Launch(jit.fn.__name__, signature, merged, opts))
     return records
