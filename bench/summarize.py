@@ -3,7 +3,7 @@
     python -m bench.summarize --import OUTDIR   # copy a bench/gpu_check.sh OUTDIR (bench.json, logs,
                                                 # the profile files in profile.tar.gz) to
                                                 # profiles/<gpu-slug>/<date>_<sha>_<name>
-    python -m bench.summarize                   # regenerate profiles/SUMMARY.md only
+    python -m bench.summarize                   # regenerate profiles/SUMMARY.md (and README's copy)
 
 ``SUMMARY.md`` is generated, never edited by hand: one speedup table per machine from the newest
 benchmark file in each ``profiles/<slug>/`` folder (pairs tagged by ``bench/harness.run_pair``; pairs
@@ -25,6 +25,8 @@ from bench.machine import REPO_ROOT, gpu_slug
 
 PROFILES = REPO_ROOT / "profiles"
 SUMMARY = PROFILES / "SUMMARY.md"
+README = REPO_ROOT / "README.md"
+README_START, README_END = "<!-- summary:start -->", "<!-- summary:end -->"
 # text files of a gpu_check.sh output folder that are kept beside its bench.json
 OUTDIR_TEXT_FILES = ("steps.txt", "info.txt", "gpu_tests.log", "bench.log", "gate.txt", "profile.log")
 _DATED = re.compile(r"^\d{4}-\d{2}-\d{2}_[0-9a-z]+_")  # a name that already starts with <date>_<sha>_
@@ -66,8 +68,11 @@ def import_outdir(outdir: Path, profiles: Path = PROFILES) -> list[Path]:
 
 
 def _newest_bench(folder: Path) -> Path | None:
-    files = sorted(folder.glob("*_bench.json"))
-    return files[-1] if files else None
+    """The benchmark file measured last (by its recorded timestamp; names sort by SHA within a day)."""
+    files = list(folder.glob("*_bench.json"))
+    if not files:
+        return None
+    return max(files, key=lambda path: (_machine_of(json.loads(path.read_text())).get("timestamp", ""), path.name))
 
 
 def _machine_heading(machine: dict, folder: Path) -> str:
@@ -133,6 +138,17 @@ def render_summary(profiles: Path = PROFILES) -> str:
     return "\n".join(lines)
 
 
+def embed_in_readme(summary: str, readme_text: str) -> str:
+    """``readme_text`` with the machine tables of ``summary`` between the README's summary markers."""
+    start, end = readme_text.find(README_START), readme_text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md needs the markers {README_START} and {README_END} (in that order)")
+    tables = summary[summary.index("\n## ") + 1 :] if "\n## " in summary else "No measured results yet.\n"
+    tables = tables.replace("\n## ", "\n### ")
+    tables = "### " + tables[3:] if tables.startswith("## ") else tables
+    return readme_text[: start + len(README_START)] + "\n" + tables.rstrip() + "\n" + readme_text[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--import", dest="outdir", type=Path, help="a bench/gpu_check.sh output folder to import first")
@@ -144,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, json.JSONDecodeError) as exc:
             sys.stderr.write(f"bench.summarize: {exc}\n")
             return 2
-    SUMMARY.write_text(render_summary())
-    sys.stdout.write(f"wrote {SUMMARY.relative_to(REPO_ROOT)}\n")
+    summary = render_summary()
+    SUMMARY.write_text(summary)
+    README.write_text(embed_in_readme(summary, README.read_text()))
+    sys.stdout.write(f"wrote {SUMMARY.relative_to(REPO_ROOT)} and the tables in {README.relative_to(REPO_ROOT)}\n")
     return 0
 
 

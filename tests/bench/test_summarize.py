@@ -105,3 +105,16 @@ def test_import_outdir_without_results(tmp_path, capsys):
         summarize.import_outdir(tmp_path / "out", tmp_path / "profiles")
     assert summarize.main(["--import", str(tmp_path / "out")]) == 2
     assert "bench.summarize:" in capsys.readouterr().err
+
+
+def test_embed_in_readme_replaces_only_the_marked_block():
+    from bench.summarize import README_END, README_START, embed_in_readme
+
+    readme = f"intro\n{README_START}\nold table\n{README_END}\noutro\n"
+    summary = "# Measured speedups\n\nheader text\n\n## CPU (2 torch threads)\n\n| pair |\n\n## NVIDIA H100\n\n| pair |\n"
+    out = embed_in_readme(summary, readme)
+    assert out.startswith("intro\n") and out.endswith(f"{README_END}\noutro\n")
+    assert "old table" not in out and "### CPU (2 torch threads)" in out and "### NVIDIA H100" in out
+    assert embed_in_readme(summary, out) == out  # idempotent
+    with pytest.raises(ValueError, match="needs the markers"):
+        embed_in_readme(summary, "no markers here")
