@@ -48,8 +48,9 @@ def check_finite(name: str, value: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or inf (first at index {tuple(bad)}); accepted: finite values only")
 
 
-def check_offsets(name: str, offsets: torch.Tensor, total: int, *, count: int | None = None) -> None:
-    """Check a CSR offsets vector: 1-D integer, starts at 0, non-decreasing, ends at ``total``."""
+def check_offsets(name: str, offsets: torch.Tensor, total: int, *, count: int | None = None, exact: bool = True) -> list[int]:
+    """Check a CSR offsets vector: 1-D integer, starts at 0, non-decreasing, ends at ``total``
+    (``exact=False``: at most ``total``, for packed buffers with spare rows). Returns the host copy."""
     check_tensor(name, offsets, ndim=1, dtypes=INDEX_DTYPES)
     if count is not None and offsets.numel() != count + 1:
         raise ValueError(f"{name} must have {count + 1} entries (one more than the number of segments), got {offsets.numel()}")
@@ -62,8 +63,11 @@ def check_offsets(name: str, offsets: torch.Tensor, total: int, *, count: int | 
     if any(s < 0 for s in steps):
         i = next(i for i, s in enumerate(steps) if s < 0)
         raise ValueError(f"{name} must be non-decreasing, but {name}[{i + 1}]={values[i + 1]} < {name}[{i}]={values[i]}")
-    if values[-1] != total:
+    if exact and values[-1] != total:
         raise ValueError(f"{name} must end at the packed length {total}, got {values[-1]}")
+    if not exact and values[-1] > total:
+        raise ValueError(f"{name} ends at {values[-1]} but the packed tensor has only {total} rows")
+    return values
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> torch.device:

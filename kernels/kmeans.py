@@ -38,7 +38,7 @@ from ._dispatch import Backend, dispatch
 from ._launch import MAX_GRID_YZ, autotune_configs, device_guard, grad_reasons, refuse_grad
 from ._runtime import interpret_mode, triton_reasons
 from ._triton import tl, triton
-from ._validate import FLOAT_DTYPES, INDEX_DTYPES, KERNEL_FLOAT_DTYPES, check_positive_int, check_tensor, dtype_names
+from ._validate import FLOAT_DTYPES, INDEX_DTYPES, KERNEL_FLOAT_DTYPES, check_offsets, check_positive_int, check_tensor, dtype_names
 from .region_pool import check_finite_screened
 
 __all__ = ["INIT_MODES", "kmeans_init_indices", "kmeans_ref", "kmeans_triton", "kmeans", "backend_report"]
@@ -106,8 +106,6 @@ def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, gene
     if tokens.dtype not in FLOAT_DTYPES:
         raise TypeError(f"tokens has dtype {tokens.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
     check_tensor("cu_tokens", cu_tokens, ndim=1, dtypes=INDEX_DTYPES, device=tokens.device)
-    if cu_tokens.numel() == 0:
-        raise ValueError("cu_tokens must have at least one entry (it starts at 0)")
     check_positive_int("num_clusters", num_clusters)
     check_positive_int("num_iters", num_iters, minimum=0)
     for name, value in (("atol", atol), ("rtol", rtol)):
@@ -132,18 +130,8 @@ def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, gene
             "max_region_tokens must be None or an int >= 0 (a host bound on tokens per region), "
             f"got {max_region_tokens!r}"
         )
-    offsets = cu_tokens.tolist()
-    if offsets[0] != 0:
-        raise ValueError(f"cu_tokens must start at 0, got {offsets[0]}")
+    offsets = check_offsets("cu_tokens", cu_tokens, tokens.shape[0], exact=False)  # spare rows allowed
     sizes = [b - a for a, b in zip(offsets, offsets[1:])]
-    if any(s < 0 for s in sizes):
-        i = next(i for i, s in enumerate(sizes) if s < 0)
-        raise ValueError(
-            "cu_tokens must be non-decreasing, "
-            f"but cu_tokens[{i + 1}]={offsets[i + 1]} < cu_tokens[{i}]={offsets[i]}"
-        )
-    if offsets[-1] > tokens.shape[0]:
-        raise ValueError(f"cu_tokens ends at {offsets[-1]} but tokens has only {tokens.shape[0]} rows")
     if max_region_tokens is not None and sizes and max(sizes) > max_region_tokens:
         raise ValueError(f"max_region_tokens={max_region_tokens} is below the largest region ({max(sizes)} tokens)")
     check_finite_screened("tokens", tokens[: offsets[-1]])
