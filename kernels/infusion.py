@@ -182,18 +182,25 @@ class _StagePlan:
     absorb_regions: list[int]
 
 
+def absorbed_path_is_cheaper(length: int, queries: int, channels: int, num_heads: int) -> bool:
+    """Whether ``queries`` object tokens attend to one feature map of ``length`` rows with fewer
+    multiply-adds on the absorbed path (``W_k^T q`` per head against the raw features) than on the
+    shared-projection path (K/V projected once); both are exact (see the module docstring)."""
+    cost_project = 2 * length * channels * channels + 2 * queries * length * channels
+    cost_absorb = 2 * queries * channels * channels + 2 * num_heads * queries * length * channels
+    return cost_absorb < cost_project
+
+
 def _plan_stage(starts: list[int], region_segment: list[int], num_tokens: int, channels: int, num_heads: int) -> _StagePlan:
-    """Pick, per segment, the path with fewer multiply-adds (see the module docstring)."""
+    """Pick, per segment, the path with fewer multiply-adds (``absorbed_path_is_cheaper``)."""
     users: dict[int, list[int]] = {}
     for region, segment in enumerate(region_segment):
         users.setdefault(segment, []).append(region)
     project, absorb = [], []
     for segment in sorted(users):
         regions, length = users[segment], starts[segment + 1] - starts[segment]
-        queries = len(regions) * num_tokens
-        cost_project = 2 * length * channels * channels + 2 * queries * length * channels
-        cost_absorb = 2 * queries * channels * channels + 2 * num_heads * queries * length * channels
-        (absorb if cost_absorb < cost_project else project).extend(regions)
+        cheaper = absorbed_path_is_cheaper(length, len(regions) * num_tokens, channels, num_heads)
+        (absorb if cheaper else project).extend(regions)
     return _StagePlan(starts, region_segment, project, sorted(absorb))
 
 

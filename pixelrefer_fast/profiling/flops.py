@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from pixelrefer_kernels.infusion import absorbed_path_is_cheaper
+
 from .presets import LLMShape, VisionShape
 
 FLOP_CONVENTION = (
@@ -184,10 +186,8 @@ def infusion_cost(
         for segment, count in users.items():
             rows, seg_queries = lengths[segment], count * mask_num
             key_rows += rows
-            project = 2 * _gemm(rows, channels, channels) + 4 * seg_queries * rows * channels
-            absorb = 2 * _gemm(seg_queries, channels, channels) + 4 * num_heads * seg_queries * rows * channels
-            if absorb < project:
-                absorbed += absorb
+            if absorbed_path_is_cheaper(rows, seg_queries, channels, num_heads):  # the kernel's own choice
+                absorbed += 2 * _gemm(seg_queries, channels, channels) + 4 * num_heads * seg_queries * rows * channels
             else:
                 kv += 2 * _gemm(rows, channels, channels)
                 attention += 4 * seg_queries * rows * channels
