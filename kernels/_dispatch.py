@@ -49,6 +49,11 @@ class Backend:
     run: Callable[..., object]
 
 
+def no_reasons(*args, **kwargs) -> list[str]:
+    """The ``reasons`` of a backend that runs any input (the torch reference paths)."""
+    return []
+
+
 _local = threading.local()
 _logged_fallbacks: set[tuple[str, str, str]] = set()
 

@@ -102,6 +102,15 @@ def triton_reasons(device: torch.device) -> list[str]:
     return [f"device type {device.type!r} is not supported by our Triton kernels (supported: cuda, or cpu under TRITON_INTERPRET=1)"]
 
 
+def interpreter_dot_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Why a kernel built on ``tl.dot`` cannot run ``dtype`` on ``device`` (empty list: it can).
+
+    Triton's interpreter computes bf16 ``tl.dot`` wrongly (triton-lang/triton#4972)."""
+    if dtype == torch.bfloat16 and device.type == "cpu" and interpret_mode():
+        return ["bf16 tl.dot is wrong in the Triton interpreter (triton-lang/triton#4972); bf16 runs on CUDA"]
+    return []
+
+
 def current_mode() -> str:
     """The active kernel mode: the innermost ``force()`` block, else the environment, else ``auto``."""
     forced = _forced_mode.get()

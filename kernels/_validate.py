@@ -86,3 +86,11 @@ def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_optional_count(name: str, value, *, meaning: str = "") -> int | None:
+    """``value`` is None or an int >= 0 (a host bound such as ``max_tokens``); ``meaning`` explains it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        hint = f" ({meaning})" if meaning else ""
+        raise TypeError(f"{name} must be None or an int >= 0{hint}, got {value!r}")
+    return value

@@ -28,10 +28,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import Backend, dispatch
+from ._dispatch import Backend, dispatch, no_reasons
 from ._launch import grad_reasons
-from ._runtime import has_flash_attn, has_xformers, interpret_mode, triton_reasons
-from ._validate import FLOAT_DTYPES, INDEX_DTYPES, KERNEL_FLOAT_DTYPES, check_offsets, check_same_device, check_tensor, dtype_names
+from ._runtime import has_flash_attn, has_xformers, interpreter_dot_reasons, triton_reasons
+from ._validate import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    KERNEL_FLOAT_DTYPES,
+    check_offsets,
+    check_optional_count,
+    check_same_device,
+    check_tensor,
+    dtype_names,
+)
 from .varlen import MAX_HEAD_DIM, varlen_attention_ref, varlen_attention_triton
 
 __all__ = ["varlen_attention", "backend_report"]
@@ -106,25 +115,27 @@ def varlen_attention(
         raise ValueError(
             f"cu_seqlens_q has {cu_seqlens_q.numel()} entries but cu_seqlens_k has {cu_seqlens_k.numel()}; both need S+1 for the same S segments"
         )
-    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise TypeError(f"{name} must be None or an int >= 0, got {value!r}")
+    check_optional_count("max_seqlen_q", max_seqlen_q)
+    check_optional_count("max_seqlen_k", max_seqlen_k)
     if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale)):
         raise TypeError(f"softmax_scale must be None or a finite float, got {softmax_scale!r}")
     segments = None
     if validate:
-        check_offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0])
-        check_offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0])
-        segments = _host_segments(cu_seqlens_q, cu_seqlens_k)
+        host_q = check_offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0])
+        host_k = check_offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0])
+        segments = _segments_from_offsets(host_q, host_k)
         for name, bound, lengths in (("max_seqlen_q", max_seqlen_q, segments.lengths_q), ("max_seqlen_k", max_seqlen_k, segments.lengths_k)):
             if bound is not None and lengths and bound < max(lengths):
                 raise ValueError(f"{name}={bound} is smaller than the longest segment ({max(lengths)}); pass None or a true bound")
     return dispatch(OP, _BACKENDS, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, segments)
 
 
-def _host_segments(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor) -> _Segments:
-    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+def _segments_from_offsets(cu_q: list[int], cu_k: list[int]) -> _Segments:
     return _Segments([b - a for a, b in zip(cu_q, cu_q[1:])], [b - a for a, b in zip(cu_k, cu_k[1:])])
+
+
+def _host_segments(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor) -> _Segments:
+    return _segments_from_offsets(cu_seqlens_q.tolist(), cu_seqlens_k.tolist())
 
 
 def _empty_key_reason(segments: _Segments | None) -> list[str]:
@@ -169,8 +180,8 @@ def _triton_reasons(q, k, v, cu_q, cu_k, max_q, max_k, scale, segments) -> list[
     reasons = list(triton_reasons(q.device))
     if q.dtype not in KERNEL_FLOAT_DTYPES:
         reasons.append(f"dtype={q.dtype} not supported (supported: {dtype_names(KERNEL_FLOAT_DTYPES)})")
-    elif q.dtype == torch.bfloat16 and q.device.type == "cpu" and interpret_mode():
-        reasons.append("bf16 tl.dot is wrong in the Triton interpreter (triton-lang/triton#4972); bf16 runs on CUDA")
+    else:
+        reasons += interpreter_dot_reasons(q.device, q.dtype)
     if q.shape[-1] > MAX_HEAD_DIM:
         reasons.append(f"head_dim={q.shape[-1]} > {MAX_HEAD_DIM}")
     return reasons + grad_reasons(q=q, k=k, v=v)
@@ -209,10 +220,6 @@ def _xformers_run(q, k, v, cu_q, cu_k, max_q, max_k, scale, segments) -> torch.T
 
 
 # ---- PyTorch SDPA -------------------------------------------------------------------------------------
-
-
-def _no_reasons(*args, **kwargs) -> list[str]:
-    return []
 
 
 def _sdpa_run(q, k, v, cu_q, cu_k, max_q, max_k, scale, segments) -> torch.Tensor:
@@ -264,8 +271,8 @@ _BACKENDS = (
     Backend("flash_attn", "external", _flash_reasons, _flash_run),
     Backend("triton", "triton", _triton_reasons, _triton_run),
     Backend("xformers", "external", _xformers_reasons, _xformers_run),
-    Backend("sdpa", "torch", _no_reasons, _sdpa_run),
-    Backend("eager", "torch", _no_reasons, _eager_run),
+    Backend("sdpa", "torch", no_reasons, _sdpa_run),
+    Backend("eager", "torch", no_reasons, _eager_run),
 )
 
 

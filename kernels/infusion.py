@@ -57,9 +57,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import Backend, dispatch
+from ._dispatch import Backend, dispatch, no_reasons
 from ._launch import device_guard, grad_reasons, refuse_grad
-from ._runtime import interpret_mode, triton_reasons
+from ._runtime import interpreter_dot_reasons, triton_reasons
 from ._triton import tl, triton
 from ._validate import FLOAT_DTYPES, INDEX_DTYPES, KERNEL_FLOAT_DTYPES, check_offsets, check_positive_int, check_same_device, check_tensor, dtype_names
 from .attention import sdpa_varlen
@@ -398,8 +398,12 @@ def _infuse(queries, local_feats, global_feats, plans, local_weights, global_wei
     return out.view(num_regions, num_tokens, channels)
 
 
-def _sdpa_core(q, k, v, lengths_q, lengths_k):
-    return sdpa_varlen(q, k, v, lengths_q, lengths_k)
+def _float_inputs(queries, local_feats, global_feats, local_weights: InfusionWeights, global_weights: InfusionWeights) -> dict[str, torch.Tensor]:
+    """Every float tensor of a call, by argument name (for the grad and dtype checks)."""
+    tensors = {"queries": queries, "local_feats": local_feats, "global_feats": global_feats}
+    tensors.update({f"local_weights.{n}": t for n, t in local_weights._asdict().items()})
+    tensors.update({f"global_weights.{n}": t for n, t in global_weights._asdict().items()})
+    return tensors
 
 
 def _triton_core(q, k, v, lengths_q, lengths_k):
@@ -429,9 +433,7 @@ def object_infusion_triton(
     Reads the offsets and region maps on the host (one small copy when they live on the GPU). Raises on
     inputs that require grad. No value validation (``object_infusion`` does it).
     """
-    tensors = {"queries": queries, "local_feats": local_feats, "global_feats": global_feats}
-    tensors.update({f"local_weights.{n}": t for n, t in local_weights._asdict().items()})
-    tensors.update({f"global_weights.{n}": t for n, t in global_weights._asdict().items()})
+    tensors = _float_inputs(queries, local_feats, global_feats, local_weights, global_weights)
     refuse_grad("object_infusion_triton", **tensors)
     bad = {n: t.dtype for n, t in tensors.items() if t.dtype != queries.dtype}
     if queries.dtype not in KERNEL_FLOAT_DTYPES or bad:
@@ -451,7 +453,7 @@ def _object_infusion_torch(queries, local_feats, cu_local, region_local, global_
     if queries.shape[0] == 0:
         return queries.clone()
     plans = _plans(queries, cu_local, region_local, cu_global, region_global, num_heads)
-    return _infuse(queries, local_feats, global_feats, plans, local_weights, global_weights, num_heads, eps, _sdpa_core, _residual_layer_norm_torch)
+    return _infuse(queries, local_feats, global_feats, plans, local_weights, global_weights, num_heads, eps, sdpa_varlen, _residual_layer_norm_torch)
 
 
 # ---- dispatcher ---------------------------------------------------------------------------------------
@@ -560,18 +562,12 @@ def _triton_reasons(queries, local_feats, cu_local, region_local, global_feats, 
     reasons = list(triton_reasons(queries.device))
     if queries.dtype not in KERNEL_FLOAT_DTYPES:
         reasons.append(f"dtype={queries.dtype} not supported (supported: {dtype_names(KERNEL_FLOAT_DTYPES)})")
-    elif queries.dtype == torch.bfloat16 and queries.device.type == "cpu" and interpret_mode():
-        reasons.append("bf16 tl.dot is wrong in the Triton interpreter (triton-lang/triton#4972); bf16 runs on CUDA")
+    else:
+        reasons += interpreter_dot_reasons(queries.device, queries.dtype)
     if queries.shape[-1] // num_heads > MAX_HEAD_DIM:
         reasons.append(f"head_dim={queries.shape[-1] // num_heads} > {MAX_HEAD_DIM}")
-    tensors = {"queries": queries, "local_feats": local_feats, "global_feats": global_feats}
-    tensors.update({f"local_weights.{n}": t for n, t in local_weights._asdict().items()})
-    tensors.update({f"global_weights.{n}": t for n, t in global_weights._asdict().items()})
+    tensors = _float_inputs(queries, local_feats, global_feats, local_weights, global_weights)
     return reasons + grad_reasons(**tensors)
-
-
-def _no_reasons(*args, **kwargs):
-    return []
 
 
 def _ref_run(*args, num_heads, eps):
@@ -580,8 +576,8 @@ def _ref_run(*args, num_heads, eps):
 
 _BACKENDS = (
     Backend("triton", "triton", _triton_reasons, object_infusion_triton),
-    Backend("torch", "torch", _no_reasons, _object_infusion_torch),
-    Backend("ref", "torch", _no_reasons, _ref_run),
+    Backend("torch", "torch", no_reasons, _object_infusion_torch),
+    Backend("ref", "torch", no_reasons, _ref_run),
 )
 
 

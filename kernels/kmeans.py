@@ -34,11 +34,20 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import Backend, dispatch
+from ._dispatch import Backend, dispatch, no_reasons
 from ._launch import MAX_GRID_YZ, autotune_configs, device_guard, grad_reasons, refuse_grad
 from ._runtime import interpret_mode, triton_reasons
 from ._triton import tl, triton
-from ._validate import FLOAT_DTYPES, INDEX_DTYPES, KERNEL_FLOAT_DTYPES, check_offsets, check_positive_int, check_tensor, dtype_names
+from ._validate import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    KERNEL_FLOAT_DTYPES,
+    check_offsets,
+    check_optional_count,
+    check_positive_int,
+    check_tensor,
+    dtype_names,
+)
 from .region_pool import check_finite_screened
 
 __all__ = ["INIT_MODES", "kmeans_init_indices", "kmeans_ref", "kmeans_triton", "kmeans", "backend_report"]
@@ -84,11 +93,7 @@ def kmeans_init_indices(
     if mode == "deterministic":
         spaced = k[None, :] * counts[:, None] // num_clusters  # (R, K)
         return torch.where(counts[:, None] > num_clusters, spaced, k[None, :].expand_as(spaced))
-    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
-        raise TypeError(
-            "generator must be None or a CPU torch.Generator (the official code samples on the CPU), "
-            f"got {generator!r}"
-        )
+    _check_generator(generator)
     indices = k[None, :].repeat(counts.numel(), 1).cpu()  # (R, K)
     for r, n in enumerate(counts.tolist()):
         if n > num_clusters:
@@ -99,6 +104,14 @@ def kmeans_init_indices(
 # ----------------------------------------------------------------------------------------------------
 # Argument checks
 # ----------------------------------------------------------------------------------------------------
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+        raise TypeError(
+            "generator must be None or a CPU torch.Generator (the official code samples on the CPU), "
+            f"got {generator!r}"
+        )
 
 
 def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol):
@@ -122,14 +135,8 @@ def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, gene
             )
     else:
         raise TypeError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor, got {type(init).__name__}")
-    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
-        raise TypeError(f"generator must be None or a CPU torch.Generator, got {generator!r}")
-    bound = max_region_tokens
-    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 0):
-        raise TypeError(
-            "max_region_tokens must be None or an int >= 0 (a host bound on tokens per region), "
-            f"got {max_region_tokens!r}"
-        )
+    _check_generator(generator)
+    check_optional_count("max_region_tokens", max_region_tokens, meaning="a host bound on tokens per region")
     offsets = check_offsets("cu_tokens", cu_tokens, tokens.shape[0], exact=False)  # spare rows allowed
     sizes = [b - a for a, b in zip(offsets, offsets[1:])]
     if max_region_tokens is not None and sizes and max(sizes) > max_region_tokens:
@@ -582,12 +589,13 @@ def kmeans_triton(
     counts = torch.empty(num_regions, device=device, dtype=torch.int32)
     if num_regions == 0:
         return out, counts
+    region_sizes = cu_tokens[1:] - cu_tokens[:-1]  # (R,)
     if max_region_tokens is None:
-        max_region_tokens = int((cu_tokens[1:] - cu_tokens[:-1]).max())
+        max_region_tokens = int(region_sizes.max())
     clusters_any = max_region_tokens > K
     init_rows = None
     if clusters_any:
-        init_rows = _resolve_init(init, (cu_tokens[1:] - cu_tokens[:-1]).long(), K, generator)
+        init_rows = _resolve_init(init, region_sizes.long(), K, generator)
     cent = torch.empty(2, num_regions, K, num_channels, device=device, dtype=tokens.dtype)  # (2, R, K, C)
     changed = torch.zeros(max(num_iters, 1), num_regions, device=device, dtype=torch.int32)
     labels = torch.empty(tokens.shape[0], device=device, dtype=torch.int32)
@@ -642,7 +650,7 @@ def _triton_kmeans_reasons(tokens, cu_tokens, num_clusters, **_) -> list[str]:
 
 _BACKENDS = (
     Backend("triton", "triton", _triton_kmeans_reasons, lambda *a, **k: kmeans_triton(*a, **k, validate=False)),
-    Backend("torch", "torch", lambda *a, **k: [], lambda *a, **k: kmeans_ref(*a, **k, validate=False)),
+    Backend("torch", "torch", no_reasons, lambda *a, **k: kmeans_ref(*a, **k, validate=False)),
 )
 
 

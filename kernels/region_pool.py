@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import Backend, dispatch
+from ._dispatch import Backend, dispatch, no_reasons
 from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad
 from ._runtime import interpret_mode, triton_reasons
 from ._triton import tl, triton
@@ -45,6 +45,7 @@ from ._validate import (
     INDEX_DTYPES,
     KERNEL_FLOAT_DTYPES,
     check_finite,
+    check_optional_count,
     check_same_device,
     check_tensor,
     dtype_names,
@@ -238,9 +239,7 @@ def _validate_pool_args(
     mask_hw = host_grid_sizes("mask_hw", mask_hw, num_regions)
     _check_offsets_match("cu_features", cu_features, feature_hw.prod(1), features.shape[0])
     _check_offsets_match("cu_masks", cu_masks, mask_hw.prod(1), masks.shape[0])
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise TypeError(f"max_tokens must be None or an int >= 0 (a host bound on the selected cells), got {max_tokens!r}")
+    check_optional_count("max_tokens", max_tokens, meaning="a host bound on the selected cells")
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype must be None or one of {dtype_names(FLOAT_DTYPES)}, got {out_dtype}")
     check_finite_screened("features", features)
@@ -565,7 +564,7 @@ def _triton_pool_reasons(features, cu_features, feature_hw, masks, cu_masks, mas
 
 _BACKENDS = (
     Backend("triton", "triton", _triton_pool_reasons, lambda *a, **k: region_pool_triton(*a, **k, validate=False)),
-    Backend("torch", "torch", lambda *a, **k: [], lambda *a, **k: region_pool_ref(*a, **k, validate=False)),
+    Backend("torch", "torch", no_reasons, lambda *a, **k: region_pool_ref(*a, **k, validate=False)),
 )
 
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from .modeling_region import PixelReferFastRegionEncoder, RegionInputs
+from .modeling_region import PixelReferFastRegionEncoder, RegionInputs, flatten_official_regions
 
 __all__ = ["FastMaskExtractor", "swap_region_encoder"]
 
@@ -74,24 +74,7 @@ class FastMaskExtractor(PixelReferFastRegionEncoder):
         """
         if masks is None:
             return None
-        region_masks, boxes, image_hw = [], [], []
-        if len(masks) != len(box_params):
-            raise ValueError(
-                f"masks has {len(masks)} entries (images) but box_params has {len(box_params)}; "
-                "give one entry per image"
-            )
-        for image_masks, image_boxes in zip(masks, box_params):
-            if image_masks is None:
-                continue
-            if len(image_masks) != len(image_boxes):
-                raise ValueError(
-                    f"an image has {len(image_masks)} masks but {len(image_boxes)} box_params; give one ((top, left, bottom, "
-                    "right), H, W) per mask"
-                )
-            for mask, (box, raw_h, raw_w) in zip(image_masks, image_boxes):
-                region_masks.append(mask)
-                boxes.append([float(v) for v in box])
-                image_hw.append([int(raw_h), int(raw_w)])
+        region_masks, boxes, image_hw, _ = flatten_official_regions(masks, box_params, float)
         if not region_masks:
             return None
         if len(feats) != len(region_masks):

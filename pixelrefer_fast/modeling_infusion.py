@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from pixelrefer_kernels import InfusionWeights, object_infusion
 
-from .modeling_region import PixelReferFastRegionEncoder, RegionInputs
+from .modeling_region import PixelReferFastRegionEncoder, RegionInputs, flatten_official_regions
 
 __all__ = ["PixelReferFastLiteRegionEncoder", "FastLiteMaskExtractor"]
 
@@ -218,19 +218,7 @@ class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
         """
         if masks is None:
             return None
-        if len(masks) != len(box_params):
-            raise ValueError(f"masks has {len(masks)} entries (images) but box_params has {len(box_params)}; give one entry per image")
-        region_masks, boxes, image_hw, images = [], [], [], []
-        for image, (image_masks, image_boxes) in enumerate(zip(masks, box_params)):
-            if image_masks is None:
-                continue
-            if len(image_masks) != len(image_boxes):
-                raise ValueError(f"image {image} has {len(image_masks)} masks but {len(image_boxes)} box_params; give one ((top, left, bottom, right), H, W) per mask")
-            for mask, (box, raw_h, raw_w) in zip(image_masks, image_boxes):
-                region_masks.append(mask)
-                boxes.append([int(v) for v in box])
-                image_hw.append([int(raw_h), int(raw_w)])
-                images.append(image)
+        region_masks, boxes, image_hw, images = flatten_official_regions(masks, box_params, int)
         if not region_masks:
             return None
         num_regions = len(region_masks)

@@ -286,10 +286,10 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             if grid is None:
                 raise ValueError(f"{name} pixels were given without their grid_thw")
         pixels = torch.cat([p.to(device) for _, p, _, _ in sources])
-        grid = torch.cat([g.to("cpu", torch.long) for _, _, g, _ in sources])
+        host_grids = [g.to("cpu", torch.long) for _, _, g, _ in sources]
         merge = torch.cat([m.to("cpu", torch.long) for _, _, _, m in sources])
-        features = self.vision_encoder(pixels, grid, merge)  # (N, C), one packed call
-        rows = [int(g.to("cpu", torch.long).prod(-1).sum()) for _, _, g, _ in sources]
+        features = self.vision_encoder(pixels, torch.cat(host_grids), merge)  # (N, C), one packed call
+        rows = [int(g.prod(-1).sum()) for g in host_grids]
         return dict(zip([name for name, *_ in sources], features.split(rows)))
 
     def get_image_features(self, inputs: PixelReferFastInputs, vision: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -93,6 +93,37 @@ class RegionInputs:
         return int(self.feature_hw.shape[0])
 
 
+def flatten_official_regions(masks, box_params, box_type=float):
+    """The official per-image region arguments as per-region lists (images whose masks are None skipped).
+
+    Args:
+        masks: a list over images of ``[M_i, mh, mw]`` masks (or None entries).
+        box_params: a list over images of per-mask ``((top, left, bottom, right), H, W)``.
+        box_type: ``float`` or ``int``, applied to each box coordinate.
+
+    Returns:
+        ``(region_masks, boxes [R][4], image_hw [R][2], images [R])``, ``images`` the image index of each
+        region.
+    """
+    if len(masks) != len(box_params):
+        raise ValueError(f"masks has {len(masks)} entries (images) but box_params has {len(box_params)}; give one entry per image")
+    region_masks, boxes, image_hw, images = [], [], [], []
+    for image, (image_masks, image_boxes) in enumerate(zip(masks, box_params)):
+        if image_masks is None:
+            continue
+        if len(image_masks) != len(image_boxes):
+            raise ValueError(
+                f"image {image} has {len(image_masks)} masks but {len(image_boxes)} box_params; give one ((top, left, bottom, "
+                "right), H, W) per mask"
+            )
+        for mask, (box, raw_h, raw_w) in zip(image_masks, image_boxes):
+            region_masks.append(mask)
+            boxes.append([box_type(v) for v in box])
+            image_hw.append([int(raw_h), int(raw_w)])
+            images.append(image)
+    return region_masks, boxes, image_hw, images
+
+
 def _offsets(sizes: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``[R+1]`` int32 running sum of host-known sizes, on ``device``."""
     return F.pad(sizes.cumsum(0), (1, 0)).to(torch.int32).to(device, non_blocking=True)

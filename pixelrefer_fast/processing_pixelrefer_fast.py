@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
+from .checkpoint import IMAGE_TOKEN, REGION_TOKEN
 from .crops import (
     RegionCrop,
     full_region_crop,
@@ -63,9 +64,7 @@ from .video import DEFAULT_MAX_FRAMES, DEFAULT_VIDEO_FPS, frame_token_keep, load
 logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
-IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
-REGION_TOKEN = "<REGION>"
 REGION_PLACEHOLDER = "<region>"
 STREAM_START_TOKEN = "<|stream_start|>"
 STREAM_END_TOKEN = "<|stream_end|>"

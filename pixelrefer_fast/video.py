@@ -221,6 +221,12 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int]) -> dict[int, 
     return out
 
 
+def _check_frame_ids(path: str | os.PathLike, frame_ids: Sequence[int], num_frames: int) -> None:
+    for fid in frame_ids:
+        if not 0 <= int(fid) < num_frames:
+            raise ValueError(f"frame id {fid} is out of range for {str(path)!r} ({num_frames} frames)")
+
+
 def load_video(path: str | os.PathLike, *, fps: float = DEFAULT_VIDEO_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
                frame_ids: Sequence[int] = ()) -> SampledVideo:
     """Sample a video file for the full model, plus full-resolution region frames.
@@ -246,9 +252,7 @@ def load_video(path: str | os.PathLike, *, fps: float = DEFAULT_VIDEO_FPS, max_f
     keep = uniform_subsample(len(chosen), max_frames)
     chosen = chosen[keep]
     timestamps = [timestamps[i] for i in keep]
-    for fid in frame_ids:
-        if not 0 <= int(fid) < info.num_frames:
-            raise ValueError(f"frame id {fid} is out of range for {str(path)!r} ({info.num_frames} frames)")
+    _check_frame_ids(path, frame_ids, info.num_frames)
     decoded = decode_frames(path, [*chosen.tolist(), *frame_ids])
     return SampledVideo(frames=[decoded[i] for i in chosen.tolist()], timestamps=timestamps,
                         frame_indices=chosen.tolist(), region_frames={int(f): decoded[int(f)] for f in frame_ids},
@@ -263,9 +267,7 @@ def load_video_frames(path: str | os.PathLike, frame_ids: Sequence[int]
         (frame id -> HWC uint8 RGB frame, frame id -> timestamp in seconds).
     """
     info = probe_video(path)
-    for fid in frame_ids:
-        if not 0 <= int(fid) < info.num_frames:
-            raise ValueError(f"frame id {fid} is out of range for {str(path)!r} ({info.num_frames} frames)")
+    _check_frame_ids(path, frame_ids, info.num_frames)
     if not info.avg_fps > 0:
         raise ValueError(f"the video file {str(path)!r} has no frame rate; pass the frames and timestamps instead")
     frames = decode_frames(path, frame_ids)
