@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ._validate import KERNEL_FLOAT_DTYPES, dtype_names
+
 KERNELS_ENV = "PIXELREFER_FAST_KERNELS"
 SKIP_AUTOTUNE_ENV = "PIXELREFER_FAST_SKIP_AUTOTUNE"
 MODES = ("auto", "triton", "torch")
@@ -89,17 +91,22 @@ def clear_probe_cache() -> None:
         probe.cache_clear()
 
 
-def triton_reasons(device: torch.device) -> list[str]:
-    """Why a Triton kernel cannot run on ``device`` (empty list: it can)."""
+def triton_reasons(device: torch.device, dtype: torch.dtype | None = None, *, name: str = "dtype") -> list[str]:
+    """Why a Triton kernel cannot run on ``device`` (empty list: it can); with ``dtype``, also whether our
+    kernels take that dtype (fp16, bf16, fp32; ``name`` labels the tensor in the reason)."""
     if not has_triton():
         return ["triton is not installed (pip install 'pixelrefer-fast[triton]')"]
     if device.type == "cuda":
-        return []
-    if device.type == "cpu":
-        if interpret_mode():
-            return []
-        return ["tensors are on the CPU and TRITON_INTERPRET is not set (Triton runs on CUDA, or on CPU in its interpreter)"]
-    return [f"device type {device.type!r} is not supported by our Triton kernels (supported: cuda, or cpu under TRITON_INTERPRET=1)"]
+        reasons = []
+    elif device.type == "cpu":
+        reasons = [] if interpret_mode() else [
+            "tensors are on the CPU and TRITON_INTERPRET is not set (Triton runs on CUDA, or on CPU in its interpreter)"
+        ]
+    else:
+        reasons = [f"device type {device.type!r} is not supported by our Triton kernels (supported: cuda, or cpu under TRITON_INTERPRET=1)"]
+    if dtype is not None and dtype not in KERNEL_FLOAT_DTYPES:
+        reasons.append(f"{name}={dtype} not supported (supported: {dtype_names(KERNEL_FLOAT_DTYPES)})")
+    return reasons
 
 
 def interpreter_dot_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:

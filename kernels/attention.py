@@ -177,10 +177,8 @@ def _flash_run(q, k, v, cu_q, cu_k, max_q, max_k, scale, segments) -> torch.Tens
 
 
 def _triton_reasons(q, k, v, cu_q, cu_k, max_q, max_k, scale, segments) -> list[str]:
-    reasons = list(triton_reasons(q.device))
-    if q.dtype not in KERNEL_FLOAT_DTYPES:
-        reasons.append(f"dtype={q.dtype} not supported (supported: {dtype_names(KERNEL_FLOAT_DTYPES)})")
-    else:
+    reasons = triton_reasons(q.device, q.dtype)
+    if q.dtype in KERNEL_FLOAT_DTYPES:
         reasons += interpreter_dot_reasons(q.device, q.dtype)
     if q.shape[-1] > MAX_HEAD_DIM:
         reasons.append(f"head_dim={q.shape[-1]} > {MAX_HEAD_DIM}")

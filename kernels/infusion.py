@@ -559,10 +559,8 @@ def _check_inputs(queries, local_feats, cu_local, region_local, global_feats, cu
 
 
 def _triton_reasons(queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, *, num_heads, eps):
-    reasons = list(triton_reasons(queries.device))
-    if queries.dtype not in KERNEL_FLOAT_DTYPES:
-        reasons.append(f"dtype={queries.dtype} not supported (supported: {dtype_names(KERNEL_FLOAT_DTYPES)})")
-    else:
+    reasons = triton_reasons(queries.device, queries.dtype)
+    if queries.dtype in KERNEL_FLOAT_DTYPES:
         reasons += interpreter_dot_reasons(queries.device, queries.dtype)
     if queries.shape[-1] // num_heads > MAX_HEAD_DIM:
         reasons.append(f"head_dim={queries.shape[-1] // num_heads} > {MAX_HEAD_DIM}")

@@ -641,9 +641,7 @@ def kmeans_triton(
 
 
 def _triton_kmeans_reasons(tokens, cu_tokens, num_clusters, **_) -> list[str]:
-    reasons = list(triton_reasons(tokens.device))
-    if tokens.dtype not in KERNEL_FLOAT_DTYPES:
-        reasons.append(f"tokens dtype={tokens.dtype} not supported (supported: {dtype_names(KERNEL_FLOAT_DTYPES)})")
+    reasons = triton_reasons(tokens.device, tokens.dtype, name="tokens dtype")
     reasons += grad_reasons(tokens=tokens)
     return reasons
 

@@ -555,9 +555,7 @@ def region_pool_triton(
 
 
 def _triton_pool_reasons(features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, **_):
-    reasons = list(triton_reasons(features.device))
-    if features.dtype not in KERNEL_FLOAT_DTYPES:
-        reasons.append(f"features dtype={features.dtype} not supported (supported: {dtype_names(KERNEL_FLOAT_DTYPES)})")
+    reasons = triton_reasons(features.device, features.dtype, name="features dtype")
     reasons += grad_reasons(features=features, pos_weight=pos_weight, pos_bias=pos_bias)
     return reasons
 
