@@ -1,8 +1,8 @@
 """pixelrefer_fast: PixelRefer and PixelRefer-Lite as fast drop-in Hugging Face models.
 
 Importing the package registers both model types with transformers' auto classes, so
-``AutoConfig``, ``AutoModelForCausalLM`` and ``AutoProcessor`` load the released checkpoints without
-``trust_remote_code``::
+``AutoConfig``, ``AutoModelForCausalLM``, ``AutoModelForImageTextToText`` and ``AutoProcessor`` load
+the released checkpoints without ``trust_remote_code``::
 
     import pixelrefer_fast
     from transformers import AutoModelForCausalLM
@@ -54,8 +54,8 @@ def __dir__():
 
 
 def _register_auto_classes() -> None:
-    """Register both model types with AutoConfig, AutoModelForCausalLM and AutoProcessor."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
+    """Register both model types with AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText and AutoProcessor."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
     from .configuration_pixelrefer_fast import LITE_MODEL_TYPE, MODEL_TYPE, PixelReferFastConfig, PixelReferFastLiteConfig
     from .modeling_pixelrefer_fast import PixelReferFastForCausalLM, PixelReferFastLiteForCausalLM
@@ -65,6 +65,8 @@ def _register_auto_classes() -> None:
     AutoConfig.register(LITE_MODEL_TYPE, PixelReferFastLiteConfig, exist_ok=True)
     AutoModelForCausalLM.register(PixelReferFastConfig, PixelReferFastForCausalLM, exist_ok=True)
     AutoModelForCausalLM.register(PixelReferFastLiteConfig, PixelReferFastLiteForCausalLM, exist_ok=True)
+    AutoModelForImageTextToText.register(PixelReferFastConfig, PixelReferFastForCausalLM, exist_ok=True)
+    AutoModelForImageTextToText.register(PixelReferFastLiteConfig, PixelReferFastLiteForCausalLM, exist_ok=True)
     AutoProcessor.register(PixelReferFastConfig, PixelReferFastProcessor, exist_ok=True)
     AutoProcessor.register(PixelReferFastLiteConfig, PixelReferFastProcessor, exist_ok=True)
 

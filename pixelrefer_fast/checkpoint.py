@@ -160,6 +160,24 @@ def special_token_ids(source: str, tokens: Iterable[str] = (IMAGE_TOKEN, REGION_
     return found
 
 
+def check_checkpoint_folder(source: str | os.PathLike) -> None:
+    """Refuse a local folder that is not a checkpoint: missing, or without ``config.json``.
+
+    Hub ids (anything that is not an existing local path) are left to transformers.
+
+    Raises:
+        ValueError: naming the folder and what a checkpoint folder holds.
+    """
+    source = os.fspath(source)
+    if os.path.isfile(source):
+        raise ValueError(f"{source}: is a file; a checkpoint is a folder with config.json, the weights "
+                         "(*.safetensors) and the tokenizer files")
+    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+        raise ValueError(f"{source}: no config.json in this folder, so it is not a checkpoint folder (expected "
+                         "config.json, the weights and the tokenizer files of a PixelRefer or PixelRefer-Lite "
+                         "release; `pixelrefer-fast init-random DIR` writes a random one)")
+
+
 def load_pretrained(source: str | os.PathLike, **kwargs):
     """Load a PixelRefer or PixelRefer-Lite checkpoint with the class its ``model_type`` names.
 
@@ -171,11 +189,13 @@ def load_pretrained(source: str | os.PathLike, **kwargs):
         ``PixelReferFastForCausalLM`` or ``PixelReferFastLiteForCausalLM``, in eval mode.
 
     Raises:
-        ValueError: unknown model type, or missing / unexpected keys (listed by name).
+        ValueError: a folder without config.json, an unknown model type, or missing / unexpected keys
+            (listed by name).
     """
     from .modeling_pixelrefer_fast import PixelReferFastForCausalLM, PixelReferFastLiteForCausalLM
 
     source = os.fspath(source)
+    check_checkpoint_folder(source)
     model_type = read_model_type(source)
     check_model_type(model_type, MODEL_TYPES, source)
     cls = PixelReferFastLiteForCausalLM if model_type == LITE_MODEL_TYPE else PixelReferFastForCausalLM
@@ -185,6 +205,7 @@ def load_pretrained(source: str | os.PathLike, **kwargs):
 __all__ = [
     "ALLOWED_MISSING_KEYS",
     "ALLOWED_UNEXPECTED_KEYS",
+    "check_checkpoint_folder",
     "check_loading_info",
     "check_model_type",
     "load_pretrained",

@@ -45,6 +45,7 @@ from .configuration_pixelrefer_fast import (
     PixelReferFastConfig,
     PixelReferFastLiteConfig,
 )
+from .defaults import DEFAULT_MAX_NEW_TOKENS
 from .modeling_infusion import PixelReferFastLiteRegionEncoder
 from .modeling_projector import PixelReferFastProjector
 from .modeling_region import PixelReferFastRegionEncoder, RegionInputs
@@ -593,7 +594,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         videos=None,
         frame_ids=None,
         *,
-        max_new_tokens: int = 2048,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         static_cache: bool = False,
         **generate_kwargs,
     ) -> list[str]:
@@ -608,7 +609,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 batch of one (then images / masks / videos / frame_ids are that item's values).
             videos: per item, a video path or frame list, or None for an image item.
             frame_ids: per video item, the frame of each mask (see the processor).
-            max_new_tokens: generation budget (official: 2048).
+            max_new_tokens: generation budget (``defaults.DEFAULT_MAX_NEW_TOKENS``, 2048 as the official scripts).
             static_cache: decode with a static KV cache (``cache_implementation="static"``); on CUDA
                 transformers then compiles the decoding step with ``torch.compile`` (lower latency per
                 token once compiled; the first call pays the compilation).

@@ -1,72 +1,27 @@
 """Shared test fixtures for the model tests: a tiny Qwen2-like tokenizer, demo media, masks.
 
-`make_tiny_tokenizer()` builds a byte-level BPE tokenizer in-process (no download) with the
-Qwen2 pre-tokenizer pattern and PixelRefer's special tokens in the official order:
-`<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos) after the BPE vocabulary, then the
-added `<image>`, `<|stream_start|>`, `<|stream_end|>`, `<REGION>`. Import it from any test in
-`tests/model/` with `from fixtures import make_tiny_tokenizer`.
+`make_tiny_tokenizer()` is the package's `pixelrefer_fast.random_checkpoint.tiny_tokenizer`: a
+byte-level BPE tokenizer built in-process (no download) with the Qwen2 pre-tokenizer pattern and
+PixelRefer's special tokens in the official order: `<|endoftext|>` (pad), `<|im_start|>`,
+`<|im_end|>` (eos) after the BPE vocabulary, then the added `<image>`, `<|stream_start|>`,
+`<|stream_end|>`, `<REGION>`.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
 DEMO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pixelrefer-demo"
 
-QWEN2_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-PIXELREFER_ADDED_TOKENS = ["<image>", "<|stream_start|>", "<|stream_end|>", "<REGION>"]
-_CORPUS = [
-    "What is the category of the object? Please describe in detail the marked object in the video.",
-    "There is one object in the image: a dog on a bed beside a laptop. Time 0.0s: 1.5 2.0 3.5",
-    "user assistant system The bridge crosses the river; the skyline stands behind it.",
-    "Colourful wooden stools in a shop front. A herd of horses runs on the grass, one white horse in front.",
-    "[ ] ( ) , . : ; ! ? 0 1 2 3 4 5 6 7 8 9 \n\n What is the relationship between and ?",
-]
-
-
-@functools.lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, min_frequency=1, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
-    tok.add_special_tokens(CHAT_SPECIAL_TOKENS + PIXELREFER_ADDED_TOKENS)
-    return tok.to_str()
-
 
 def make_tiny_tokenizer(save_dir: str | Path | None = None):
-    """A small Qwen2-style fast tokenizer (deterministic, ~430 ids); saved to `save_dir` if given.
+    """``pixelrefer_fast.random_checkpoint.tiny_tokenizer``: a small Qwen2-style fast tokenizer built
+    offline (deterministic, ~430 ids), saved to `save_dir` if given."""
+    from pixelrefer_fast.random_checkpoint import tiny_tokenizer
 
-    Returns:
-        `transformers.PreTrainedTokenizerFast` with eos `<|im_end|>`, pad `<|endoftext|>`, no BOS,
-        and the PixelRefer tokens `<image>`, `<|stream_start|>`, `<|stream_end|>`, `<REGION>`
-        as special tokens with consecutive ids, in that order, at the end of the vocabulary.
-    """
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
-        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None,
-        additional_special_tokens=PIXELREFER_ADDED_TOKENS, padding_side="left",
-    )
-    if save_dir is not None:
-        tokenizer.save_pretrained(str(save_dir))
-    return tokenizer
+    return tiny_tokenizer(save_dir)
 
 
 # ---------------------------------------------------------------------------- media and masks
