@@ -5,9 +5,11 @@ subcommand to ``run_profile_command(args)``; ``python -m pixelrefer_fast.profili
 same command standalone.
 
 Exit codes: 0 the profile was written (points that ran out of memory are reported in it); 1 a stage
-failed with an unexpected error (reported in the table and the JSON); 2 bad input (unknown preset,
-empty sweep, a budget over the model's limits, a missing checkpoint directory, an output directory
-that cannot be written), with one line on stderr.
+failed with an unexpected error (reported in the table and the JSON), or the sweep itself failed (the
+finished points are written, one line on stderr); 2 bad input (unknown preset, empty sweep, a budget
+over the model's limits, a missing checkpoint directory, an output directory that cannot be written,
+an estimate over a few minutes or the free memory without ``--yes``), with one line on stderr; 130
+interrupted by Ctrl-C (the finished points are written, one line on stderr).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from .presets import PRESETS, VARIANTS, ProfileInputError
 
 PROG = "pixelrefer-fast profile"
+EXIT_INTERRUPTED = 130
 DESCRIPTION = (
     "Profile every stage (preprocessing, vision encoder, projector, region tokenizer, Lite infusion, LLM "
     "prefill and decode) across token budgets with random weights: latency (median and spread), "
@@ -97,10 +100,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     run.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
                      help="kernel path (PIXELREFER_FAST_KERNELS); on CPU the interpreter is never timed")
     run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads for torch (default: 1 on CPU, steady even on a busy machine; torch's default on CUDA)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the sample layout and the random weights")
+                     help="CPU threads for torch, at most the CPUs here (default: 1 on CPU, steady even on a busy machine; torch's default on CUDA)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the sample layout and the random weights (0..2**32-1)")
+    run.add_argument("--yes", action="store_true",
+                     help="run even when the estimate is over a few minutes or over the free memory")
     output = parser.add_argument_group("output")
     output.add_argument("--out", default="profiles", metavar="DIR", help="output folder (default ./profiles)")
+    output.add_argument("--name", default=None,
+                        help="file name part after 'profile-' (default: the preset and the non-default sweep axes); "
+                        "existing files are never replaced (-2, -3, ... is added)")
     output.add_argument("--no-plots", action="store_true", help="skip the PNG (matplotlib not needed then)")
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -130,7 +138,7 @@ def run_profile_command(args: argparse.Namespace) -> int:
     Returns the exit code (see the module docstring); bad input prints one ``error:`` line on stderr.
     """
     from . import run_profile
-    from .runner import resolve_device
+    from .runner import ProfileStopped, resolve_device
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -147,14 +155,22 @@ def run_profile_command(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             kernels=args.kernels,
             out_dir=args.out,
+            name=args.name,
             plots=not args.no_plots,
             progress=not args.no_progress,
             seed=args.seed,
             threads=args.threads,
+            yes=args.yes,
         )
     except (ProfileInputError, ImportError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
+    except ProfileStopped as stopped:
+        sys.stderr.write(f"{PROG}: {stopped.one_line()}\n")
+        return EXIT_INTERRUPTED if stopped.result.status == "interrupted" else 1
+    except KeyboardInterrupt:  # before the first point or while writing the files
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
     sys.stdout.write(result.summary() + "\n")
     return 1 if result.has_errors else 0
 

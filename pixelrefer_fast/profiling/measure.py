@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from . import progress
+
 logger = logging.getLogger("pixelrefer_fast.profiling")
 
 
@@ -102,8 +104,9 @@ def time_stage(
         return fn() if setup is None else fn(setup())
 
     out = None
-    for _ in range(warmup):
+    for done in range(warmup):
         out = call()
+        progress.call_done(done + 1, warmup + repeats)
     synchronize(device)
     samples = []
     for _ in range(repeats):
@@ -120,6 +123,7 @@ def time_stage(
             begin = time.perf_counter()
             out = fn(*argument)
             samples.append((time.perf_counter() - begin) * 1e3)
+        progress.call_done(warmup + len(samples), warmup + repeats)
     return Timing.from_samples(samples), out
 
 
@@ -163,11 +167,14 @@ class MemoryReading:
             ``"process_peak_rss"`` (CPU without psutil: the process's high-water mark so far).
         peak_mb: the peak in MiB (None when it cannot be read).
         nvml_used_mb: CUDA: device-wide used memory after the block (NVML), else None.
+        start_mb: the same quantity when the block began (CUDA: allocated bytes; CPU: the RSS), so
+            ``peak_mb - start_mb`` is what the block itself added (None when it cannot be read).
     """
 
     kind: str
     peak_mb: float | None = None
     nvml_used_mb: float | None = None
+    start_mb: float | None = None
 
 
 @contextlib.contextmanager
@@ -177,6 +184,7 @@ def memory_scope(device: torch.device) -> Iterator[MemoryReading]:
         reading = MemoryReading(kind="cuda_allocator_peak")
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        reading.start_mb = torch.cuda.memory_allocated(device) / 2**20
         yield reading
         torch.cuda.synchronize(device)
         reading.peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
@@ -184,6 +192,7 @@ def memory_scope(device: torch.device) -> Iterator[MemoryReading]:
     else:
         sampler = _RssSampler.start()
         reading = MemoryReading(kind="process_rss_peak" if sampler else "process_peak_rss")
+        reading.start_mb = sampler.start_bytes / 2**20 if sampler else None
         try:
             yield reading
         finally:
@@ -197,7 +206,7 @@ class _RssSampler:
         self._process = process
         self._period_s = period_s
         self._stop = threading.Event()
-        self.peak_bytes = process.memory_info().rss
+        self.start_bytes = self.peak_bytes = process.memory_info().rss
         self._thread = threading.Thread(target=self._run, name="pixelrefer-rss-sampler", daemon=True)
 
     @classmethod

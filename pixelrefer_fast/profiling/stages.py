@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import flops
+from . import flops, progress
 from .measure import MemoryReading, Timing, memory_scope, out_of_memory_errors, time_stage
 from .presets import ArchPreset
 from .report import STAGES
@@ -265,6 +265,7 @@ class _PointRun:
             self.results.append(StageResult(stage, "skipped", f"not run: {self.failed}"))
             return None
         device = device or self.device
+        progress.stage_started(stage)
         try:
             with memory_scope(device) as memory:
                 timing, out = time_stage(fn, device, warmup=self.warmup, repeats=self.repeats, setup=setup)

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 
 from .presets import VARIANTS, ArchPreset, ProfileInputError
 
+# hard limits on an axis value (larger values are typing mistakes, or would fill any memory)
+MAX_BATCH = 1024
+MAX_IMAGE_SIDE = 16384
+MAX_ASPECT_RATIO = 200  # the image processor's limit (official smart_resize)
 # text around the visual tokens: chat template, question and region brackets (generous upper bound)
 _TEXT_TOKENS = 64
 _TEXT_TOKENS_PER_REGION = 8
@@ -103,9 +107,15 @@ class SweepSpec:
         for value in self.max_tokens:
             if value is not None:
                 _positive("max_tokens", value)
+        for value in self.batches:
+            if value > MAX_BATCH:
+                raise ProfileInputError(f"batch {value} is over the limit of {MAX_BATCH} items per call")
         for size in self.image_sizes:
-            if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 56 for v in size):
-                raise ProfileInputError(f"image size {size!r} must be (width, height) with both >= 56 pixels")
+            if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 56 <= v <= MAX_IMAGE_SIDE for v in size):
+                raise ProfileInputError(f"image size {size!r} must be (width, height) with both in 56..{MAX_IMAGE_SIDE} pixels")
+            if max(size) / min(size) > MAX_ASPECT_RATIO:
+                raise ProfileInputError(f"image size {size[0]}x{size[1]} has an aspect ratio of {max(size) / min(size):.0f}; "
+                                        f"the image processor accepts at most {MAX_ASPECT_RATIO}")
         _positive("decode_tokens", self.decode_tokens)
 
     def points(self, preset: ArchPreset) -> list[SweepPoint]:
@@ -121,6 +131,33 @@ class SweepSpec:
         for point in points:
             check_point(preset, point, self.decode_tokens)
         return points
+
+
+def sweep_name(preset_name: str, sweep: SweepSpec, variants: tuple[str, ...]) -> str:
+    """The file name part of a profile: the preset, then every axis that differs from ``SweepSpec()``
+    (``cpu-default``, ``2b_R1-4_K32_640x480_B1-8``). Variants are named when not the preset's default."""
+    default = SweepSpec()
+    parts = [preset_name]
+    if sweep.variants is not None and tuple(sweep.variants) != variants:
+        parts.append("-".join(sweep.variants))
+    axes = (("R", "regions"), ("K", "mask_nums"), ("", "image_sizes"), ("tok", "max_tokens"), ("T", "frames"),
+            ("B", "batches"))
+    for prefix, name in axes:
+        values = getattr(sweep, name)
+        if tuple(values) == tuple(getattr(default, name)):
+            continue
+        if name == "image_sizes":
+            parts.append("-".join(f"{w}x{h}" for w, h in values))
+        else:
+            parts.append(prefix + "-".join("model" if v is None else str(v) for v in values))
+    if sweep.decode_tokens != default.decode_tokens:
+        parts.append(f"dec{sweep.decode_tokens}")
+    name = "_".join(parts)
+    if len(name) > 80:
+        import hashlib
+
+        name = f"{preset_name}_sweep-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return name
 
 
 def _positive(name: str, value) -> None:

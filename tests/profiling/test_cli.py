@@ -78,6 +78,15 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
         pytest.param(["--dtype", "int8"], ["invalid choice"], id="bad-dtype"),
         pytest.param(["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], ["--device"], id="bad-device"),
         pytest.param(["--kernels", "triton", "--device", "cpu"], ["needs a CUDA device"], id="triton-on-cpu"),
+        pytest.param(["--threads", "100000"], ["--threads must be an integer in 1.."], id="threads-over-cpus"),
+        pytest.param(["--threads", "0"], ["--threads must be an integer in 1.."], id="zero-threads"),
+        pytest.param(["--seed", "-1"], ["--seed must be an integer in 0..4294967295"], id="negative-seed"),
+        pytest.param(["--seed", str(2**32)], ["--seed must be an integer in 0..4294967295"], id="seed-too-large"),
+        pytest.param(["--batch", "1000000000"], ["batch 1000000000 is over the limit of 1024"], id="huge-batch"),
+        pytest.param(["--image-size", "56x20000"], ["both in 56..16384"], id="issue-9-56x20000"),
+        pytest.param(["--image-size", "56x14000"], ["aspect ratio of 250", "at most 200"], id="extreme-aspect"),
+        pytest.param(["--image-size", "20000x20000"], ["both in 56..16384"], id="huge-image"),
+        pytest.param(["--preset", "2b", "--device", "cpu"], ["estimated at", "pass --yes"], id="long-run-needs-yes"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, fragments):
