@@ -9,7 +9,12 @@ also hold ``limits`` on values the fast benchmark recorded in its ``extra_info``
 {"max": 4.5}, "regions_per_s": {"min": 100}}``): the issue's absolute targets, for the CUDA class.
 
 A pair whose benchmarks were skipped on this machine (``bench/harness.skip_pair``: flash-attn not
-installed, ...) is reported as "not measured"; any other missing pair is an error.
+installed, ...) is reported as "not measured"; any other missing pair is an error. Every floor is at
+least ``MIN_FLOOR`` (1.0): a gated pair claims its fast path is faster than its baseline, so a path
+that is not (on that machine class) is not gated there, and ``auto`` must not pick it.
+
+The benchmark JSON of a gated run is kept (``--save``, default ``.benchmarks/gate/<UTC time>.json``,
+git-ignored) and its path printed under the table.
 
 The gated CPU benchmarks run with one torch thread (``--threads``): on a shared 2-core machine a
 second busy process stalls every parallel region of a 2-thread run, and the fast and the baseline
@@ -17,6 +22,7 @@ benchmark, measured seconds apart, would see different load; single-threaded rat
 
 Usage:
     python -m bench.gate                                  # run the CPU benchmarks marked ``gate``, check them
+    python -m bench.gate --save results.json              # the same, keeping the JSON at results.json
     python -m bench.gate --json results.json              # check an existing pytest-benchmark JSON
     python -m bench.gate --json bench.json --machine cuda # the GPU check's results (bench/gpu_check.sh)
 
@@ -27,16 +33,18 @@ Exit code 0: every measured pair at or above its floor and within its limits; 1:
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 THRESHOLDS = BENCH_DIR / "thresholds.json"
+SAVE_DIR = BENCH_DIR.parent / ".benchmarks" / "gate"
+MIN_FLOOR = 1.0
 MACHINES = ("cpu", "cuda")
 # timing of the gated run: at least 5 rounds per benchmark, about 1 s each (the CI budget is 3 min)
 GATE_PYTEST_ARGS = ("--benchmark-min-rounds=5", "--benchmark-max-time=1.0", "--benchmark-warmup=off")
@@ -102,6 +110,9 @@ def load_thresholds(path: Path = THRESHOLDS, machine: str = "cpu") -> dict[str, 
         except (KeyError, TypeError, ValueError, AttributeError):
             raise GateError(f"{path}: {machine}.{pair} needs a numeric 'min_ratio' and optional 'limits' "
                             f"{{name: {{'max'|'min': number}}}}, got {entry!r}") from None
+        if floors[pair].min_ratio < MIN_FLOOR:
+            raise GateError(f"{path}: {machine}.{pair} has min_ratio {floors[pair].min_ratio:g}; every gate floor must be "
+                            f">= {MIN_FLOOR:g} (a gated fast path is at least as fast as its baseline)")
         bad = {bound for rule in limits.values() for bound in rule} - {"min", "max"}
         if bad:
             raise GateError(f"{path}: {machine}.{pair} limits accept 'min' and 'max', got {sorted(bad)}")
@@ -187,21 +198,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine", default="cpu", choices=MACHINES, help="which thresholds to apply (default cpu)")
     parser.add_argument("--thresholds", type=Path, default=THRESHOLDS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the gated CPU run (default 1)")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="where the run's benchmark JSON is kept (default .benchmarks/gate/<UTC time>.json)")
     args = parser.parse_args(argv)
+    path = args.json
     try:
         floors = load_thresholds(args.thresholds, args.machine)
-        if args.json is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "gate.json"
-                run_gated_benchmarks(path, args.threads)
-                results = json.loads(path.read_text())
-        else:
-            results = json.loads(args.json.read_text())
+        if path is None:
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+            path = args.save or SAVE_DIR / f"{stamp}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            run_gated_benchmarks(path, args.threads)
+        results = json.loads(path.read_text())
         checked = check(results, floors)
     except (GateError, OSError, json.JSONDecodeError, subprocess.CalledProcessError) as exc:
         sys.stderr.write(f"bench.gate: {exc}\n")
         return 2
-    sys.stdout.write(format_table(checked) + "\n")
+    sys.stdout.write(format_table(checked) + f"\nresults: {path}\n")
     failed = [r.pair for r in checked if not r.passed]
     if failed:
         sys.stderr.write(f"bench.gate: speed regression in {', '.join(failed)}\n")

@@ -134,7 +134,7 @@ def test_format_table():
 def test_thresholds_file_parses():
     cpu, cuda = gate.load_thresholds(gate.THRESHOLDS, "cpu"), gate.load_thresholds(gate.THRESHOLDS, "cuda")
     assert cpu and cuda
-    assert all(t.min_ratio > 0 and t.note for t in [*cpu.values(), *cuda.values()])
+    assert all(t.min_ratio >= 1.0 and t.note for t in [*cpu.values(), *cuda.values()])
     assert all("_cpu_" in pair for pair in cpu) and all("_cuda_" in pair for pair in cuda)
     recorded = {"ms_per_call", "peak_gb", "regions_per_s"}  # what bench/bench_model.py records
     assert {name for t in cuda.values() for name in t.limits} <= recorded
@@ -146,6 +146,7 @@ def test_thresholds_file_parses():
         pytest.param({"note": "no floor"}, "needs a numeric 'min_ratio'", id="no-min-ratio"),
         pytest.param({"min_ratio": "fast"}, "needs a numeric 'min_ratio'", id="text-floor"),
         pytest.param({"min_ratio": 1, "limits": {"peak_gb": {"below": 4}}}, "limits accept 'min' and 'max'", id="bad-bound"),
+        pytest.param({"min_ratio": 0.5, "note": "slower than its baseline"}, "every gate floor must be >= 1", id="floor-below-1"),
     ],
 )
 def test_bad_thresholds_are_input_errors(tmp_path, entry, message):
@@ -154,3 +155,17 @@ def test_bad_thresholds_are_input_errors(tmp_path, entry, message):
         gate.load_thresholds(path, "cpu")
     with pytest.raises(gate.GateError, match="no thresholds for machine class 'cuda'"):
         gate.load_thresholds(path, "cuda")
+
+
+def test_a_gated_run_keeps_the_json_it_reports(committed, tmp_path, monkeypatch, capsys):
+    def run(path, threads):
+        path.write_text(json.dumps(committed))
+
+    monkeypatch.setattr(gate, "run_gated_benchmarks", run)
+    monkeypatch.setattr(gate, "SAVE_DIR", tmp_path / "gate")
+    assert gate.main([]) == 0
+    printed = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("results: "))
+    assert printed.parent == tmp_path / "gate" and json.loads(printed.read_text()) == committed
+    assert gate.main(["--save", str(tmp_path / "mine.json")]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"results: {tmp_path / 'mine.json'}")
+    assert (tmp_path / "mine.json").is_file()
