@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
+from .chat_template import CHAT_TEMPLATE, render_chat
 from .checkpoint import IMAGE_TOKEN, REGION_TOKEN
 from .crops import (
     RegionCrop,
@@ -234,6 +235,15 @@ class PixelReferFastProcessor:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         files.append(str(path))
         return files
+
+    chat_template = CHAT_TEMPLATE
+
+    def apply_chat_template(self, conversation: Sequence[dict], *, add_generation_prompt: bool = True,
+                            tokenize: bool = False, **kwargs: Any) -> str | list[int]:
+        """Render a conversation with `chat_template` (`chat_template.py`): the prompt this processor
+        builds for a question, `<region>` placeholders unexpanded; `tokenize=True` returns token ids."""
+        text = render_chat(conversation, template=self.chat_template, add_generation_prompt=add_generation_prompt)
+        return self.tokenizer(text, add_special_tokens=False, **kwargs)["input_ids"] if tokenize else text
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         """`tokenizer.batch_decode`."""
