@@ -99,7 +99,7 @@ COLUMN_DOCS: dict[str, str] = {
     "torch": "torch version",
     "transformers": "transformers version",
     "triton": "triton version",
-    "preset": "architecture preset (or model:<dir>)",
+    "preset": "architecture preset (or model:NAME for --model DIR)",
     "kernels": "kernel mode, then the backend each op took at this point",
     "threads": "torch CPU threads during the profile",
     "point": "index of the sweep point (rows of one point share it)",

@@ -214,3 +214,9 @@ def test_rows_carry_memory_fields(tmp_path):
     for row in measured:
         assert row["mem_start_mb"] > 0 and row["mem_delta_mb"] == pytest.approx(row["mem_peak_mb"] - row["mem_start_mb"])
     assert set(report.COLUMN_DOCS) == set(report.ROW_COLUMNS)
+
+
+def test_readme_explains_every_column():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [column for column in report.ROW_COLUMNS if f"| `{column}` |" not in readme]
+    assert not missing, f"README's profile columns table lacks {missing}"
