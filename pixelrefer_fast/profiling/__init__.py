@@ -11,16 +11,18 @@ Example:
 
 Command line: ``pixelrefer-fast profile`` (``python -m pixelrefer_fast.profiling.cli``), see ``cli.py``.
 
-Modules: ``presets`` (architectures), ``sweep`` (points and limits), ``sample`` (the drawn scene),
-``flops`` (analytic FLOPs and bytes), ``measure`` (timing, memory, device peaks), ``stages`` (model
-building and per-stage measurement), ``report`` (table, JSON, CSV, PNG), ``runner`` (``run_profile``).
+Modules: ``presets`` (architectures), ``sweep`` (points, limits and file names), ``sample`` (the
+drawn scene), ``flops`` (analytic FLOPs and bytes), ``estimate`` (time and memory before a run),
+``measure`` (timing, memory, device peaks), ``progress`` (stage and call inside a point), ``stages``
+(model building and per-stage measurement), ``report`` (table, JSON, CSV, rows JSON lines, PNG),
+``runner`` (``run_profile``; ``ProfileStopped`` carries the finished points of an interrupted run).
 """
 
 from __future__ import annotations
 
 from .flops import FLOP_CONVENTION
 from .presets import PRESETS, ArchPreset, LLMShape, ProfileInputError, RegionShape, VisionShape, get_preset, preset_from_model_dir
-from .runner import ProfileResult, run_profile
+from .runner import ProfileResult, ProfileStopped, run_profile
 from .sweep import SweepPoint, SweepSpec
 
 
@@ -31,6 +33,7 @@ __all__ = [
     "LLMShape",
     "ProfileInputError",
     "ProfileResult",
+    "ProfileStopped",
     "RegionShape",
     "SweepPoint",
     "SweepSpec",
