@@ -428,8 +428,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from pixelrefer_kernels import BackendUnavailableError
     from PIL import Image
 
-    errors: list[type[BaseException]] = [ValueError, TypeError, OSError, ImportError, MemoryError,
-                                         torch.OutOfMemoryError, BackendUnavailableError, Image.DecompressionBombError]
+    out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    errors: list[type[BaseException]] = [ValueError, TypeError, OSError, ImportError, MemoryError, out_of_memory,
+                                         BackendUnavailableError, Image.DecompressionBombError]
     for module, name in (("cv2", "error"), ("safetensors", "SafetensorError")):
         with contextlib.suppress(ImportError):
             errors.append(getattr(importlib.import_module(module), name))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixelrefer_fast.profiling import SweepSpec, cli, estimate, get_preset, progress, report, runner, sweep
+from pixelrefer_fast.profiling import SweepSpec, estimate, get_preset, progress, report, runner, sweep
 from tests.profiling.test_cli import FAST, TINY_CONFIG, run_cli
 from tests.profiling.test_report import TINY
 
