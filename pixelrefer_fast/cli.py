@@ -253,7 +253,8 @@ def _generate_kwargs(args: argparse.Namespace) -> dict:
     knobs = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
     given = [f"--{name.replace('_', '-')}" for name, value in knobs.items() if value is not None]
     if given and not args.do_sample:
-        raise CommandError(f"{', '.join(given)} only apply when sampling: add --do-sample (decoding is greedy by default)")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise CommandError(f"{', '.join(given)} {verb} only when sampling: add --do-sample (decoding is greedy by default)")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise CommandError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.top_p is not None and not (0 < args.top_p <= 1):
