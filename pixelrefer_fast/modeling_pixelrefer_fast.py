@@ -596,8 +596,10 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         *,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         static_cache: bool = False,
+        inputs=None,
+        return_details: bool = False,
         **generate_kwargs,
-    ) -> list[str]:
+    ) -> list[str] | list[dict]:
         """Answer one question per item about its image or video and its masks (batched).
 
         Args:
@@ -613,10 +615,14 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             static_cache: decode with a static KV cache (``cache_implementation="static"``); on CUDA
                 transformers then compiles the decoding step with ``torch.compile`` (lower latency per
                 token once compiled; the first call pays the compilation).
+            inputs: the processor's output for the batch, made beforehand (e.g. in a worker process);
+                then images / masks / questions / videos / frame_ids are not given.
+            return_details: return one dict per item, ``{"text", "prompt_tokens", "completion_tokens"}``
+                (prompt tokens without padding; generated tokens up to and including eos).
             **generate_kwargs: passed to ``generate`` (e.g. ``do_sample=True``, ``repetition_penalty``).
 
         Returns:
-            One answer per item, special tokens skipped, stripped. Decoding is greedy by default (as the
+            One answer per item (or its details dict), special tokens skipped, stripped. Decoding is greedy by default (as the
             official scripts) and keeps the checkpoint's ``generation_config`` processors
             (``repetition_penalty``, which transformers applies in greedy mode too) and eos.
 
@@ -624,13 +630,19 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             ValueError: bad inputs, e.g. no masks for Lite, more or fewer ``<region>`` than masks, a
                 processor of the other variant.
         """
-        if questions is None:
-            raise ValueError("describe() needs questions (one per item)")
-        if isinstance(questions, str):
-            questions = [questions]
-            images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
         self._check_processor(processor)
-        batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
+        if inputs is not None:
+            if any(v is not None for v in (images, masks, questions, videos, frame_ids)):
+                raise ValueError("describe(): pass either `inputs` (a processor output) or images/masks/questions/"
+                                 "videos/frame_ids, not both")
+            batch = inputs
+        else:
+            if questions is None:
+                raise ValueError("describe() needs questions (one per item)")
+            if isinstance(questions, str):
+                questions = [questions]
+                images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
+            batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
         self.set_special_token_ids(processor.tokenizer)
         batch = self.place_inputs(batch)
         generation_config, model_kwargs = self._describe_generation_config(
@@ -639,7 +651,13 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         with torch.inference_mode():
             sequences = self.generate(**batch, generation_config=generation_config, **model_kwargs)
         new_tokens = sequences[:, batch["input_ids"].shape[1] :]
-        return [text.strip() for text in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = [text.strip() for text in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        if not return_details:
+            return texts
+        prompt_tokens = batch["attention_mask"].sum(-1).tolist()
+        completion_tokens = _completion_lengths(new_tokens, generation_config.eos_token_id)
+        return [{"text": t, "prompt_tokens": p, "completion_tokens": c}
+                for t, p, c in zip(texts, prompt_tokens, completion_tokens)]
 
     def place_inputs(self, batch) -> dict:
         """Move a processor batch for this model: tokens, pixels and ``image_token_keep`` to the model's
@@ -677,6 +695,15 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             eos = config.eos_token_id
             config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
         return config, model_kwargs
+
+
+def _completion_lengths(new_tokens: torch.Tensor, eos_token_id) -> list[int]:
+    """Generated tokens per row up to and including the first eos (all of them when none); host values."""
+    eos = torch.as_tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
+    tokens = new_tokens.to("cpu")
+    is_eos = torch.isin(tokens, eos)  # (B, N)
+    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, torch.full_like(is_eos[:, 0], tokens.shape[1], dtype=torch.long))
+    return first.tolist()
 
 
 class PixelReferFastLiteForCausalLM(PixelReferFastLitePreTrainedModel, PixelReferFastForCausalLM):

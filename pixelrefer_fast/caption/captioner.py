@@ -1,0 +1,99 @@
+"""Model side of captioning: a prepared unit -> output rows, through ``model.describe``.
+
+``Captioner`` holds the model, its processor and the run's settings; ``rows(unit)`` runs one batched
+``describe(inputs=...)`` on the unit's processor output and returns one row per task (``output.SCHEMA``),
+error rows included. Both engines use it (the Ray engine inside its model actor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .prepare import PreparedUnit
+from .records import CaptionTask
+
+logger = logging.getLogger(__name__)
+
+
+def config_hash(config: dict) -> str:
+    """sha256 (first 16 hex digits) of a config dict as canonical JSON: rows of different configs differ."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_config_hash(model_dir: str | Path) -> str:
+    """``config_hash`` of a checkpoint folder's ``config.json`` (as the file says, before any loading)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--model: {model_dir} has no config.json")
+    return config_hash(json.loads(path.read_text()))
+
+
+def make_run_info(model_name: str, config_digest: str, max_new_tokens: int, **generate_kwargs: Any) -> dict[str, str]:
+    """The run's constant columns: ``model``, ``config_hash`` and ``decoding`` (JSON of the settings)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    decoding = json.dumps({"max_new_tokens": max_new_tokens, **generate_kwargs}, sort_keys=True)
+    return {"model": model_name, "config_hash": config_digest, "decoding": decoding}
+
+
+def load_model(model_dir: str, *, device: str | None = None, dtype: str = "auto"):
+    """Load a checkpoint folder's model (eval mode, on ``device``: default cuda when present) and processor."""
+    import torch
+
+    from ..checkpoint import load_pretrained
+    from ..processing_pixelrefer_fast import PixelReferFastProcessor
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device != "cpu":
+        kwargs["device_map"] = device
+    model = load_pretrained(model_dir, **kwargs)
+    model.eval()
+    processor = PixelReferFastProcessor.from_pretrained(model_dir)
+    return model, processor
+
+
+class Captioner:
+    """Runs ``describe`` on prepared units.
+
+    Args:
+        model, processor: the checkpoint's model and processor.
+        run_info: ``make_run_info``'s columns (``decoding`` holds ``max_new_tokens`` and the
+            ``describe`` options, which are passed on).
+    """
+
+    def __init__(self, model, processor, *, run_info: dict[str, str]):
+        self.model = model
+        self.processor = processor
+        self.run_info = dict(run_info)
+        self.decoding = json.loads(run_info["decoding"])
+
+    def rows(self, unit: PreparedUnit) -> list[dict[str, Any]]:
+        """One row per task of the unit: captions for the prepared tasks, error rows for the failed ones.
+
+        A ``ValueError``/``TypeError`` of the model on the batch (an input the processor let through)
+        becomes an error row for each of the batch's tasks and the run goes on; other exceptions (out of
+        memory, a broken device) stop the run, which a rerun resumes.
+        """
+        rows = [self._row(task, error=message) for task, message in unit.failed]
+        if unit.inputs is None:
+            return rows
+        try:
+            details = self.model.describe(self.processor, inputs=unit.inputs, return_details=True, **self.decoding)
+        except (ValueError, TypeError) as exc:
+            logger.warning("a batch of %d failed in the model: %s", len(unit.tasks), exc)
+            message = f"{type(exc).__name__}: " + " ".join(str(exc).split())
+            return rows + [self._row(task, error=message) for task in unit.tasks]
+        return rows + [self._row(task, caption=d["text"], prompt_tokens=d["prompt_tokens"],
+                                 completion_tokens=d["completion_tokens"]) for task, d in zip(unit.tasks, details)]
+
+    def _row(self, task: CaptionTask, *, caption: str | None = None, prompt_tokens: int | None = None,
+             completion_tokens: int | None = None, error: str | None = None) -> dict[str, Any]:
+        return {"image_id": task.image_id, "annotation_id": task.annotation_id, "question": task.question,
+                "caption": caption, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                **self.run_info, "error": error}

@@ -1,0 +1,101 @@
+"""``pixelrefer-fast caption``: caption every annotation of a dataset into Parquet shards (resumable).
+
+Exit codes: 0 when every record got a row (error rows included; the summary says how many failed);
+2 when the job cannot run (missing files, bad options, a checkpoint that does not load, an ``OUT`` of
+another model), reported as one line on stderr.
+
+Example::
+
+    pixelrefer-fast caption --model PixelRefer-2B --annotations instances_val2017.json \\
+        --images val2017 --out captions/ --batch-size 16 --max-new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .records import DEFAULT_QUESTION
+
+ENGINES = ("local", "ray")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+KERNEL_MODES = ("auto", "triton", "torch")
+
+
+def add_caption_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``caption`` to the ``pixelrefer-fast`` subcommands."""
+    parser = subparsers.add_parser(
+        "caption",
+        help="caption every annotation of a COCO-format or JSON Lines dataset into Parquet shards",
+        description="Caption every annotation (COCO) or record (JSON Lines) with a PixelRefer checkpoint. Rows go to "
+        "Parquet shards in --out; a rerun with the same --out skips the annotations already written.",
+    )
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--annotations", required=True,
+                        help="COCO annotation file (.json) or JSON Lines records (.jsonl)")
+    parser.add_argument("--images", required=True, help="folder the image paths are read under")
+    parser.add_argument("--out", required=True, help="output folder (Parquet shards + manifest.json)")
+    parser.add_argument("--question", default=DEFAULT_QUESTION,
+                        help=f'question with one "<region>" (default: "{DEFAULT_QUESTION}")')
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: worker processes + the model on this machine (default); ray: Ray Data on the "
+                        "cluster RAY_ADDRESS names, or a local one")
+    parser.add_argument("--batch-size", type=int, default=16, help="regions per model call (default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="generation budget per caption (default 512)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="rows per Parquet shard (default 1000)")
+    parser.add_argument("--limit", type=int, help="caption only the first N annotations, in file order")
+    parser.add_argument("--workers", type=int, help="local: preparing processes (default min(4, cores - 1); 0 = none)")
+    parser.add_argument("--prefetch", type=int, default=2, help="local: batches each worker prepares ahead (default 2)")
+    parser.add_argument("--actors", type=int,
+                        help="ray: model actors (default: one per GPU of the cluster, or 1 without GPUs)")
+    parser.add_argument("--device", help="local: torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
+    parser.add_argument("--kernels", choices=KERNEL_MODES, default="auto", help="kernel path (default auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_caption)
+    return parser
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    """Read the tasks, skip those already in ``--out``, run the engine, print the summary."""
+    import pixelrefer_kernels
+    from transformers.utils import logging as hf_logging
+
+    from .captioner import Captioner, checkpoint_config_hash, load_model, make_run_info
+    from .job import pending_tasks, plan_units
+    from .output import ShardWriter, check_compatible, require_pyarrow
+    from .records import read_tasks
+
+    require_pyarrow()
+    if not Path(args.model).is_dir():
+        raise ValueError(f"--model: checkpoint directory not found: {args.model}")
+    for name in ("batch_size", "shard_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.actors is not None and args.actors < 1:
+        raise ValueError(f"--actors must be >= 1, got {args.actors}")
+    run_info = make_run_info(Path(args.model).resolve().name, checkpoint_config_hash(args.model), args.max_new_tokens)
+    out = Path(args.out)
+    check_compatible(out, run_info)
+    tasks = read_tasks(args.annotations, args.images, question=args.question, limit=args.limit)
+    pending, skipped = pending_tasks(tasks, out)
+    units = plan_units(pending, args.batch_size)
+    writer = ShardWriter(out, args.shard_size, run_info)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    progress = not args.no_progress
+    if args.engine == "ray":
+        from .ray_engine import run_ray
+
+        summary = run_ray(units, args.model, writer, actors=args.actors, dtype=args.dtype, kernels=args.kernels,
+                          total=len(tasks), skipped=skipped, progress=progress)
+    else:
+        from .local_engine import run_local
+
+        with pixelrefer_kernels.force(args.kernels):
+            model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+            summary = run_local(units, Captioner(model, processor, run_info=run_info), writer, total=len(tasks),
+                                skipped=skipped, workers=args.workers, prefetch=args.prefetch, progress=progress)
+    sys.stdout.write(summary.line() + "\n")
+    return 0
