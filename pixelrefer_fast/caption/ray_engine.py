@@ -60,9 +60,9 @@ class _CaptionActor:
     """Model stage: loads the checkpoint once (on the actor's GPU when it has one) and captions batches."""
 
     def __init__(self, model_dir: str, run_info: dict[str, Any], dtype: str, kernels: str):
-        from .captioner import Captioner, load_model
-
         from transformers.utils import logging as hf_logging
+
+        from .captioner import Captioner, load_model
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
@@ -81,8 +81,8 @@ class _CaptionActor:
         return pa.Table.from_pylist(rows, schema=schema())
 
 
-def run_ray(units: Sequence[Sequence[CaptionTask]], model_dir: str, writer: ShardWriter, *, actors: int | None = None, dtype: str = "auto", kernels: str = "auto", total: int, skipped: int,
-            progress: bool = True) -> CaptionSummary:
+def run_ray(units: Sequence[Sequence[CaptionTask]], model_dir: str, writer: ShardWriter, *, actors: int | None = None,
+            dtype: str = "auto", kernels: str = "auto", total: int, skipped: int, progress: bool = True) -> CaptionSummary:
     """Caption ``units`` on Ray and write their rows with ``writer``; returns the summary.
 
     Connects to the cluster ``RAY_ADDRESS`` names when set (``ray.init()``), else starts a local Ray on

@@ -1,6 +1,6 @@
 """A COCO-format caption dataset made from the demo photos, and the tiny checkpoint it is captioned with.
 
-``make_coco_dataset(root)`` writes shrunk copies of the demo photos (320 px wide, JPEG) under
+``make_coco_dataset(root)`` writes shrunk copies of the demo photos (160 px wide, JPEG) under
 ``root/images`` and ``root/instances.json`` with, in file order:
 
 | id | image | region |
@@ -31,7 +31,7 @@ from tests.model.tiny_checkpoint import make_tiny_checkpoint
 
 ERROR_IDS = {"6", "9"}
 ALL_IDS = [str(i) for i in range(1, 10)]
-WIDTH = 320
+WIDTH = 160
 
 
 def _shrunk(name: str, out: Path) -> tuple[int, int]:
@@ -61,9 +61,9 @@ def make_coco_dataset(root: str | Path) -> tuple[Path, Path]:
     sizes = {name: _shrunk(name, images / name) for name in ("1.jpg", "8.jpg", "2.jpg")}
     h1, w1 = sizes["1.jpg"]
     blob = np.zeros((h1, w1), dtype=np.uint8)
-    blob[40:120, 60:200] = 1
+    blob[20:60, 30:100] = 1
     crowd = np.zeros((h1, w1), dtype=np.uint8)
-    crowd[100:180, 150:300] = 1
+    crowd[50:90, 75:150] = 1
     compressed = mask_utils.encode(np.asfortranarray(blob))
     compressed["counts"] = compressed["counts"].decode("ascii")
     data = {
@@ -74,17 +74,17 @@ def make_coco_dataset(root: str | Path) -> tuple[Path, Path]:
             {"id": 40, "file_name": "missing.jpg", "height": 100, "width": 100},
         ],
         "annotations": [
-            {"id": 1, "image_id": 10, "iscrowd": 0, "bbox": [10, 10, 100, 80],
-             "segmentation": [[10, 10, 110, 12, 100, 90, 15, 80], [200, 100, 260, 100, 240, 150]]},
-            {"id": 2, "image_id": 10, "iscrowd": 0, "bbox": [60, 40, 140, 80], "segmentation": compressed},
-            {"id": 3, "image_id": 10, "iscrowd": 0, "bbox": [150, 20, 120, 90], "segmentation": []},
-            {"id": 4, "image_id": 10, "iscrowd": 1, "bbox": [150, 100, 150, 80], "segmentation": _uncompressed_rle(crowd)},
-            {"id": 5, "image_id": 20, "iscrowd": 0, "bbox": [30, 30, 150, 100],
-             "segmentation": [[30, 30, 180, 40, 170, 130, 40, 120]]},
+            {"id": 1, "image_id": 10, "iscrowd": 0, "bbox": [5, 5, 50, 40],
+             "segmentation": [[5, 5, 55, 6, 50, 45, 8, 40], [100, 50, 130, 50, 120, 75]]},
+            {"id": 2, "image_id": 10, "iscrowd": 0, "bbox": [30, 20, 70, 40], "segmentation": compressed},
+            {"id": 3, "image_id": 10, "iscrowd": 0, "bbox": [75, 10, 60, 45], "segmentation": []},
+            {"id": 4, "image_id": 10, "iscrowd": 1, "bbox": [75, 50, 75, 40], "segmentation": _uncompressed_rle(crowd)},
+            {"id": 5, "image_id": 20, "iscrowd": 0, "bbox": [15, 15, 75, 50],
+             "segmentation": [[15, 15, 90, 20, 85, 65, 20, 60]]},
             {"id": 6, "image_id": 20, "iscrowd": 1, "bbox": [0, 0, 10, 10],
              "segmentation": {"size": [sizes["8.jpg"][0], WIDTH], "counts": [5, 7, 3]}},
-            {"id": 7, "image_id": 20, "iscrowd": 0, "bbox": [100, 50, 120, 100]},
-            {"id": 8, "image_id": 30, "iscrowd": 0, "bbox": [40, 40, 90, 60],
+            {"id": 7, "image_id": 20, "iscrowd": 0, "bbox": [50, 25, 60, 50]},
+            {"id": 8, "image_id": 30, "iscrowd": 0, "bbox": [20, 20, 45, 30],
              "segmentation": [[-50, -50, -40, -50, -40, -40]]},
             {"id": 9, "image_id": 40, "iscrowd": 0, "bbox": [1, 1, 20, 20], "segmentation": [[1, 1, 20, 1, 20, 20]]},
         ],

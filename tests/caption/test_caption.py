@@ -31,7 +31,7 @@ from tests.caption.coco_fixture import ALL_IDS, ERROR_IDS, make_caption_checkpoi
 from tests.model.fixtures import DEMO_DIR  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="demo photos not found")
-TOKENS = "6"
+TOKENS = "4"
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_coco_records_and_region_forms(dataset):
     assert [t.annotation_id for t in tasks] == ALL_IDS
     assert [t.image_id for t in tasks][:4] == ["10"] * 4
     assert set(tasks[0].regions[0]) == {"polygon", "bbox"} and set(tasks[1].regions[0]) == {"rle", "bbox"}
-    assert tasks[2].regions[0] == {"bbox": [150, 20, 120, 90]}  # segmentation: [] -> bbox
-    assert tasks[6].regions[0] == {"bbox": [100, 50, 120, 100]}  # no segmentation key -> bbox
+    assert tasks[2].regions[0] == {"bbox": [75, 10, 60, 45]}  # segmentation: [] -> bbox
+    assert tasks[6].regions[0] == {"bbox": [50, 25, 60, 50]}  # no segmentation key -> bbox
     assert all(t.problem is None for t in tasks)
     assert [t.annotation_id for t in read_tasks(annotations, images, limit=3)] == ["1", "2", "3"]
 
@@ -84,10 +84,10 @@ def test_masks_match_pycocotools(dataset):
     ours = polygons_to_mask(polygon, h, w)
     theirs = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, h, w)))
     assert (ours & theirs).sum() / (ours | theirs).sum() > 0.9
-    box = decode_region({"bbox": [150, 20, 120, 90]}, h, w)
-    assert box.sum() == 120 * 90 and box[20, 150] == 1 and box[109, 269] == 1
-    empty_polygon = {"polygon": [[-50, -50, -40, -50, -40, -40]], "bbox": [40, 40, 90, 60]}
-    assert decode_region(empty_polygon, h, w).sum() == 90 * 60  # unusable segmentation -> bbox
+    box = decode_region({"bbox": [75, 10, 60, 45]}, h, w)
+    assert box.sum() == 60 * 45 and box[10, 75] == 1 and box[54, 134] == 1
+    empty_polygon = {"polygon": [[-50, -50, -40, -50, -40, -40]], "bbox": [20, 20, 45, 30]}
+    assert decode_region(empty_polygon, h, w).sum() == 45 * 30  # unusable segmentation -> bbox
     with pytest.raises(ValueError, match="polygon 0"):
         polygons_to_mask([[1, 2, 3, 4]], h, w)
 
@@ -145,8 +145,8 @@ def test_captions_equal_describe(dataset, tmp_path, capsys, batch_size, workers)
 
 def test_resume_after_sigkill(dataset, tmp_path, capsys):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pixelrefer_fast.cli", *_args(dataset, out, "--batch-size", "1", "--shard-size", "1",
-                                                                   "--workers", "0")]
+    args = _args(dataset, out, "--batch-size", "1", "--shard-size", "1", "--workers", "0")
+    command = [sys.executable, "-m", "pixelrefer_fast.cli", *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
