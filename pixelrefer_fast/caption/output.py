@@ -7,7 +7,7 @@ Layout of ``OUT``:
 - ``.part-*.parquet.tmp``: a shard being written (a killed run leaves at most one per writer; the
   next run deletes them);
 - ``manifest.json``: the shards (file, rows), the schema, the model, its ``config_hash`` and the
-  decoding settings; rewritten (atomically) after every shard, from the folder's listing.
+  decoding settings; rewritten (atomically) after every shard.
 
 Resume rule: the annotation ids already present in the complete shards are skipped (``done_keys``),
 so a killed run loses only its unwritten rows and every annotation appears exactly once.
@@ -94,12 +94,16 @@ def check_compatible(out: Path, run_info: dict[str, Any]) -> None:
                              f"{run_info[key]!r}; use a new --out (resuming would mix outputs)")
 
 
-def write_manifest(out: Path, run_info: dict[str, Any]) -> None:
-    """Rewrite ``manifest.json`` from the complete shards in ``out`` (temporary file + rename)."""
+def shard_rows(out: Path) -> dict[str, int]:
+    """``{file name: rows}`` of the complete shards in ``out`` (read from the Parquet footers)."""
     pa = require_pyarrow()
-    shards = [{"file": path.name, "rows": pa.parquet.ParquetFile(path).metadata.num_rows}
-              for path in sorted(out.glob(SHARD_GLOB))]
-    manifest = {**run_info, "shards": shards, "rows": sum(s["rows"] for s in shards),
+    return {path.name: pa.parquet.ParquetFile(path).metadata.num_rows for path in sorted(out.glob(SHARD_GLOB))}
+
+
+def write_manifest(out: Path, run_info: dict[str, Any], shards: dict[str, int]) -> None:
+    """Rewrite ``manifest.json`` for ``shards`` (``{file name: rows}``) through a temporary file + rename."""
+    manifest = {**run_info, "shards": [{"file": name, "rows": rows} for name, rows in sorted(shards.items())],
+                "rows": sum(shards.values()),
                 "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema()]}
     tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -124,6 +128,7 @@ class ShardWriter:
         self.run_info = run_info
         self.run = uuid.uuid4().hex[:12]
         self.rows: list[dict[str, Any]] = []
+        self.shards = shard_rows(self.out)  # earlier runs' shards, then ours
         self.shards_written = 0
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -136,7 +141,7 @@ class ShardWriter:
         if self.rows:
             self._write(self.rows)
             self.rows = []
-        write_manifest(self.out, self.run_info)
+        write_manifest(self.out, self.run_info, self.shards)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         pa = require_pyarrow()
@@ -147,8 +152,9 @@ class ShardWriter:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, self.out / name)
+        self.shards[name] = len(rows)
         self.shards_written += 1
-        write_manifest(self.out, self.run_info)
+        write_manifest(self.out, self.run_info, self.shards)
 
 
 def read_captions(out: str | Path):

@@ -89,39 +89,23 @@ def run_ray(units: Sequence[Sequence[CaptionTask]], model_dir: str, writer: Shar
     this machine's cores, and shuts down only a Ray it started.
 
     Args:
-        actors: model actors (default: one per GPU of the cluster, or 1 without GPUs); each takes a GPU
-            when the cluster has them.
+        actors: model actors (default: one per GPU of the cluster, or 1 without GPUs); with GPUs each
+            takes one (a share of one when there are more actors than GPUs), without them one CPU.
     """
     from tqdm import tqdm
 
-    ray = require_ray()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-        count = actors or max(1, gpus)
-        # preparing actors use the CPUs the model actors leave (those take one each without GPUs)
-        preparers = max(1, cpus - (0 if gpus else count))
-        pending = sum(len(unit) for unit in units)
-        start = time.perf_counter()
-        written = failed = 0
-        if units:
-            dataset = ray.data.from_items([{"unit": json.dumps([t.to_dict() for t in unit])} for unit in units])
-            dataset = dataset.map_batches(
-                _Preparer, batch_size=1, num_cpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=preparers),
-                fn_constructor_kwargs={"model_dir": str(model_dir)},
-            )
-            dataset = dataset.map_batches(
-                _CaptionActor, batch_size=1, num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0,
-                compute=ray.data.ActorPoolStrategy(size=count),
-                fn_constructor_kwargs={"model_dir": str(model_dir), "run_info": writer.run_info, "dtype": dtype,
-                                       "kernels": kernels},
-            )
+    pending = sum(len(unit) for unit in units)
+    start = time.perf_counter()
+    written = failed = 0
+    if pending:
+        ray = require_ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            dataset = _pipeline(ray, units, model_dir, writer.run_info, actors=actors, dtype=dtype, kernels=kernels)
             with tqdm(total=pending, unit="region", disable=not progress, dynamic_ncols=True) as bar:
                 for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                     rows = batch.to_pylist()
@@ -130,9 +114,28 @@ def run_ray(units: Sequence[Sequence[CaptionTask]], model_dir: str, writer: Shar
                     failed += sum(row["error"] is not None for row in rows)
                     bar.update(len(rows))
                     bar.set_postfix(failed=failed, refresh=False)
-        writer.flush()
-        return CaptionSummary(total=total, skipped=skipped, written=written, failed=failed,
-                              seconds=time.perf_counter() - start)
-    finally:
-        if started:
-            ray.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
+    writer.flush()
+    return CaptionSummary(total=total, skipped=skipped, written=written, failed=failed, seconds=time.perf_counter() - start)
+
+
+def _pipeline(ray, units: Sequence[Sequence[CaptionTask]], model_dir: str, run_info: dict[str, str], *,
+              actors: int | None, dtype: str, kernels: str):
+    """The Ray Data dataset of output rows (module docstring)."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    count = actors or max(1, gpus)
+    # preparing actors use the CPUs the model actors leave (those take one each without GPUs)
+    preparers = max(1, cpus - (0 if gpus else count))
+    dataset = ray.data.from_items([{"unit": json.dumps([t.to_dict() for t in unit])} for unit in units])
+    dataset = dataset.map_batches(
+        _Preparer, batch_size=1, num_cpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=preparers),
+        fn_constructor_kwargs={"model_dir": str(model_dir)},
+    )
+    return dataset.map_batches(
+        _CaptionActor, batch_size=1, num_cpus=0 if gpus else 1, num_gpus=min(1.0, gpus / count) if gpus else 0,
+        compute=ray.data.ActorPoolStrategy(size=count),
+        fn_constructor_kwargs={"model_dir": str(model_dir), "run_info": run_info, "dtype": dtype, "kernels": kernels},
+    )
