@@ -7,13 +7,15 @@ Both sides read the JPEGs and decode the RLEs; generation always runs ``new_toke
 suppressed with ``min_new_tokens``), greedy, full model, fp32, random weights of the preset:
 
 - fast: ``run_local`` (one worker process prepares batches ahead: image + mask decoding and the
-  processor), batches of 16 regions grouped by image, one ``describe`` per batch, Parquet shards written;
+  processor), batches of 8 regions grouped by image (2 images each), one ``describe`` per batch, Parquet
+  shards written. 8, not the CLI's 16: on CPU the padded-free prefill of 16 x 513 tokens costs more per
+  token than 8 x 513 (measured 4.4 s vs 2 x 1.3 s at cpu-default, 1 thread), so 8 is the faster engine here;
 - baseline: ``describe(processor, images=[path], masks=[[mask]], ...)`` once per annotation.
 
 Pairs (``extra_info``: ``regions_per_s``, the shapes): ``caption_cpu_fp32_<preset>_16reg_8tok_vs_describe_loop``
 for the ``tiny`` preset (the tests' tiny sizes: ViT 2x48, LLM 2x64, K=4) and ``cpu-default``. Not gated:
-see the numbers in ``README.md`` (the fast side uses a second process, so on a shared 2-core machine its
-ratio swings with the neighbours' load).
+the fast side uses a second process, so on a shared 2-core machine its ratio swings with the neighbours'
+load (1 torch thread, load average 9-15: tiny 1.2-2.0x, cpu-default 1.3-1.6x over five runs).
 
 Run: ``python -m pytest bench/bench_caption.py --benchmark-enable`` (~1 min).
 """
