@@ -8,8 +8,8 @@ suppressed with ``min_new_tokens``), greedy, full model, fp32, random weights of
 
 - fast: ``run_local`` (one worker process prepares batches ahead: image + mask decoding and the
   processor), batches of 8 regions grouped by image (2 images each), one ``describe`` per batch, Parquet
-  shards written. 8, not the CLI's 16: on CPU the padded-free prefill of 16 x 513 tokens costs more per
-  token than 8 x 513 (measured 4.4 s vs 2 x 1.3 s at cpu-default, 1 thread), so 8 is the faster engine here;
+  shards written. 8, not the CLI's 16: on CPU the prefill costs more per token at 16 items of 513 tokens
+  than at fewer (forward measured 4.4 s for 16 items vs 0.65 s for 4, cpu-default, 1 thread);
 - baseline: ``describe(processor, images=[path], masks=[[mask]], ...)`` once per annotation.
 
 Pairs (``extra_info``: ``regions_per_s``, the shapes): ``caption_cpu_fp32_<preset>_16reg_8tok_vs_describe_loop``
