@@ -26,11 +26,14 @@ def config_hash(config: dict) -> str:
 
 
 def checkpoint_config_hash(model_dir: str | Path) -> str:
-    """``config_hash`` of a checkpoint folder's ``config.json`` (as the file says, before any loading)."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
+    """``config_hash`` of a checkpoint folder's ``config.json`` and ``generation_config.json`` (when present),
+    as the files say, before any loading: a change of either (e.g. ``repetition_penalty``) changes the hash."""
+    directory = Path(model_dir)
+    if not (directory / "config.json").is_file():
         raise ValueError(f"--model: {model_dir} has no config.json")
-    return config_hash(json.loads(path.read_text()))
+    files = {name: json.loads((directory / name).read_text())
+             for name in ("config.json", "generation_config.json") if (directory / name).is_file()}
+    return config_hash(files)
 
 
 def make_run_info(model_name: str, config_digest: str, max_new_tokens: int, **generate_kwargs: Any) -> dict[str, str]:

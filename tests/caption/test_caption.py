@@ -191,3 +191,28 @@ def test_missing_files_and_foreign_out_exit_2(dataset, tmp_path, capsys):
     code = main([a if a != TOKENS else "7" for a in _args(dataset, tmp_path / "out")])  # another decoding
     err = capsys.readouterr().err
     assert code == 2 and "resuming would mix outputs" in err
+
+
+def test_jsonl_records_with_several_regions(dataset, tmp_path, capsys):
+    root, _, images, model_dir = dataset
+    records = [
+        {"id": "pair", "image": "1.jpg", "regions": [[5, 5, 60, 50], {"bbox": [75, 10, 60, 45]}],
+         "question": "Compare <region> and <region>."},
+        {"id": "one", "image": "8.jpg", "regions": [{"polygon": [[15, 15, 90, 20, 85, 65, 20, 60]]}]},
+        {"id": "bad", "image": "8.jpg", "regions": [[5, 5, 60, 50]], "question": "Compare <region> and <region>."},
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["caption", "--model", str(model_dir), "--annotations", str(path), "--images", str(images), "--out",
+            str(tmp_path / "out"), "--max-new-tokens", TOKENS, "--device", "cpu", "--no-progress", "--workers", "0"]
+    assert main(args) == 0
+    assert "1 failed" in capsys.readouterr().out
+    rows = _by_id(tmp_path / "out")
+    assert "2 '<region>' placeholder(s) but 1 region(s)" in rows["bad"]["error"]
+    model, processor = load_model(str(model_dir), device="cpu")
+    h, w = load_image(Path(images) / "1.jpg").shape[:2]
+    masks = [decode_region(spec, h, w) for spec in records[0]["regions"]]
+    expected = model.describe(processor, images=[str(Path(images) / "1.jpg")], masks=[masks],
+                              questions=[records[0]["question"]], max_new_tokens=int(TOKENS))
+    assert rows["pair"]["caption"] == expected[0] and rows["pair"]["error"] is None
+    assert rows["one"]["image_id"] == "8.jpg" and rows["one"]["error"] is None
