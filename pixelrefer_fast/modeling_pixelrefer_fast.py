@@ -622,8 +622,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             **generate_kwargs: passed to ``generate`` (e.g. ``do_sample=True``, ``repetition_penalty``).
 
         Returns:
-            One answer per item (or its details dict), special tokens skipped, stripped. Decoding is greedy by default (as the
-            official scripts) and keeps the checkpoint's ``generation_config`` processors
+            One answer per item (or its details dict), special tokens skipped, stripped. Decoding is greedy
+            by default (as the official scripts) and keeps the checkpoint's ``generation_config`` processors
             (``repetition_penalty``, which transformers applies in greedy mode too) and eos.
 
         Raises:
@@ -702,8 +702,8 @@ def _completion_lengths(new_tokens: torch.Tensor, eos_token_id) -> list[int]:
     eos = torch.as_tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
     tokens = new_tokens.to("cpu")
     is_eos = torch.isin(tokens, eos)  # (B, N)
-    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, torch.full_like(is_eos[:, 0], tokens.shape[1], dtype=torch.long))
-    return first.tolist()
+    lengths = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, tokens.shape[1])  # (B,)
+    return lengths.tolist()
 
 
 class PixelReferFastLiteForCausalLM(PixelReferFastLitePreTrainedModel, PixelReferFastForCausalLM):

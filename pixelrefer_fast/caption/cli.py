@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from .records import DEFAULT_QUESTION
 
 ENGINES = ("local", "ray")
@@ -42,7 +43,8 @@ def add_caption_parser(subparsers) -> argparse.ArgumentParser:
                         help="local: worker processes + the model on this machine (default); ray: Ray Data on the "
                         "cluster RAY_ADDRESS names, or a local one")
     parser.add_argument("--batch-size", type=int, default=16, help="regions per model call (default 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="generation budget per caption (default 512)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"generation budget per caption (default {DEFAULT_MAX_NEW_TOKENS}; captions stop at eos)")
     parser.add_argument("--shard-size", type=int, default=1000, help="rows per Parquet shard (default 1000)")
     parser.add_argument("--limit", type=int, help="caption only the first N annotations, in file order")
     parser.add_argument("--workers", type=int, help="local: preparing processes (default min(4, cores - 1); 0 = none)")
