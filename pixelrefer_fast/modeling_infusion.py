@@ -89,12 +89,15 @@ class PixelReferFastLiteRegionEncoder(PixelReferFastRegionEncoder):
         global_feats: torch.Tensor,
         cu_global: torch.Tensor,
         region_global: torch.Tensor,
+        *,
+        validate: bool = True,
     ) -> torch.Tensor:
         """Object-Centric Infusion of ``tokens [R, K, C]`` (before ``feat_linear``), in the parameters' dtype.
 
         ``local_feats [N_l, C]`` / ``global_feats [N_g, C]``: packed feature maps with offsets
         ``cu_local [L+1]`` / ``cu_global [G+1]``; ``region_local`` / ``region_global`` ``[R]``: the map of
-        each region. Keep the offsets and maps on the CPU to avoid a device sync.
+        each region. Keep the offsets and maps on the CPU to avoid a device sync. ``validate=False``
+        for offsets already checked (the model's checked batch).
         """
         if self.ln_local.eps != self.ln_global.eps:
             raise ValueError(f"ln_local.eps={self.ln_local.eps} and ln_global.eps={self.ln_global.eps} differ; the fused infusion takes one eps")
@@ -111,6 +114,7 @@ class PixelReferFastLiteRegionEncoder(PixelReferFastRegionEncoder):
             InfusionWeights.from_modules(self.ln_global, self.fusion_attention_global),
             num_heads=self.num_heads,
             eps=self.ln_local.eps,
+            validate=validate,
         )
 
     def forward(

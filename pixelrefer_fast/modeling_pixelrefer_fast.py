@@ -48,8 +48,8 @@ from .configuration_pixelrefer_fast import (
 from .defaults import DEFAULT_MAX_NEW_TOKENS
 from .modeling_infusion import PixelReferFastLiteRegionEncoder
 from .modeling_projector import PixelReferFastProjector
-from .modeling_region import PixelReferFastRegionEncoder, RegionInputs
-from .modeling_vision import PixelReferFastVisionEncoder, merge_windows
+from .modeling_region import PackedRegions, PixelReferFastRegionEncoder
+from .modeling_vision import PixelReferFastVisionEncoder, VisionPacking, merge_windows, pack_layout
 
 logger = logging.getLogger("pixelrefer_fast")
 
@@ -66,7 +66,8 @@ class PixelReferFastInputs:
         crop_pixel_values ``[N_crop, 588]``; crop_grid_thw ``[R, 3]``; region_masks ``[N_m]`` packed mask
         grids; region_mask_hw ``[R, 2]``; region_boxes ``[R, 4]`` (top, left, bottom, right);
         region_image_hw ``[R, 2]`` (H, W of the source image); region_token_counts ``[R]`` (tokens the
-        prompt reserved per region, checked against the encoder); region_item ``[R]`` (batch index).
+        prompt reserved per region, checked against the encoder); region_item ``[R]`` (batch index);
+        region_mask_cells ``[R]`` (mask cells > 0 per region; optional, checked against the masks).
     Lite only (each view encoded once, regions index them):
         global_pixel_values, global_grid_thw ``[G, 3]``, region_global ``[R]``;
         local_pixel_values, local_grid_thw ``[L, 3]``, region_local ``[R]``.
@@ -86,6 +87,7 @@ class PixelReferFastInputs:
     region_image_hw: torch.Tensor | None = None
     region_token_counts: torch.Tensor | None = None
     region_item: torch.Tensor | None = None
+    region_mask_cells: torch.Tensor | None = None
     global_pixel_values: torch.Tensor | None = None
     global_grid_thw: torch.Tensor | None = None
     region_global: torch.Tensor | None = None
@@ -113,12 +115,69 @@ class PixelReferFastInputs:
 
 
 MULTIMODAL_KEYS = tuple(f.name for f in fields(PixelReferFastInputs))
-# Metadata the model reads on the host (sizes, masks, indices): kept on the CPU, so no device sync.
-HOST_KEYS = (
-    "image_grid_thw", "image_merge_sizes", "image_token_keep", "crop_grid_thw", "region_masks", "region_mask_hw", "region_boxes",
-    "region_image_hw", "region_token_counts", "region_item", "global_grid_thw", "region_global",
-    "local_grid_thw", "region_local",
-)
+PACKED_KEY = "multimodal_inputs"  # the checked PixelReferFastBatch in place_inputs' output
+
+
+@dataclass(frozen=True)
+class LiteViews:
+    """Lite's view offsets (``[V+1]`` int32) and each region's view (``[R]`` int64), on the host (the
+    infusion plans its gathers from them without reading the device)."""
+
+    cu_local: torch.Tensor
+    region_local: torch.Tensor
+    cu_global: torch.Tensor
+    region_global: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PixelReferFastBatch:
+    """One batch's multimodal inputs, checked once on the host and placed (``PixelReferFastModel.pack_inputs``).
+
+    Device tensors: ``pixel_values`` (every pixel source of the batch concatenated: images, crops, Lite
+    global then local views), ``image_keep_rows``, ``image_slots`` / ``region_slots`` (rows of the
+    flattened ``[B*T]`` prompt holding ``<image>`` / ``<REGION>``) and the device parts of ``regions``
+    (masks as uint8, offsets, box coefficients, kept token rows). Host facts: the vision grids, merge
+    sizes and layout (``vision_packing``), ``vision_rows`` (rows per source), the image grids, the
+    region sizes and counts (``regions``), Lite's view offsets (``lite_views``), ``has_padding`` (the
+    attention mask holds a 0) and ``sequence_shape`` (B, T). The encoders take it as checked: nothing
+    is read back from the device between ``place_inputs`` and the first logits (SDPA/eager attention,
+    deterministic k-means init; the parity init draws from its CPU generator, on the host).
+    """
+
+    pixel_values: torch.Tensor | None
+    vision_grid_thw: torch.Tensor | None
+    vision_merge_sizes: torch.Tensor | None
+    vision_packing: VisionPacking | None
+    vision_rows: tuple[tuple[str, int], ...]
+    image_grid_thw: torch.Tensor | None
+    image_merge_sizes: torch.Tensor | None
+    image_keep_rows: torch.Tensor | None
+    image_slots: torch.Tensor
+    region_slots: torch.Tensor
+    regions: PackedRegions | None
+    lite_views: LiteViews | None
+    kmeans_generator: torch.Generator | None
+    has_padding: bool
+    sequence_shape: tuple[int, ...]
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        """The tensors that live on the model's device (what a host read would have to sync on)."""
+        found = [self.pixel_values, self.image_keep_rows, self.image_slots, self.region_slots]
+        if self.vision_packing is not None:
+            found.append(self.vision_packing.cu_seqlens)
+        if self.regions is not None:
+            r = self.regions
+            found += [r.masks, r.cu_features, r.cu_masks, r.pos_params, r.select_rows]
+        return [t for t in found if t is not None]
+
+
+def _host_long(value, name: str) -> torch.Tensor:
+    """An integer metadata tensor as CPU int64 (the processor's are on the CPU already: no sync)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {value.dtype}")
+    return value.detach().to("cpu", torch.long)
 _REGION_KEYS = ("crop_pixel_values", "crop_grid_thw", "region_masks", "region_mask_hw", "region_boxes", "region_image_hw")
 _LITE_VIEW_KEYS = ("global_pixel_values", "global_grid_thw", "region_global", "local_pixel_values", "local_grid_thw", "region_local")
 
@@ -149,9 +208,9 @@ def _check_per_item(slots: torch.Tensor, counts: torch.Tensor, region_item: torc
 
 
 def _image_merge_sizes(inputs: PixelReferFastInputs) -> torch.Tensor:
-    """Per-image stride (``image_merge_sizes``; all 1 when absent)."""
+    """Per-image stride (``image_merge_sizes``; all 1 when absent), CPU int64."""
     if inputs.image_merge_sizes is not None:
-        return inputs.image_merge_sizes
+        return _host_long(inputs.image_merge_sizes, "image_merge_sizes")
     return torch.ones(inputs.image_grid_thw.shape[0], dtype=torch.long)
 
 
@@ -262,106 +321,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         self.region_encoder = build_region_encoder(config)
         self.post_init()
 
-    # ---- vision ---------------------------------------------------------------------------------
-
-    def encode_pixels(self, inputs: PixelReferFastInputs) -> dict[str, torch.Tensor]:
-        """Run every pixel source of the batch through ONE packed vision-encoder call.
-
-        Returns:
-            ``{"images", "crops", "global", "local"}`` -> ``[rows, C]`` features, for the sources present.
-        """
-        device = self.vision_encoder.vision_encoder.embeddings.patch_embedding.weight.device
-        sources = []
-        if inputs.pixel_values is not None:
-            sources.append(("images", inputs.pixel_values, inputs.image_grid_thw, _image_merge_sizes(inputs)))
-        for name, pixels, grid in (
-            ("crops", inputs.crop_pixel_values, inputs.crop_grid_thw),
-            ("global", inputs.global_pixel_values, inputs.global_grid_thw),
-            ("local", inputs.local_pixel_values, inputs.local_grid_thw),
-        ):
-            if pixels is not None:
-                sources.append((name, pixels, grid, torch.ones(grid.shape[0], dtype=torch.long)))
-        if not sources:
-            return {}
-        for name, pixels, grid, _ in sources:
-            if grid is None:
-                raise ValueError(f"{name} pixels were given without their grid_thw")
-        pixels = torch.cat([p.to(device) for _, p, _, _ in sources])
-        host_grids = [g.to("cpu", torch.long) for _, _, g, _ in sources]
-        merge = torch.cat([m.to("cpu", torch.long) for _, _, _, m in sources])
-        features = self.vision_encoder(pixels, torch.cat(host_grids), merge)  # (N, C), one packed call
-        rows = [int(g.prod(-1).sum()) for g in host_grids]
-        return dict(zip([name for name, *_ in sources], features.split(rows)))
-
-    def get_image_features(self, inputs: PixelReferFastInputs, vision: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Global image / video-frame tokens for the LLM: ``[n_image_tokens, D]``.
-
-        Args:
-            inputs: needs ``pixel_values`` and ``image_grid_thw`` (and ``image_merge_sizes`` for video,
-                ``image_token_keep`` for compressed video).
-            vision: the output of ``encode_pixels`` when already computed (else it is run here).
-        """
-        if self.config.is_lite:
-            raise ValueError(
-                "PixelRefer-Lite takes no global image tokens (Object-Only framework); pass region inputs "
-                "(crops, masks and the Lite views) without pixel_values"
-            )
-        if vision is None:
-            vision = self.encode_pixels(inputs)
-        tokens = merge_windows(vision["images"], inputs.image_grid_thw, _image_merge_sizes(inputs))  # (n_tokens, C)
-        keep = inputs.image_token_keep
-        if keep is not None:
-            if keep.dim() != 1 or keep.shape[0] != tokens.shape[0]:
-                raise ValueError(
-                    f"image_token_keep must have one entry per merged image token ({tokens.shape[0]}), got shape {tuple(keep.shape)}"
-                )
-            kept = keep.to("cpu", torch.bool).nonzero().squeeze(1)  # on the host: no device sync
-            tokens = tokens.index_select(0, kept.to(tokens.device, non_blocking=True))
-        return self.mm_projector(tokens)
-
-    def get_region_features(
-        self, inputs: PixelReferFastInputs, vision: dict[str, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Region tokens for the LLM.
-
-        Returns:
-            ``(embeddings [sum(counts), D], counts [R])``; counts are ``min(K, cells)`` (full) or K (Lite).
-        """
-        self._check_region_inputs(inputs)
-        if vision is None:
-            vision = self.encode_pixels(inputs)
-        crop_grid = inputs.crop_grid_thw.to("cpu", torch.long)
-        if bool((crop_grid[:, 0] != 1).any()):
-            raise ValueError(f"crop_grid_thw must have t == 1 for every crop, got {crop_grid[:, 0].tolist()}")
-        regions = RegionInputs(
-            features=vision["crops"],
-            feature_hw=crop_grid[:, 1:],
-            masks=inputs.region_masks,
-            mask_hw=inputs.region_mask_hw.to("cpu", torch.long),
-            boxes=inputs.region_boxes,
-            image_hw=inputs.region_image_hw,
-        )
-        generator = inputs.kmeans_generator
-        if not self.config.is_lite:
-            return self.region_encoder(regions, generator=generator)
-        return self.region_encoder(
-            regions,
-            vision["local"],
-            _host_offsets(inputs.local_grid_thw),
-            inputs.region_local.to("cpu", torch.long),
-            vision["global"],
-            _host_offsets(inputs.global_grid_thw),
-            inputs.region_global.to("cpu", torch.long),
-            generator=generator,
-        )
-
-    def _check_region_inputs(self, inputs: PixelReferFastInputs) -> None:
-        required = _REGION_KEYS + (_LITE_VIEW_KEYS if self.config.is_lite else ())
-        missing = [key for key in required if getattr(inputs, key) is None]
-        if missing:
-            raise ValueError(f"region inputs are incomplete: missing {', '.join(missing)}")
-
-    # ---- splicing -------------------------------------------------------------------------------
+    # ---- the checked batch (host side, once) ----------------------------------------------------
 
     def _token_id(self, name: str) -> int:
         value = getattr(self.config, name)
@@ -372,54 +332,224 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             )
         return value
 
-    def embed_multimodal(self, input_ids: torch.Tensor, inputs: PixelReferFastInputs) -> torch.Tensor:
-        """``inputs_embeds [B, T, D]`` with image and region features written over their placeholders.
+    def pack_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, inputs: PixelReferFastInputs
+    ) -> PixelReferFastBatch:
+        """Validate the multimodal inputs of a batch ONCE, on the host, and place them for the forward.
 
-        Placeholder counts are checked against the counts the inputs announce before any encoder
-        runs, and against the features the encoders produce afterwards (``ValueError`` with both numbers).
+        Placeholders are counted on the host ``input_ids`` (a device ``input_ids`` costs one sync) and
+        checked against the counts the inputs announce and the regions' masks give; region masks are
+        thresholded once to uint8; every size, offset and row index the encoders and the splice need
+        is computed here. The forward then reads nothing back from the device (see
+        ``PixelReferFastBatch``).
+
+        Raises:
+            ValueError: placeholders and features disagree (both numbers given), incomplete region
+                inputs, Lite given global image tokens, bad grids or masks.
         """
+        device = self.embed_tokens.weight.device
+        host_ids = input_ids.detach().to("cpu")
         image_id, region_id = self._token_id("image_token_index"), self._token_id("region_token_index")
-        image_slots, region_slots = input_ids == image_id, input_ids == region_id
-        slots_per_item = torch.stack([image_slots.sum(-1), region_slots.sum(-1)]).to("cpu", torch.long)  # (2, B), one sync
-        n_image_slots, n_region_slots = slots_per_item.sum(-1).tolist()
-        if inputs.has_images:
-            if self.config.is_lite:
-                self.get_image_features(inputs)  # raises the Lite message
-            _check_count("<image>", n_image_slots, _announced_image_tokens(inputs), "the images give")
-        elif n_image_slots:
+        image_slots, region_slots = host_ids == image_id, host_ids == region_id
+        n_image_slots, n_region_slots = int(image_slots.sum()), int(region_slots.sum())
+        if inputs.has_images and self.config.is_lite:
+            raise ValueError(
+                "PixelRefer-Lite takes no global image tokens (Object-Only framework); pass region inputs "
+                "(crops, masks and the Lite views) without pixel_values"
+            )
+        if not inputs.has_images and n_image_slots:
             raise ValueError(f"the prompt has {n_image_slots} <image> tokens but no pixel_values were given")
-        if inputs.has_regions:
-            self._check_region_inputs(inputs)
-            if inputs.region_token_counts is not None:
-                announced = inputs.region_token_counts.to("cpu", torch.long)
-                _check_count("<REGION>", n_region_slots, int(announced.sum()), "region_token_counts announce")
-                _check_per_item(slots_per_item[1], announced, inputs.region_item)
-        elif n_region_slots:
+        if not inputs.has_regions and n_region_slots:
             raise ValueError(
                 f"the prompt has {n_region_slots} <REGION> tokens but no region inputs were given "
                 f"({', '.join(_REGION_KEYS)}); every <region> needs a mask"
             )
-
-        vision = self.encode_pixels(inputs)
-        embeds = self.embed_tokens(input_ids)
+        sources = []
+        image_grid = image_merge = keep_rows = None
         if inputs.has_images:
-            features = self.get_image_features(inputs, vision)
-            _check_count("<image>", n_image_slots, features.shape[0], "the images give")
-            embeds = embeds.masked_scatter(image_slots[..., None], features.to(embeds.dtype))
+            image_grid, image_merge = _host_long(inputs.image_grid_thw, "image_grid_thw"), _image_merge_sizes(inputs)
+            _check_count("<image>", n_image_slots, _announced_image_tokens(inputs), "the images give")
+            if inputs.image_token_keep is not None:
+                keep = inputs.image_token_keep.detach().to("cpu")
+                merged = int((image_grid.prod(-1) // (image_merge * image_merge)).sum())
+                if keep.dim() != 1 or keep.shape[0] != merged:
+                    raise ValueError(
+                        f"image_token_keep must have one entry per merged image token ({merged}), got shape {tuple(keep.shape)}"
+                    )
+                keep_rows = keep.to(torch.bool).nonzero().squeeze(1).to(device, non_blocking=True)
+            sources.append(("images", inputs.pixel_values, image_grid, image_merge))
+        regions = lite_views = None
         if inputs.has_regions:
-            features, counts = self.get_region_features(inputs, vision)
-            counts = counts.to("cpu", torch.long)
-            if inputs.region_token_counts is not None and not torch.equal(counts, announced):
-                bad = [i for i, (a, b) in enumerate(zip(announced.tolist(), counts.tolist())) if a != b]
-                raise ValueError(
-                    f"region token counts disagree: the prompt reserved {announced.tolist()} tokens per region but "
-                    f"the region encoder produced {counts.tolist()} (first differing regions {bad[:8]}); the mask "
-                    "grids must be the processor's"
+            self._check_region_inputs(inputs)
+            crop_grid = _host_long(inputs.crop_grid_thw, "crop_grid_thw")
+            if bool((crop_grid[:, 0] != 1).any()):
+                raise ValueError(f"crop_grid_thw must have t == 1 for every crop, got {crop_grid[:, 0].tolist()}")
+            regions = self.region_encoder.pack(
+                crop_grid[:, 1:], inputs.region_masks, inputs.region_mask_hw, inputs.region_boxes, inputs.region_image_hw,
+                device, region_cells=inputs.region_mask_cells,
+            )
+            self._check_region_counts(n_region_slots, regions, inputs, region_slots.sum(-1))
+            sources.append(("crops", inputs.crop_pixel_values, crop_grid, torch.ones(crop_grid.shape[0], dtype=torch.long)))
+            if self.config.is_lite:
+                global_grid = _host_long(inputs.global_grid_thw, "global_grid_thw")
+                local_grid = _host_long(inputs.local_grid_thw, "local_grid_thw")
+                sources.append(("global", inputs.global_pixel_values, global_grid, torch.ones(global_grid.shape[0], dtype=torch.long)))
+                sources.append(("local", inputs.local_pixel_values, local_grid, torch.ones(local_grid.shape[0], dtype=torch.long)))
+                lite_views = LiteViews(
+                    _host_offsets(local_grid), _host_long(inputs.region_local, "region_local"),
+                    _host_offsets(global_grid), _host_long(inputs.region_global, "region_global"),
                 )
-            _check_count("<REGION>", n_region_slots, features.shape[0], "the region encoder produced")
-            _check_per_item(slots_per_item[1], counts, inputs.region_item)
-            embeds = embeds.masked_scatter(region_slots[..., None], features.to(embeds.dtype))
-        return embeds
+        for name, pixels, grid, _ in sources:
+            if pixels is None:
+                raise ValueError(f"{name} grid_thw was given without its pixels")
+        pixels = torch.cat([p.to(device, non_blocking=True) for _, p, _, _ in sources]) if sources else None
+        grid = torch.cat([g for _, _, g, _ in sources]) if sources else None
+        merge = torch.cat([m for _, _, _, m in sources]) if sources else None
+        packing = pack_layout(grid, merge, pixels.shape[0], device) if sources else None
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            has_padding = not bool(attention_mask.detach().to("cpu").bool().all())
+        else:  # none, or a prepared mask (generate's static cache): used as it is
+            has_padding = attention_mask is not None
+        return PixelReferFastBatch(
+            pixel_values=pixels,
+            vision_grid_thw=grid,
+            vision_merge_sizes=merge,
+            vision_packing=packing,
+            vision_rows=tuple((name, int(g.prod(-1).sum())) for name, _, g, _ in sources),
+            image_grid_thw=image_grid,
+            image_merge_sizes=image_merge,
+            image_keep_rows=keep_rows,
+            image_slots=image_slots.flatten().nonzero().squeeze(1).to(device, non_blocking=True),
+            region_slots=region_slots.flatten().nonzero().squeeze(1).to(device, non_blocking=True),
+            regions=regions,
+            lite_views=lite_views,
+            kmeans_generator=inputs.kmeans_generator,
+            has_padding=has_padding,
+            sequence_shape=tuple(host_ids.shape),
+        )
+
+    def _check_region_inputs(self, inputs: PixelReferFastInputs) -> None:
+        required = _REGION_KEYS + (_LITE_VIEW_KEYS if self.config.is_lite else ())
+        missing = [key for key in required if getattr(inputs, key) is None]
+        if missing:
+            raise ValueError(f"region inputs are incomplete: missing {', '.join(missing)}")
+
+    def _check_region_counts(self, n_region_slots: int, regions, inputs: PixelReferFastInputs, slots_per_item) -> None:
+        """``<REGION>`` placeholders against the announced counts and the counts the masks give."""
+        announced = None
+        if inputs.region_token_counts is not None:
+            announced = _host_long(inputs.region_token_counts, "region_token_counts")
+            _check_count("<REGION>", n_region_slots, int(announced.sum()), "region_token_counts announce")
+            _check_per_item(slots_per_item, announced, inputs.region_item)
+        counts = regions.counts
+        if counts is None:  # masks on a GPU: the counts are known after the encoder (splice checks the rows)
+            return
+        if announced is not None and not torch.equal(counts, announced):
+            bad = [i for i, (a, b) in enumerate(zip(announced.tolist(), counts.tolist())) if a != b]
+            raise ValueError(
+                f"region token counts disagree: the prompt reserved {announced.tolist()} tokens per region but "
+                f"the region encoder produced {counts.tolist()} (first differing regions {bad[:8]}); the mask "
+                "grids must be the processor's"
+            )
+        _check_count("<REGION>", n_region_slots, int(counts.sum()), "the region encoder produced")
+        _check_per_item(slots_per_item, counts, inputs.region_item)
+
+    # ---- stages (each a method the forward calls; the profiler times these) ---------------------
+
+    def encode_pixels(self, batch: PixelReferFastBatch) -> dict[str, torch.Tensor]:
+        """Every pixel source of the batch through ONE packed vision-encoder call.
+
+        Returns:
+            ``{"images", "crops", "global", "local"}`` -> ``[rows, C]`` features, for the sources present.
+        """
+        if batch.pixel_values is None:
+            return {}
+        features = self.vision_encoder(batch.pixel_values, batch.vision_grid_thw, batch.vision_merge_sizes, packing=batch.vision_packing)
+        return dict(zip([name for name, _ in batch.vision_rows], features.split([rows for _, rows in batch.vision_rows])))
+
+    def project_images(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Global image / video-frame tokens for the LLM (full model): 2x2 merge of stride-2 frames,
+        compressed tokens dropped, the projector: ``[n_image_tokens, D]``."""
+        tokens = merge_windows(vision["images"], batch.image_grid_thw, batch.image_merge_sizes)  # (n_tokens, C)
+        if batch.image_keep_rows is not None:
+            tokens = tokens.index_select(0, batch.image_keep_rows)
+        return self.mm_projector(tokens)
+
+    def tokenize_regions(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]):
+        """Box position embedding, mask pooling and k-means: ``(tokens [R, K, C], counts [R])``."""
+        return self.region_encoder.tokenize_packed(vision["crops"], batch.regions, batch.kmeans_generator)
+
+    def infuse_regions(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        """Lite's object-centric infusion of the tokens into their local and global views: ``[R, K, C]``."""
+        views = batch.lite_views
+        return self.region_encoder.infuse(
+            tokens, vision["local"], views.cu_local, views.region_local, vision["global"], views.cu_global, views.region_global,
+            validate=False,
+        )
+
+    def project_regions(self, batch: PixelReferFastBatch, tokens: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The kept region tokens through ``feat_linear``: ``[sum(counts), D]``."""
+        encoder = self.region_encoder
+        return encoder.project(encoder.select_tokens(tokens, counts, batch.regions), dtype)
+
+    def splice(self, input_ids: torch.Tensor, batch: PixelReferFastBatch, image_features, region_features) -> torch.Tensor:
+        """``inputs_embeds [B, T, D]``: token embeddings with the features written over their placeholders
+        (row indices found on the host by ``pack_inputs``)."""
+        embeds = self.embed_tokens(input_ids)
+        flat = embeds.reshape(-1, embeds.shape[-1])  # (B*T, D)
+        for token, slots, features in (("<image>", batch.image_slots, image_features), ("<REGION>", batch.region_slots, region_features)):
+            rows = 0 if features is None else features.shape[0]
+            _check_count(token, slots.shape[0], rows, "the encoders produced")
+            if rows:
+                flat = flat.index_copy(0, slots, features.to(flat.dtype))
+        return flat.view(embeds.shape)
+
+    def embed_multimodal(self, input_ids: torch.Tensor, batch: PixelReferFastBatch | PixelReferFastInputs) -> torch.Tensor:
+        """``inputs_embeds [B, T, D]`` with image and region features written over their placeholders.
+
+        ``batch``: a checked ``PixelReferFastBatch`` (no host sync), or raw ``PixelReferFastInputs``
+        (checked here first by ``pack_inputs``).
+        """
+        if not isinstance(batch, PixelReferFastBatch):
+            batch = self.pack_inputs(input_ids, None, batch)
+        if tuple(input_ids.shape) != batch.sequence_shape:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)} but the batch was packed for {batch.sequence_shape}")
+        vision = self.encode_pixels(batch)
+        image_features = self.project_images(batch, vision) if batch.image_grid_thw is not None else None
+        region_features = None
+        if batch.regions is not None:
+            tokens, counts = self.tokenize_regions(batch, vision)
+            if self.config.is_lite:
+                tokens = self.infuse_regions(batch, vision, tokens)
+            region_features = self.project_regions(batch, tokens, counts, vision["crops"].dtype)
+        return self.splice(input_ids, batch, image_features, region_features)
+
+    def run_llm(self, inputs_embeds=None, attention_mask=None, position_ids=None, input_ids=None, **kwargs):
+        """The Qwen2 decoder (prefill, or one decode step): transformers' own ``Qwen2Model.forward``."""
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+    def _prefill_mask(self, attention_mask, batch: PixelReferFastBatch):
+        """The attention mask of the prefill (the only step with multimodal inputs) without reading it
+        back: None when the host saw no padding (causal attention), else the 4-D mask for SDPA / eager
+        built on the device. Other attention implementations (flash-attn) get the 2-D mask (their
+        unpadding syncs); a prepared mask (a dict, from generate) is used as it is."""
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+            return attention_mask
+        if not batch.has_padding:
+            return None
+        implementation = self.config._attn_implementation
+        if implementation not in ("sdpa", "eager") or getattr(self, "has_sliding_layers", False):
+            return attention_mask
+        length = attention_mask.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+        allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T)
+        # padding queries attend to nothing; let them attend everywhere (their rows are never read), as
+        # transformers' own SDPA mask does, so no row is all -inf
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+        if implementation == "eager":
+            dtype = self.embed_tokens.weight.dtype
+            allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return {"full_attention": allowed}
 
     def forward(
         self,
@@ -427,7 +557,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        multimodal_inputs: PixelReferFastInputs | None = None,
+        multimodal_inputs: PixelReferFastBatch | PixelReferFastInputs | None = None,
         **kwargs,
     ):
         """Qwen2 forward with the multimodal inputs spliced in.
@@ -437,22 +567,33 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             attention_mask: ``[B, T_past + T]`` (1 = token, 0 = padding).
             position_ids: ``[B, T]``; default from the attention mask (per-item 1-D positions).
             inputs_embeds: instead of ``input_ids`` when there are no multimodal inputs.
-            multimodal_inputs: the pixel / region inputs; alternatively pass their fields
-                (``PixelReferFastInputs``) as keyword arguments.
+            multimodal_inputs: a checked ``PixelReferFastBatch`` (``place_inputs`` / ``pack_inputs``:
+                no host sync from here to the logits with SDPA/eager attention and the deterministic
+                k-means init), or raw ``PixelReferFastInputs`` (checked here once); alternatively pass
+                the raw fields as keyword arguments.
             **kwargs: the usual Qwen2 arguments (cache, ``use_cache``, ...).
         """
-        inputs = multimodal_inputs if multimodal_inputs is not None else PixelReferFastInputs.pop_from(kwargs)
-        if not inputs.is_empty:
+        batch = multimodal_inputs if multimodal_inputs is not None else PixelReferFastInputs.pop_from(kwargs)
+        if isinstance(batch, PixelReferFastInputs):
+            if batch.is_empty:
+                batch = None
+            else:
+                if input_ids is None or inputs_embeds is not None:
+                    raise ValueError("multimodal inputs need input_ids (to find the placeholders) and no inputs_embeds")
+                batch = self.pack_inputs(input_ids, attention_mask, batch)
+        if batch is not None:
             if input_ids is None or inputs_embeds is not None:
                 raise ValueError("multimodal inputs need input_ids (to find the placeholders) and no inputs_embeds")
-            inputs_embeds = self.embed_multimodal(input_ids, inputs)
+            inputs_embeds = self.embed_multimodal(input_ids, batch)
             input_ids = None
         elif input_ids is not None and input_ids.shape[-1] > 1:
             self._refuse_unfilled_placeholders(input_ids)
-        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+        if position_ids is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        return super().forward(
+        if batch is not None:
+            attention_mask = self._prefill_mask(attention_mask, batch)
+        return self.run_llm(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
 
@@ -519,6 +660,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         region_image_hw: torch.Tensor | None = None,
         region_token_counts: torch.Tensor | None = None,
         region_item: torch.Tensor | None = None,
+        region_mask_cells: torch.Tensor | None = None,
         global_pixel_values: torch.Tensor | None = None,
         global_grid_thw: torch.Tensor | None = None,
         region_global: torch.Tensor | None = None,
@@ -526,6 +668,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         local_grid_thw: torch.Tensor | None = None,
         region_local: torch.Tensor | None = None,
         kmeans_generator: torch.Generator | None = None,
+        multimodal_inputs: PixelReferFastBatch | None = None,
         **kwargs,
     ):
         """Logits for ``[B, T]`` (left-padded) tokens and the batch's pixel and region inputs.
@@ -536,13 +679,15 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             logits_to_keep: 0 = every position; ``n`` = the last ``n`` (``generate`` uses 1 at prefill);
                 or a 1-D tensor of positions.
             pixel_values ... kmeans_generator: the processor's multimodal outputs, described in
-                ``PixelReferFastInputs`` (only the prefill step gets them).
+                ``PixelReferFastInputs`` (only the prefill step gets them), checked here once.
+            multimodal_inputs: instead of those, the checked ``PixelReferFastBatch`` that
+                ``place_inputs`` builds (no host sync from there to the logits).
             **kwargs: Qwen2 arguments (cache, ``use_cache``, ...).
 
         Returns:
             ``CausalLMOutputWithPast`` (``logits [B, kept, V]`` in the model dtype, the cache, ...).
         """
-        multimodal = PixelReferFastInputs(
+        raw = PixelReferFastInputs(
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
             image_merge_sizes=image_merge_sizes,
@@ -555,6 +700,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             region_image_hw=region_image_hw,
             region_token_counts=region_token_counts,
             region_item=region_item,
+            region_mask_cells=region_mask_cells,
             global_pixel_values=global_pixel_values,
             global_grid_thw=global_grid_thw,
             region_global=region_global,
@@ -563,6 +709,9 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             region_local=region_local,
             kmeans_generator=kmeans_generator,
         )
+        if multimodal_inputs is not None and not raw.is_empty:
+            raise ValueError("pass either multimodal_inputs (from place_inputs) or the processor's fields, not both")
+        multimodal = multimodal_inputs if multimodal_inputs is not None else raw
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -581,7 +730,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         """transformers' preparation; pixel, mask and view inputs go only to the prefill step."""
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and model_inputs.get("use_cache", True):
-            for key in MULTIMODAL_KEYS:
+            for key in (*MULTIMODAL_KEYS, PACKED_KEY):
                 model_inputs.pop(key, None)
         return model_inputs
 
@@ -660,14 +809,25 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 for t, p, c in zip(texts, prompt_tokens, completion_tokens)]
 
     def place_inputs(self, batch) -> dict:
-        """Move a processor batch for this model: tokens, pixels and ``image_token_keep`` to the model's
-        device (pixels asynchronously), the host metadata (``HOST_KEYS``: grids, masks, indices) to the
-        CPU, where the region tokenizer reads it without a device sync."""
+        """Check a processor batch once and place it for this model.
+
+        Returns ``{"input_ids", "attention_mask"}`` on the model's device plus ``multimodal_inputs``, the
+        checked ``PixelReferFastBatch`` (``PixelReferFastModel.pack_inputs``: host facts computed from
+        the processor's CPU tensors, pixels and masks copied asynchronously), and any other key as given.
+        ``model(**placed)`` and ``generate(**placed)`` then read nothing back from the device up to the
+        first logits (SDPA/eager attention, deterministic k-means init).
+        """
         device = self.device
-        return {
-            key: value.to("cpu") if key in HOST_KEYS else value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-            for key, value in batch.items()
-        }
+        batch = dict(batch.items())
+        input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask", None)
+        inputs = PixelReferFastInputs.pop_from(batch)
+        placed = {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        placed["input_ids"] = input_ids.to(device, non_blocking=True)
+        if attention_mask is not None:
+            placed["attention_mask"] = attention_mask.to(device, non_blocking=True)
+        if not inputs.is_empty:
+            placed[PACKED_KEY] = self.model.pack_inputs(input_ids, attention_mask, inputs)
+        return placed
 
     def _check_processor(self, processor) -> None:
         variant = "lite" if self.config.is_lite else "full"
@@ -714,6 +874,7 @@ class PixelReferFastLiteForCausalLM(PixelReferFastLitePreTrainedModel, PixelRefe
 
 __all__ = [
     "MULTIMODAL_KEYS",
+    "PixelReferFastBatch",
     "PixelReferFastForCausalLM",
     "PixelReferFastInputs",
     "PixelReferFastLiteForCausalLM",

@@ -43,7 +43,7 @@ from pixelrefer_kernels.region_pool import (
     region_pool,
 )
 
-__all__ = ["RegionInputs", "PixelReferFastRegionEncoder"]
+__all__ = ["PackedRegions", "RegionInputs", "PixelReferFastRegionEncoder"]
 
 
 @dataclass
@@ -91,6 +91,38 @@ class RegionInputs:
     @property
     def num_regions(self) -> int:
         return int(self.feature_hw.shape[0])
+
+
+@dataclass(frozen=True)
+class PackedRegions:
+    """Regions checked once on the host (``PixelReferFastRegionEncoder.pack``), with every size the
+    encoder needs, so ``tokenize_packed`` reads nothing back from the device.
+
+    Attributes:
+        feature_hw, mask_hw: ``[R, 2]`` CPU int64 grid sizes.
+        masks: ``[N_m]`` uint8 (1 = inside) on the features' device.
+        cu_features, cu_masks: ``[R+1]`` int32 offsets on the features' device.
+        pos_params: ``[R, 6]`` float32 box coefficients on the features' device.
+        cells: ``[R]`` CPU int64 selected mask cells per region (None when the masks were on a GPU).
+        counts: ``[R]`` CPU int64 tokens per region (``min(K, cells)``, or K with ``pad_to_mask_num``;
+            None with ``cells``).
+        select_rows: rows of the flattened ``[R*K]`` tokens that are kept, on the device (None when
+            every row is kept).
+        mask_num: K. max_tokens: ``sum(cells)``. max_region_cells: ``max(cells)``.
+    """
+
+    feature_hw: torch.Tensor
+    mask_hw: torch.Tensor
+    masks: torch.Tensor
+    cu_features: torch.Tensor
+    cu_masks: torch.Tensor
+    pos_params: torch.Tensor
+    cells: torch.Tensor | None
+    counts: torch.Tensor | None
+    select_rows: torch.Tensor | None
+    mask_num: int
+    max_tokens: int
+    max_region_cells: int
 
 
 def flatten_official_regions(masks, box_params, box_type=float):
@@ -188,12 +220,11 @@ class PixelReferFastRegionEncoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
 
-    def _check(self, inputs: RegionInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Host-side checks (no device sync unless ``check_finite=True``); returns the grid sizes
-        ``feature_hw``, ``mask_hw`` as CPU int64."""
+    def _check(self, inputs: RegionInputs) -> None:
+        """Host-side checks of a ``RegionInputs`` (features too; no device sync unless ``check_finite=True``)."""
         if not isinstance(inputs, RegionInputs):
             raise TypeError(f"inputs must be a RegionInputs, got {type(inputs).__name__}")
-        features, masks = inputs.features, inputs.masks
+        features = inputs.features
         if not isinstance(features, torch.Tensor) or features.dim() != 2 or not features.is_floating_point():
             got = f"{getattr(features, 'dtype', type(features).__name__)} of shape {tuple(getattr(features, 'shape', ()))}"
             raise TypeError(f"inputs.features must be a float [N_f, C] tensor, got {got}")
@@ -202,31 +233,15 @@ class PixelReferFastRegionEncoder(nn.Module):
                 f"inputs.features has {features.shape[1]} channels but the encoder expects "
                 f"mm_hidden_size={self.pos_linear.out_features}"
             )
-        if not isinstance(masks, torch.Tensor) or masks.dim() != 1 or masks.dtype not in MASK_DTYPES:
-            got = f"{getattr(masks, 'dtype', type(masks).__name__)} of shape {tuple(getattr(masks, 'shape', ()))}"
-            raise TypeError(f"inputs.masks must be a 1-D packed mask tensor (float/bool/uint8), got {got}")
         feature_hw = host_grid_sizes("inputs.feature_hw", inputs.feature_hw, None)
-        regions = feature_hw.shape[0]
-        for name in ("mask_hw", "boxes", "image_hw"):
-            value = getattr(inputs, name)
-            if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != regions:
-                raise ValueError(
-                    f"inputs.{name} must be a 2-D tensor with one row per region ({regions} regions from "
-                    f"feature_hw), got {tuple(getattr(value, 'shape', ()))}"
-                )
-        mask_hw = host_grid_sizes("inputs.mask_hw", inputs.mask_hw, regions)
-        feature_cells, mask_cells = int(feature_hw.prod(1).sum()), int(mask_hw.prod(1).sum())
+        feature_cells = int(feature_hw.prod(1).sum())
         if feature_cells != features.shape[0]:
             raise ValueError(
                 f"inputs.features has {features.shape[0]} rows but feature_hw adds up to {feature_cells} cells; "
                 "give one h*w block of rows per region"
             )
-        if mask_cells != masks.shape[0]:
-            raise ValueError(
-                f"inputs.masks has {masks.shape[0]} cells but mask_hw adds up to {mask_cells}; "
-                "give one mh*mw block per region"
-            )
-        if masks.device != features.device and masks.device.type != "cpu":
+        masks = inputs.masks
+        if isinstance(masks, torch.Tensor) and masks.device != features.device and masks.device.type != "cpu":
             raise ValueError(
                 f"inputs.masks is on {masks.device} but inputs.features on {features.device}; "
                 "put the masks on the CPU or on the features' device"
@@ -236,54 +251,128 @@ class PixelReferFastRegionEncoder(nn.Module):
             check = features.device.type == "cpu"
         if check:
             check_finite_screened("inputs.features", features)
-        if (check or masks.device.type == "cpu") and masks.is_floating_point() and bool(torch.isnan(masks).any()):
-            raise ValueError("inputs.masks contains NaN; accepted: finite values (> 0 means inside)")
-        return feature_hw, mask_hw
 
-    def _tokenize(self, inputs: RegionInputs, generator: torch.Generator | None, mask_num: int):
-        """Pool + k-means. Returns ``(tokens [R, K, C], counts [R] int32, host_counts)`` where
-        ``host_counts`` (``[R]`` CPU int64 tokens per region, or None) is known without a sync when
-        the masks are on the CPU."""
+    def pack(
+        self,
+        feature_hw: torch.Tensor,
+        masks: torch.Tensor,
+        mask_hw: torch.Tensor,
+        boxes: torch.Tensor,
+        image_hw: torch.Tensor,
+        device: torch.device,
+        mask_num: int | None = None,
+        *,
+        region_cells: torch.Tensor | None = None,
+    ) -> PackedRegions:
+        """Check the regions once on the host and compute every size the encoder needs (``PackedRegions``).
+
+        Args:
+            feature_hw, masks, mask_hw, boxes, image_hw: as ``RegionInputs`` (without the features,
+                which the vision encoder produces later).
+            device: where the features will be (the masks, offsets and box coefficients go there).
+            mask_num: K (default ``self.mask_num``).
+            region_cells: ``[R]`` selected cells per region (the processor's ``region_mask_cells``),
+                checked against the masks when these are on the CPU.
+
+        The masks are thresholded here, once, to uint8 (only ``> 0`` is ever read). On the CPU their
+        selected cells per region are counted here; masks already on a GPU are not read back: the
+        sizes are then upper bounds and the counts stay on the device (``cells`` is None).
+        """
+        mask_num = self.mask_num if mask_num is None else mask_num
         check_positive_int("mask_num", mask_num)
-        feature_hw, mask_hw = self._check(inputs)
-        features, masks = inputs.features, inputs.masks
-        device = features.device
-        cu_features = _offsets(feature_hw.prod(1), device)
-        cu_masks = _offsets(mask_hw.prod(1), device)
-
+        if not isinstance(masks, torch.Tensor) or masks.dim() != 1 or masks.dtype not in MASK_DTYPES:
+            got = f"{getattr(masks, 'dtype', type(masks).__name__)} of shape {tuple(getattr(masks, 'shape', ()))}"
+            raise TypeError(f"inputs.masks must be a 1-D packed mask tensor (float/bool/uint8), got {got}")
+        feature_hw = host_grid_sizes("inputs.feature_hw", feature_hw, None)
+        regions = feature_hw.shape[0]
+        for name, value in (("mask_hw", mask_hw), ("boxes", boxes), ("image_hw", image_hw)):
+            if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != regions:
+                raise ValueError(
+                    f"inputs.{name} must be a 2-D tensor with one row per region ({regions} regions from "
+                    f"feature_hw), got {tuple(getattr(value, 'shape', ()))}"
+                )
+        mask_hw = host_grid_sizes("inputs.mask_hw", mask_hw, regions)
+        mask_sizes = mask_hw.prod(1)
+        if int(mask_sizes.sum()) != masks.shape[0]:
+            raise ValueError(
+                f"inputs.masks has {masks.shape[0]} cells but mask_hw adds up to {int(mask_sizes.sum())}; "
+                "give one mh*mw block per region"
+            )
         if masks.device.type == "cpu":
-            # region sizes on the host: selected cells per region (no device sync needed later)
-            running = F.pad(torch.cumsum(masks > 0, 0), (1, 0))
-            cu_host = F.pad(mask_hw.prod(1).cumsum(0), (1, 0))
-            cells = running[cu_host[1:]] - running[cu_host[:-1]]  # (R,)
-            max_tokens = int(cells.sum())
-            max_region = int(cells.max()) if cells.numel() else 0
+            if masks.is_floating_point() and bool(torch.isnan(masks).any()):
+                raise ValueError("inputs.masks contains NaN; accepted: finite values (> 0 means inside)")
+            selected = masks if masks.dtype == torch.uint8 else (masks > 0).to(torch.uint8)
+            running = F.pad(torch.cumsum(selected, 0, dtype=torch.int64), (1, 0))
+            cu_host = F.pad(mask_sizes.cumsum(0), (1, 0))
+            cells = running[cu_host[1:]] - running[cu_host[:-1]]  # (R,) selected cells per region
+            if region_cells is not None:
+                given = torch.as_tensor(region_cells).to("cpu", torch.int64)
+                if given.shape != cells.shape or not torch.equal(given, cells):
+                    raise ValueError(
+                        f"region_mask_cells {given.tolist()} disagree with the cells the masks select "
+                        f"{cells.tolist()}; pass the processor's masks and counts together"
+                    )
+            counts = torch.full_like(cells, mask_num) if self.pad_to_mask_num else cells.clamp(max=mask_num)
+            max_tokens, max_region = int(cells.sum()), int(cells.max()) if regions else 0
+            select_rows = None
+            if not self.pad_to_mask_num:
+                keep = torch.arange(mask_num)[None, :] < counts[:, None]  # (R, K)
+                select_rows = keep.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
         else:
-            cells = None
-            max_tokens = int(mask_hw.prod(1).sum())
-            max_region = int(mask_hw.prod(1).max()) if mask_hw.numel() else 0
-        masks = masks.to(device, non_blocking=True)
-        pos_params = box_pos_coefficients(inputs.boxes, inputs.image_hw, swap_axes=self.swap_box_axes)
-        pos_params = pos_params.to(device, non_blocking=True)
+            selected = masks if masks.dtype == torch.uint8 else (masks > 0).to(torch.uint8)
+            cells = counts = select_rows = None
+            max_tokens, max_region = int(mask_sizes.sum()), int(mask_sizes.max()) if regions else 0
+        pos_params = box_pos_coefficients(boxes.detach().to("cpu"), image_hw.detach().to("cpu"), swap_axes=self.swap_box_axes)
+        return PackedRegions(
+            feature_hw=feature_hw,
+            mask_hw=mask_hw,
+            masks=selected.to(device, non_blocking=True),
+            cu_features=_offsets(feature_hw.prod(1), device),
+            cu_masks=_offsets(mask_sizes, device),
+            pos_params=pos_params.to(device, non_blocking=True),
+            cells=cells,
+            counts=counts,
+            select_rows=select_rows,
+            mask_num=mask_num,
+            max_tokens=max_tokens,
+            max_region_cells=max_region,
+        )
 
+    def pack_inputs(self, inputs: RegionInputs, mask_num: int | None = None) -> PackedRegions:
+        """``pack`` for a ``RegionInputs`` (features checked too)."""
+        self._check(inputs)
+        return self.pack(inputs.feature_hw, inputs.masks, inputs.mask_hw, inputs.boxes, inputs.image_hw, inputs.features.device, mask_num)
+
+    def tokenize_packed(self, features: torch.Tensor, packed: PackedRegions, generator: torch.Generator | None = None):
+        """Pool + k-means of checked regions (``pack``): ``features [N_f, C]`` -> ``(tokens [R, K, C],
+        counts [R] int32 on the device)``.
+
+        No host sync: every size comes from ``packed``. The parity k-means init draws its rows from the
+        CPU generator (``generator`` or the global one), as upstream, so it needs the region sizes on the
+        host (known when ``pack`` saw the masks on the CPU); ``kmeans_init="deterministic"`` draws nothing.
+        """
         tokens, cu_tokens = region_pool(
-            features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params,
+            features, packed.cu_features, packed.feature_hw, packed.masks, packed.cu_masks, packed.mask_hw, packed.pos_params,
             self.pos_linear.weight, self.pos_linear.bias,
-            max_tokens=max_tokens, out_dtype=self.token_dtype(features.dtype), validate=False,
+            max_tokens=packed.max_tokens, out_dtype=self.token_dtype(features.dtype), validate=False,
         )
         if self.kmeans_init == "parity":
-            sizes = cells if cells is not None else (cu_tokens[1:] - cu_tokens[:-1]).cpu()
-            init = kmeans_init_indices(sizes, mask_num, "parity", generator=generator).to(device, non_blocking=True)
+            sizes = packed.cells if packed.cells is not None else (cu_tokens[1:] - cu_tokens[:-1]).cpu()  # GPU masks: one sync
+            init = kmeans_init_indices(sizes, packed.mask_num, "parity", generator=generator)
+            init = init.to(features.device, non_blocking=True)
         else:
             init = "deterministic"
         centroids, counts = kmeans(
-            tokens, cu_tokens, mask_num, num_iters=self.num_iters, init=init,
-            pad_to_clusters=self.pad_to_mask_num, max_region_tokens=max_region, validate=False,
+            tokens, cu_tokens, packed.mask_num, num_iters=self.num_iters, init=init,
+            pad_to_clusters=self.pad_to_mask_num, max_region_tokens=packed.max_region_cells, validate=False,
         )
-        host_counts = None
-        if cells is not None:
-            host_counts = torch.full_like(cells, mask_num) if self.pad_to_mask_num else cells.clamp(max=mask_num)
-        return centroids, counts, host_counts
+        return centroids, counts
+
+    def _tokenize(self, inputs: RegionInputs, generator: torch.Generator | None, mask_num: int):
+        """``pack_inputs`` + ``tokenize_packed``: ``(tokens [R, K, C], counts [R] int32 on the features' device, packed)``."""
+        packed = self.pack_inputs(inputs, mask_num)
+        tokens, counts = self.tokenize_packed(inputs.features, packed, generator)
+        return tokens, counts, packed
 
     def tokenize(self, inputs: RegionInputs, generator: torch.Generator | None = None, *, mask_num: int | None = None):
         """Pool and cluster the regions (everything before ``feat_linear``).
@@ -305,19 +394,18 @@ class PixelReferFastRegionEncoder(nn.Module):
         """``feat_linear`` on tokens cast to ``dtype`` (the model dtype): ``[..., C]`` -> ``[..., D]``."""
         return self.feat_linear(tokens.to(dtype))
 
-    def select_tokens(self, tokens: torch.Tensor, counts: torch.Tensor, host_counts: torch.Tensor | None) -> torch.Tensor:
-        """Pack the valid rows of ``tokens [R, K, C]`` to ``[sum(counts), C]`` in region order.
-
-        Uses ``host_counts`` (CPU) when given, so the output size is known without a device sync;
-        otherwise reads ``counts`` (one sync on a GPU)."""
-        num_regions, num_clusters, channels = tokens.shape
+    def select_tokens(self, tokens: torch.Tensor, counts: torch.Tensor, packed: PackedRegions) -> torch.Tensor:
+        """Pack the valid rows of ``tokens [R, K, C]`` to ``[sum(counts), C]`` in region order (no sync:
+        the rows were chosen on the host by ``pack``)."""
+        flat = tokens.reshape(-1, tokens.shape[-1])  # (R*K, C)
         if self.pad_to_mask_num:
-            return tokens.reshape(num_regions * num_clusters, channels)  # (R*K, C)
-        if host_counts is None:
-            host_counts = counts.to("cpu", torch.int64)
-        keep = torch.arange(num_clusters)[None, :] < host_counts[:, None]  # (R, K)
-        rows = keep.flatten().nonzero().squeeze(1).to(tokens.device, non_blocking=True)
-        return tokens.reshape(num_regions * num_clusters, channels).index_select(0, rows)  # (sum(counts), C)
+            return flat
+        rows = packed.select_rows
+        if rows is None:  # masks were on the GPU: the counts are read back (one sync)
+            counts = counts.to("cpu", torch.int64)
+            rows = (torch.arange(tokens.shape[1])[None, :] < counts[:, None]).flatten().nonzero().squeeze(1)
+            rows = rows.to(tokens.device, non_blocking=True)
+        return flat.index_select(0, rows)
 
     def forward(self, inputs: RegionInputs, generator: torch.Generator | None = None, *, mask_num: int | None = None):
         """Object tokens of every region, projected to the LLM width.
@@ -325,9 +413,8 @@ class PixelReferFastRegionEncoder(nn.Module):
         Returns:
             ``(embeddings [sum(counts), D] in the features' dtype, counts [R] int32)``; the rows of
             region r follow those of region r-1. With ``pad_to_mask_num`` every region has K rows.
-            Unlike ``tokenize``, the ragged output needs the counts on the host: free when the masks are
-            on the CPU, else one sync.
+            The ragged output needs the selected cells on the host: free when the masks are on the
+            CPU, else one sync (``pack``).
         """
-        tokens, counts, host_counts = self._tokenize(inputs, generator, self.mask_num if mask_num is None else mask_num)
-        selected = self.select_tokens(tokens, counts, host_counts)
-        return self.project(selected, inputs.features.dtype), counts
+        tokens, counts, packed = self._tokenize(inputs, generator, self.mask_num if mask_num is None else mask_num)
+        return self.project(self.select_tokens(tokens, counts, packed), inputs.features.dtype), counts

@@ -249,7 +249,9 @@ class PixelReferFastVisionEncoder(nn.Module):
         self.config = config
         self.vision_encoder = PixelReferFastVisionTransformer(config)
 
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, merge_sizes: torch.Tensor, *, packing: VisionPacking | None = None
+    ) -> torch.Tensor:
         """Encode a packed batch of images.
 
         Args:
@@ -257,6 +259,8 @@ class PixelReferFastVisionEncoder(nn.Module):
                 (cast to the encoder's dtype).
             grid_thw: ``[I, 3]`` integer (t, h, w) per image; ``sum(t*h*w) == N``.
             merge_sizes: ``[I]`` integer stride per image (row order, see the module docstring).
+            packing: the layout ``pack_layout`` already built and checked for these grids (the model's
+                checked batch); None builds it here.
 
         Returns:
             ``[N, C]`` features in the encoder's dtype, rows in the input order. On CPU the attention
@@ -269,7 +273,8 @@ class PixelReferFastVisionEncoder(nn.Module):
         if not pixel_values.is_floating_point():
             raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}")
         weight = self.vision_encoder.embeddings.patch_embedding.weight
-        packing = pack_layout(grid_thw, merge_sizes, pixel_values.shape[0], weight.device)
+        if packing is None:
+            packing = pack_layout(grid_thw, merge_sizes, pixel_values.shape[0], weight.device)
         if pixel_values.shape[0] == 0:
             return pixel_values.new_zeros((0, self.config.hidden_size), dtype=weight.dtype, device=weight.device)
         return self.vision_encoder(pixel_values.to(weight.device), packing)

@@ -271,10 +271,10 @@ class PixelReferFastProcessor:
             - full only: `pixel_values` [N, 588] float32 (images raster, video frames window-major),
               `image_grid_thw` [I, 3], `image_merge_sizes` [I] (1 image, 2 video frame),
               `image_token_keep` [sum(gh*gw/merge**2)] bool (only when the batch has a video);
-            - `crop_pixel_values` [N_crop, 588], `crop_grid_thw` [R, 3], `region_masks` [N_m] float32
-              packed raster grid masks, `region_mask_hw` [R, 2], `region_boxes` [R, 4]
+            - `crop_pixel_values` [N_crop, 588], `crop_grid_thw` [R, 3], `region_masks` [N_m] uint8
+              packed raster grid masks (1 = inside), `region_mask_hw` [R, 2], `region_boxes` [R, 4]
               (top, left, bottom, right), `region_image_hw` [R, 2], `region_token_counts` [R],
-              `region_item` [R];
+              `region_item` [R], `region_mask_cells` [R] (cells inside per region);
             - Lite only: `global_pixel_values`, `global_grid_thw` [G, 3], `region_global` [R],
               `local_pixel_values`, `local_grid_thw` [L, 3], `region_local` [R].
         """
@@ -618,8 +618,9 @@ class PixelReferFastProcessor:
                 data["image_token_keep"] = cat([t for e in encoded for t in e.token_keep], (0,), torch.bool)
         data["crop_pixel_values"] = cat([e.crop_pixel_values for e in encoded], (0, width), torch.float32)
         data["crop_grid_thw"] = cat([e.crop_grid_thw for e in encoded], (0, 3), torch.long)
-        data["region_masks"] = cat([torch.from_numpy(np.ascontiguousarray(c.mask, dtype=np.float32)).reshape(-1)
-                                    for _, c in crops], (0,), torch.float32)
+        region_masks = [torch.from_numpy(np.ascontiguousarray(c.mask > 0, dtype=np.uint8)).reshape(-1) for _, c in crops]
+        data["region_masks"] = cat(region_masks, (0,), torch.uint8)
+        data["region_mask_cells"] = torch.tensor([int(m.sum()) for m in region_masks], dtype=torch.long)
         data["region_mask_hw"] = torch.tensor([c.mask.shape for _, c in crops], dtype=torch.long).reshape(-1, 2)
         data["region_boxes"] = torch.tensor([c.box for _, c in crops], dtype=torch.long).reshape(-1, 4)
         data["region_image_hw"] = torch.tensor([c.image_hw for _, c in crops], dtype=torch.long).reshape(-1, 2)
