@@ -1,0 +1,122 @@
+"""No host sync from ``place_inputs`` to the first logits: the prefill of a checked batch reads nothing
+back from the device (``no_sync.forbid_device_reads``; on CUDA also ``torch.cuda.set_sync_debug_mode``).
+
+Deterministic k-means init: the parity init draws its rows from the CPU generator, on the host, and
+needs the region sizes there (known from the processor's masks, so it does not sync either, but it is
+host work per region). SDPA attention: flash-attn's unpadding reads the sequence lengths back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pixelrefer_kernels
+from pixelrefer_fast import PixelReferFastProcessor
+from pixelrefer_fast.modeling_pixelrefer_fast import PixelReferFastModel
+from tests.model.fixtures import box_mask, disc_mask
+from tests.model.no_sync import DeviceRead, forbid_device_reads
+from tests.model.tiny_checkpoint import make_tiny_checkpoint
+from transformers import AutoModelForCausalLM
+
+
+def _image(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _video(frames=3, h=56, w=84, seed=5):
+    video = [_image(h, w, seed)]
+    for t in range(1, frames):
+        frame = _image(h, w, seed + t)
+        frame[:28, :28] = video[-1][:28, :28]  # a repeated block: pruned by the token compression
+        video.append(frame)
+    return video
+
+
+# two items of different lengths (left padding), two regions, and for the full model a compressed video
+ITEMS = {
+    "full": [
+        dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+             question="Compare <region> with <region>."),
+        dict(video=_video(), masks=[box_mask(56, 84, 8, 8, 30, 30)], frame_ids=[1], question="Describe <region>."),
+    ],
+    "lite": [
+        dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+             question="Compare <region> with <region> in this picture, please."),
+        dict(image=_image(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
+    ],
+}
+
+
+@pytest.fixture(scope="module", params=["full", "lite"])
+def setup(request, tmp_path_factory):
+    variant = request.param
+    directory = make_tiny_checkpoint(tmp_path_factory.mktemp(variant), variant, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
+    model.config.kmeans_init = model.model.region_encoder.kmeans_init = "deterministic"
+    processor = PixelReferFastProcessor.from_pretrained(directory)
+    raw = dict(processor([dict(item) for item in ITEMS[variant]]))
+    assert not bool(raw["attention_mask"].all())  # the padded prefill path is the one under test
+    return model, raw
+
+
+def _prefill(model, placed):
+    packed = placed["multimodal_inputs"]
+    seeds = (placed["input_ids"], placed["attention_mask"], packed.device_tensors())
+    with forbid_device_reads(*seeds, modules=[model]):
+        return model(**placed, logits_to_keep=1).logits
+
+
+def test_prefill_of_a_placed_batch_reads_nothing_back(setup):
+    model, raw = setup
+    with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+        placed = model.place_inputs(raw)
+        guarded = _prefill(model, placed)
+        reference = model(**raw, logits_to_keep=1).logits  # the processor's output as it is: checked at entry
+    assert torch.isfinite(guarded).all()
+    torch.testing.assert_close(guarded, reference)  # the guard's dispatch mode may pick another SDPA kernel
+
+
+def test_the_guard_catches_a_count_read_back(setup, monkeypatch):
+    """Putting back the old ``counts.to("cpu")`` of ``embed_multimodal`` fails the no-sync test."""
+    model, raw = setup
+    original = PixelReferFastModel.project_regions
+
+    def reads_counts(self, batch, tokens, counts, dtype):
+        counts.to("cpu", torch.long).tolist()
+        return original(self, batch, tokens, counts, dtype)
+
+    monkeypatch.setattr(PixelReferFastModel, "project_regions", reads_counts)
+    with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+        placed = model.place_inputs(raw)
+        with pytest.raises(DeviceRead, match="tolist"):
+            _prefill(model, placed)
+
+
+def test_the_guard_catches_a_threshold_on_the_device_masks(setup):
+    model, raw = setup
+    with torch.inference_mode():
+        placed = model.place_inputs(raw)
+        masks = placed["multimodal_inputs"].regions.masks
+        with forbid_device_reads(masks), pytest.raises(DeviceRead):
+            bool((masks > 0).any())
+
+
+@pytest.mark.gpu
+def test_prefill_never_syncs_on_cuda(setup):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model, raw = setup
+    model = model.cuda()
+    with torch.inference_mode():
+        placed = model.place_inputs(raw)
+        model(**placed, logits_to_keep=1)  # warm-up: compilation and autotuning synchronise
+        placed = model.place_inputs(raw)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            logits = model(**placed, logits_to_keep=1).logits
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logits).all()
