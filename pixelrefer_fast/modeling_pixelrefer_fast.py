@@ -333,14 +333,16 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         return value
 
     def pack_inputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, inputs: PixelReferFastInputs
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, inputs: PixelReferFastInputs, *,
+        mask_num: int | None = None,
     ) -> PixelReferFastBatch:
         """Validate the multimodal inputs of a batch ONCE, on the host, and place them for the forward.
 
         Placeholders are counted on the host ``input_ids`` (a device ``input_ids`` costs one sync) and
         checked against the counts the inputs announce and the regions' masks give; region masks are
         thresholded once to uint8; every size, offset and row index the encoders and the splice need
-        is computed here. The forward then reads nothing back from the device (see
+        is computed here. ``mask_num``: K for this batch (default ``config.mask_num``; the official
+        forward takes it per call), which the processor must have used too. The forward then reads nothing back from the device (see
         ``PixelReferFastBatch``).
 
         Raises:
@@ -386,7 +388,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
                 raise ValueError(f"crop_grid_thw must have t == 1 for every crop, got {crop_grid[:, 0].tolist()}")
             regions = self.region_encoder.pack(
                 crop_grid[:, 1:], inputs.region_masks, inputs.region_mask_hw, inputs.region_boxes, inputs.region_image_hw,
-                device, region_cells=inputs.region_mask_cells,
+                device, mask_num, region_cells=inputs.region_mask_cells,
             )
             self._check_region_counts(n_region_slots, regions, inputs, region_slots.sum(-1))
             sources.append(("crops", inputs.crop_pixel_values, crop_grid, torch.ones(crop_grid.shape[0], dtype=torch.long)))
@@ -808,12 +810,13 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         return [{"text": t, "prompt_tokens": p, "completion_tokens": c}
                 for t, p, c in zip(texts, prompt_tokens, completion_tokens)]
 
-    def place_inputs(self, batch) -> dict:
+    def place_inputs(self, batch, *, mask_num: int | None = None) -> dict:
         """Check a processor batch once and place it for this model.
 
         Returns ``{"input_ids", "attention_mask"}`` on the model's device plus ``multimodal_inputs``, the
         checked ``PixelReferFastBatch`` (``PixelReferFastModel.pack_inputs``: host facts computed from
-        the processor's CPU tensors, pixels and masks copied asynchronously), and any other key as given.
+        the processor's CPU tensors, pixels and masks copied asynchronously; ``mask_num`` as there), and
+        any other key as given.
         ``model(**placed)`` and ``generate(**placed)`` then read nothing back from the device up to the
         first logits (SDPA/eager attention, deterministic k-means init).
         """
@@ -826,7 +829,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         if attention_mask is not None:
             placed["attention_mask"] = attention_mask.to(device, non_blocking=True)
         if not inputs.is_empty:
-            placed[PACKED_KEY] = self.model.pack_inputs(input_ids, attention_mask, inputs)
+            placed[PACKED_KEY] = self.model.pack_inputs(input_ids, attention_mask, inputs, mask_num=mask_num)
         return placed
 
     def _check_processor(self, processor) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import datetime as _dt
 import importlib
 import logging
@@ -344,3 +345,125 @@ def device_slug(info: dict) -> str:
     if name == "none":
         return "cpu"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+_LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+class StageTimer:
+    """Times bound methods of the model on its real forward: each listed method is wrapped on its
+    instance while the timer is active (the class is untouched; leaving the block restores it).
+
+    Args:
+        device: on CUDA each call is bracketed by CUDA events (read after one synchronisation in
+            ``collect``) and the allocator's peak over ``baseline_bytes`` (the weights and inputs) is
+            recorded per stage; on the CPU ``time.perf_counter`` and no per-stage memory.
+        targets: ``{stage: [(owner, method_name), ...]}``; calls of several methods (or several calls)
+            of one stage add up.
+
+        clock: the CPU clock in seconds (default ``time.perf_counter``; ``time.thread_time`` counts only
+            this thread's CPU time, steadier on a shared machine with one torch thread).
+
+    ``collect()`` returns ``{stage: ms}`` of the calls since the last ``collect``; ``calls`` counts the
+    calls per stage, ``peaks_mb`` holds the last per-stage memory peaks.
+    """
+
+    def __init__(self, device: torch.device, targets: dict[str, list[tuple[object, str]]], *,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.device = device
+        self.clock = clock
+        self.targets = targets
+        self._pending: dict[str, list] = {}
+        self.calls: dict[str, int] = {}
+        self.peaks_mb: dict[str, float] = {}
+        self.baseline_bytes = 0
+        self._installed: list[tuple[object, str]] = []
+
+    def _wrap(self, stage: str, method):
+        cuda = self.device.type == "cuda"
+
+        @functools.wraps(method)  # keeps the signature (generate inspects the forward's arguments)
+        def timed(*args, **kwargs):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                with torch.profiler.record_function(f"stage::{stage}"):
+                    out = method(*args, **kwargs)
+                end.record()
+                self._pending.setdefault(stage, []).append((start, end))
+                peak = (torch.cuda.max_memory_allocated(self.device) - self.baseline_bytes) / 2**20
+                self.peaks_mb[stage] = max(self.peaks_mb.get(stage, 0.0), peak)
+            else:
+                begin = self.clock()
+                with torch.profiler.record_function(f"stage::{stage}"):
+                    out = method(*args, **kwargs)
+                self._pending.setdefault(stage, []).append(self.clock() - begin)
+            self.calls[stage] = self.calls.get(stage, 0) + 1
+            return out
+
+        return timed
+
+    def __enter__(self) -> StageTimer:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+        for stage, methods in self.targets.items():
+            for owner, name in methods:
+                setattr(owner, name, self._wrap(stage, getattr(owner, name)))
+                self._installed.append((owner, name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, name in reversed(self._installed):
+            delattr(owner, name)  # the instance attribute shadowed the class's method
+        self._installed.clear()
+
+    def start_pass(self) -> None:
+        """Forget per-stage peaks (call before each measured forward)."""
+        self.peaks_mb = {}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+
+    def collect(self) -> dict[str, float]:
+        synchronize(self.device)
+        totals = {}
+        for stage, samples in self._pending.items():
+            if self.device.type == "cuda":
+                totals[stage] = sum(start.elapsed_time(end) for start, end in samples)
+            else:
+                totals[stage] = sum(samples) * 1e3
+        self._pending = {}
+        return totals
+
+
+def count_launches(fn: Callable[[], object], device: torch.device) -> dict[str, int] | None:
+    """Kernel launches per ``stage::<name>`` range of one call of ``fn`` (CUDA only; None elsewhere or
+    when the profiler cannot say)."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize(device)
+        counts: dict[str, int] = {}
+        for event in prof.events():
+            if event.name.startswith("stage::"):
+                counts[event.name[len("stage::"):]] = counts.get(event.name[len("stage::"):], 0) + _launches_under(event)
+        return counts
+    except Exception as exc:  # the launch count is informative; a profiler failure must not stop the profile
+        logger.debug("launch counting failed: %s", exc)
+        return None
+
+
+def _launches_under(event) -> int:
+    found, stack = 0, list(event.cpu_children)
+    while stack:
+        child = stack.pop()
+        if child.name in _LAUNCH_EVENTS:
+            found += 1
+        stack.extend(child.cpu_children)
+    return found

@@ -1,19 +1,19 @@
 """Build random-weight models from a preset and measure every stage of one sweep point.
 
-The stages, each timed on the previous stage's output (the sample through the processor):
+The stages are the model's own methods, timed on its real forward (``model(**placed)``, the prefill
+with ``logits_to_keep=1``) by wrapping them on the instance (``measure.StageTimer``; CUDA events on a
+GPU, with the allocator's peak over the weights per stage and, once, the kernel launches per stage):
 
 - ``preprocess``: ``PixelReferFastProcessor`` on the batch (host only: crops, resizes, patchify,
-  tokenization);
-- ``vision``: the ONE packed vision-encoder call over every pixel source (global images / video
-  frames, region crops, Lite's global and local views), ``model.model.encode_pixels``;
-- ``projector`` (full model): 2x2 merge of video frames, token pruning and the projector on the
-  global tokens, ``model.model.get_image_features``;
-- ``region``: box position embedding, mask pooling and k-means (``region_encoder.tokenize``); for
-  the full model also ``feat_linear`` (the encoder's whole forward);
-- ``infusion`` (Lite): the two object-centric cross-attentions and ``feat_linear``;
-- ``prefill``: the LLM on the spliced ``inputs_embeds`` with a fresh KV cache, logits for the last
-  position (as ``generate`` does);
-- ``decode``: ``decode_tokens`` greedy steps on a copy of the prefill cache (the copy is untimed).
+  tokenization); ``place_inputs`` (the host check and the copies) is not timed;
+- ``vision``: ``encode_pixels``, ONE packed vision-encoder call over every pixel source;
+- ``projector`` (full model): ``project_images`` (2x2 merge, token pruning, projector);
+- ``region``: ``tokenize_regions`` (box position embedding, pooling, k-means), for the full model
+  also ``project_regions`` (``feat_linear``);
+- ``infusion`` (Lite): ``infuse_regions`` and ``project_regions``;
+- ``prefill``: ``splice`` and ``run_llm`` (Qwen2 on the spliced embeddings, fresh cache);
+- ``decode``: ``decode_tokens`` steps of ``generate`` with the chosen decoding (``DECODINGS``), the
+  call timed whole minus its own prefill forward.
 
 A stage that runs out of memory (CUDA OOM or ``MemoryError``) is reported as ``oom`` and the rest of
 the point as ``skipped``; any other exception as ``error`` (its one-line message kept). The sweep then
@@ -22,23 +22,45 @@ goes on with the next point.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import flops, progress
-from .measure import MemoryReading, Timing, memory_scope, out_of_memory_errors, time_stage
+from .measure import MemoryReading, StageTimer, Timing, count_launches, memory_scope, out_of_memory_errors, time_stage
 from .presets import ArchPreset
 from .report import STAGES
 from .sample import sample_video
 from .sweep import SweepPoint
 
 logger = logging.getLogger("pixelrefer_fast.profiling")
+
+# report stage -> the model methods (``PixelReferFastModel``) its time is the sum of; the forward calls them
+STAGE_METHODS = {
+    "vision": ("encode_pixels",),
+    "projector": ("project_images",),
+    "region": ("tokenize_regions",),
+    "infusion": ("infuse_regions",),
+    "prefill": ("splice", "run_llm"),
+}
+# decoding -> extra ``generate`` options; the fast loop of ``describe(decoding="fast")`` is one more entry
+DECODINGS = {"hf": {}}
+
+
+def stage_methods(model) -> dict[str, tuple[str, ...]]:
+    """``STAGE_METHODS`` for ``model``'s variant: ``feat_linear`` (``project_regions``) counts in ``region``
+    (full model) or ``infusion`` (Lite, where it follows the infusion); no projector in Lite."""
+    stages = {k: v for k, v in STAGE_METHODS.items() if not (model.config.is_lite and k == "projector")}
+    if model.config.is_lite:
+        stages["infusion"] = (*stages["infusion"], "project_regions")
+    else:
+        stages.pop("infusion")
+        stages["region"] = (*stages["region"], "project_regions")
+    return stages
+
 
 KERNEL_OPS = {"full": ("varlen_attention", "region_pool", "kmeans"), "lite": ("varlen_attention", "region_pool", "kmeans", "object_infusion")}
 _CPU = torch.device("cpu")
@@ -227,12 +249,8 @@ def output_cache(output):
 
 
 def _segments(grid_thw: torch.Tensor) -> list[int]:
-    """Attention segments (one per frame) of a packed call."""
+    """Attention segments (one per frame) of a packed call (host metadata)."""
     return [int(h * w) for t, h, w in grid_thw.tolist() for _ in range(int(t))]
-
-
-def _offsets(grid_thw: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return F.pad(grid_thw.to("cpu", torch.long).prod(-1).cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
 
 
 def _merge(cost_a: flops.StageCost, cost_b: flops.StageCost) -> flops.StageCost:
@@ -248,11 +266,14 @@ class _PointRun:
     """Runs the stages of one point in order, stopping (``skipped``) after the first failure."""
 
     def __init__(self, built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmup: int, repeats: int,
-                 decode_tokens: int):
+                 decode_tokens: int, decoding: str = "hf"):
         self.built, self.preset, self.point = built, preset, point
         self.model = built.model
         self.device, self.dtype = built.device, built.dtype
         self.warmup, self.repeats, self.decode_tokens = warmup, repeats, decode_tokens
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {sorted(DECODINGS)}, got {decoding!r}")
+        self.decoding = decoding
         self.results: list[StageResult] = []
         self.outcome = PointOutcome(results=self.results)
         self.failed: str | None = None
@@ -289,156 +310,145 @@ class _PointRun:
         outcome = self.outcome
 
         batch = self.measure("preprocess", lambda: processor(items), device=_CPU,
-                             shapes={"items": point.batch, "frames": point.frames, "regions_per_item": point.regions})
+                             shapes={"items": point.batch, "frames": point.frames, "regions_per_item": point.regions,
+                                     "includes": "processor"})
         if batch is None:
             return self._finish(outcome)
-        from ..modeling_pixelrefer_fast import PixelReferFastInputs
-
-        batch = batch.to(self.device)
-        inputs = PixelReferFastInputs(**{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")})
+        batch = dict(batch)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         num_regions = int(batch["crop_grid_thw"].shape[0])
-        outcome.llm_tokens = int(input_ids.shape[1])
+        batch_size, seq_len = input_ids.shape
+        outcome.llm_tokens = int(seq_len)
         self.results[0].tokens = int(attention_mask.sum())
         self.results[0].regions = num_regions
-
-        grids = [g for g in (batch.get("image_grid_thw"), batch["crop_grid_thw"], batch.get("global_grid_thw"),
-                             batch.get("local_grid_thw")) if g is not None]
-        segments = [s for g in grids for s in _segments(g.cpu())]
-        vision = self.measure(
-            "vision", lambda: model.model.encode_pixels(inputs),
-            cost=flops.vision_encoder_cost(preset.vision, segments, dtype_bytes=self.dtype_bytes),
-            tokens=sum(segments), regions=num_regions,
-            shapes={"segments": len(segments), "patches": sum(segments), "longest_segment": max(segments)},
-        )
-        if vision is None:
-            return self._finish(outcome)
-
-        image_features = None
         if point.variant == "full":
             keep = batch.get("image_token_keep")
-            merged = sum(int(t * h * w) // int(s) ** 2 for (t, h, w), s in
+            merged = sum(int(t * h * w) // int(m) ** 2 for (t, h, w), m in
                          zip(batch["image_grid_thw"].tolist(), batch["image_merge_sizes"].tolist()))
             image_tokens = int(keep.sum()) if keep is not None else merged
             outcome.image_tokens = image_tokens // point.batch
-            image_features = self.measure(
-                "projector", lambda: model.model.get_image_features(inputs, vision),
-                cost=flops.mlp2_cost(image_tokens, channels, hidden, dtype_bytes=self.dtype_bytes, name="mm_projector"),
-                tokens=image_tokens, shapes={"merged_tokens": merged, "kept_tokens": image_tokens},
-            )
-            if image_features is None:
-                return self._finish(outcome)
         else:
-            outcome.image_tokens = 0
+            outcome.image_tokens, image_tokens, merged = 0, 0, 0
 
-        region_features = self._regions(inputs, batch, vision, num_regions, channels, hidden)
-        if region_features is None:
+        forward = self._forward_stages(batch)
+        if forward is None:
             return self._finish(outcome)
-
-        embeds = self._splice(input_ids, image_features, region_features)
-        batch_size, seq_len = input_ids.shape
-        cache_kw = cache_keyword()
-        prefill_out = self.measure(
-            "prefill", lambda: model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=True, logits_to_keep=1),
-            cost=flops.llm_prefill_cost(_llm_shape(model.config), batch_size, seq_len, logits_positions=1, dtype_bytes=self.dtype_bytes),
-            tokens=batch_size * seq_len, shapes={"batch": batch_size, "seq_len": seq_len, "attn": model.config._attn_implementation},
-        )
-        if prefill_out is None:
-            return self._finish(outcome)
-        prefill_cache = output_cache(prefill_out)
-        first = prefill_out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        steps = self.decode_tokens
-
-        def decode(cache):
-            ids, mask = first, attention_mask
-            for _ in range(steps):
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-                out = model(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_kw: cache})
-                ids = out.logits[:, -1].argmax(-1, keepdim=True)
-            return ids
-
-        self.measure(
-            "decode", decode, setup=lambda: copy.deepcopy(prefill_cache),
-            cost=flops.llm_decode_steps_cost(_llm_shape(model.config), batch_size, seq_len, steps, dtype_bytes=self.dtype_bytes),
-            tokens=batch_size * steps, shapes={"batch": batch_size, "context": seq_len, "new_tokens": steps},
-        )
+        samples, calls, peaks, launches, placed = forward
+        costs = self._costs(batch, num_regions, image_tokens, channels, hidden, batch_size, seq_len)
+        grids = [g for g in (batch.get("image_grid_thw"), batch["crop_grid_thw"], batch.get("global_grid_thw"),
+                             batch.get("local_grid_thw")) if g is not None]
+        segments = [s for g in grids for s in _segments(g)]
+        object_tokens = int(batch["region_token_counts"].sum())
+        shapes = {
+            "vision": {"segments": len(segments), "patches": sum(segments), "longest_segment": max(segments)},
+            "projector": {"merged_tokens": merged, "kept_tokens": image_tokens},
+            "region": {"regions": num_regions, "mask_num": point.mask_num, "kmeans_init": model.config.kmeans_init,
+                       "includes": "pool+kmeans" + ("+feat_linear" if point.variant == "full" else "+pad")},
+            "infusion": {"includes": "infusion+feat_linear"},
+            "prefill": {"batch": int(batch_size), "seq_len": int(seq_len), "attn": model.config._attn_implementation,
+                        "includes": "splice+llm"},
+        }
+        tokens = {"vision": sum(segments), "projector": image_tokens, "region": object_tokens, "infusion": object_tokens,
+                  "prefill": int(batch_size * seq_len)}
+        for stage in STAGE_METHODS:
+            if stage not in samples:
+                continue
+            if self.device.type == "cuda":
+                memory = MemoryReading(kind="cuda_allocator_peak_over_weights", peak_mb=peaks.get(stage))
+            else:
+                memory = peaks[stage]
+            stage_shapes = {**shapes[stage], "calls": calls.get(stage, 0)}
+            if launches is not None:
+                stage_shapes["kernel_launches"] = launches.get(stage, 0)
+            self.results.append(StageResult(stage, "ok", "", Timing.from_samples(samples[stage]), memory, costs.get(stage),
+                                            tokens[stage], num_regions if stage != "prefill" else None, stage_shapes))
+        self._decode(batch, batch_size, seq_len)
         return self._finish(outcome)
 
-    def _regions(self, inputs, batch, vision, num_regions, channels, hidden):
-        """The region (and Lite infusion) stages, called as the model's forward calls them; returns the
-        object embeddings ``[n, D]`` or None."""
-        from ..modeling_region import RegionInputs
-
-        point, model = self.point, self.model
-        encoder = model.model.region_encoder
-        encoder.mask_num = point.mask_num
-        crop_grid = batch["crop_grid_thw"].to("cpu", torch.long)
-        mask_hw = batch["region_mask_hw"].to("cpu", torch.long)
-        masks_host = batch["region_masks"].to("cpu")
-        cells = (crop_grid[:, 1] * crop_grid[:, 2]).tolist()
-        offsets = F.pad(mask_hw.prod(1).cumsum(0), (1, 0)).tolist()
-        selected = [int((masks_host[a:b] > 0).sum()) for a, b in zip(offsets[:-1], offsets[1:])]
-        tokenizer_cost = flops.region_tokenizer_cost(
-            cells, selected, point.mask_num, channels, encoder.num_iters, dtype_bytes=self.dtype_bytes
-        )
-        shapes = {"regions": num_regions, "crop_cells": sum(cells), "mask_cells": sum(selected), "mask_num": point.mask_num,
-                  "kmeans_init": encoder.kmeans_init}
-        if point.variant == "full":
-            object_tokens = int(batch["region_token_counts"].sum())
-            result = self.measure(
-                "region", lambda: model.model.get_region_features(inputs, vision),
-                cost=_merge(tokenizer_cost, flops.mlp2_cost(object_tokens, channels, hidden, dtype_bytes=self.dtype_bytes, name="feat_linear")),
-                tokens=object_tokens, regions=num_regions, shapes={**shapes, "includes": "pool+kmeans+feat_linear"},
-            )
-            return None if result is None else result[0]
-        regions = RegionInputs(
-            features=vision["crops"], feature_hw=crop_grid[:, 1:], masks=batch["region_masks"], mask_hw=mask_hw,
-            boxes=batch["region_boxes"], image_hw=batch["region_image_hw"],
-        )
-        tokenized = self.measure(
-            "region", lambda: encoder.tokenize(regions),
-            cost=tokenizer_cost, tokens=num_regions * point.mask_num, regions=num_regions,
-            shapes={**shapes, "includes": "pool+kmeans+pad"},
-        )
-        if tokenized is None:
-            return None
-        tokens = tokenized[0]
-        device = tokens.device
-        local_grid, global_grid = batch["local_grid_thw"].cpu(), batch["global_grid_thw"].cpu()
-        region_local, region_global = batch["region_local"], batch["region_global"]
-        cu_local, cu_global = _offsets(local_grid, device), _offsets(global_grid, device)
-
-        def infuse():
-            fused = encoder.infuse(tokens, vision["local"], cu_local, region_local, vision["global"], cu_global, region_global)
-            return encoder.project(fused.reshape(-1, fused.shape[-1]), vision["crops"].dtype)
-
-        infusion_cost = flops.infusion_cost(
-            point.mask_num, channels, encoder.num_heads, _segments(local_grid), region_local.tolist(),
-            _segments(global_grid), region_global.tolist(), dtype_bytes=self.dtype_bytes,
-        )
-        return self.measure(
-            "infusion", infuse,
-            cost=_merge(infusion_cost, flops.mlp2_cost(num_regions * point.mask_num, channels, hidden, dtype_bytes=self.dtype_bytes, name="feat_linear")),
-            tokens=num_regions * point.mask_num, regions=num_regions,
-            shapes={"local_maps": int(local_grid.shape[0]), "global_maps": int(global_grid.shape[0]),
-                    "local_rows": sum(_segments(local_grid)), "global_rows": sum(_segments(global_grid)),
-                    "includes": "infusion+feat_linear"},
-        )
-
-    def _splice(self, input_ids, image_features, region_features):
-        """``inputs_embeds`` with the features over their placeholders (as the model's forward does)."""
+    def _forward_stages(self, batch):
+        """Time the model's stage methods on its real forward (``model(**placed)``, the prefill with
+        ``logits_to_keep=1``); returns per-stage samples, call counts, CUDA peaks and launch counts."""
         model = self.model
-        embeds = model.model.embed_tokens(input_ids)
-        for token_id, features, name in ((model.config.image_token_index, image_features, "<image>"),
-                                         (model.config.region_token_index, region_features, "<REGION>")):
-            slots = input_ids == token_id
-            count = int(slots.sum())
-            rows = 0 if features is None else int(features.shape[0])
-            if count != rows:
-                raise RuntimeError(f"the prompt has {count} {name} tokens but the stages produced {rows} features")
-            if rows:
-                embeds = embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))
-        return embeds
+        targets = {stage: [(model.model, name) for name in names] for stage, names in stage_methods(model).items()}
+        place = lambda: model.place_inputs(batch, mask_num=self.point.mask_num)  # noqa: E731 untimed host check and copies
+        samples: dict[str, list[float]] = {}
+        try:
+            with memory_scope(self.device) as forward_memory, StageTimer(self.device, targets) as timer:
+                for repeat in range(self.warmup + self.repeats):
+                    placed = place()
+                    timer.start_pass()
+                    model(**placed, use_cache=True, logits_to_keep=1)
+                    totals = timer.collect()
+                    if repeat >= self.warmup:
+                        for stage, ms in totals.items():
+                            samples.setdefault(stage, []).append(ms)
+                calls = {stage: n // (self.warmup + self.repeats) for stage, n in timer.calls.items()}
+                peaks = dict(timer.peaks_mb)
+                launches = count_launches(lambda: model(**place(), use_cache=True, logits_to_keep=1), self.device)
+        except out_of_memory_errors() as exc:
+            self.fail_next("oom", exc)
+            return None
+        except Exception as exc:  # a failing forward is reported in the profile; the sweep goes on
+            logger.debug("the forward failed", exc_info=True)
+            self.fail_next("error", exc)
+            return None
+        if self.device.type != "cuda":  # no per-stage reading on the CPU: the whole forward's peak RSS
+            peaks = {stage: forward_memory for stage in samples}
+        return samples, calls, peaks, launches, placed
+
+    def _costs(self, batch, num_regions, image_tokens, channels, hidden, batch_size, seq_len) -> dict:
+        model, point, b = self.model, self.point, self.dtype_bytes
+        encoder = model.model.region_encoder
+        mask_num = point.mask_num
+        crop_grid = batch["crop_grid_thw"]
+        cells = (crop_grid[:, 1] * crop_grid[:, 2]).tolist()
+        selected = batch["region_mask_cells"].tolist()
+        grids = [g for g in (batch.get("image_grid_thw"), crop_grid, batch.get("global_grid_thw"), batch.get("local_grid_thw")) if g is not None]
+        segments = [s for g in grids for s in _segments(g)]
+        object_tokens = int(batch["region_token_counts"].sum())
+        costs = {
+            "vision": flops.vision_encoder_cost(self.preset.vision, segments, dtype_bytes=b),
+            "prefill": flops.llm_prefill_cost(_llm_shape(model.config), batch_size, seq_len, logits_positions=1, dtype_bytes=b),
+        }
+        tokenizer = flops.region_tokenizer_cost(cells, selected, mask_num, channels, encoder.num_iters, dtype_bytes=b)
+        feat_linear = flops.mlp2_cost(object_tokens, channels, hidden, dtype_bytes=b, name="feat_linear")
+        if point.variant == "full":
+            costs["projector"] = flops.mlp2_cost(image_tokens, channels, hidden, dtype_bytes=b, name="mm_projector")
+            costs["region"] = _merge(tokenizer, feat_linear)
+        else:
+            local_grid, global_grid = batch["local_grid_thw"], batch["global_grid_thw"]
+            costs["region"] = tokenizer
+            costs["infusion"] = _merge(flops.infusion_cost(
+                mask_num, channels, encoder.num_heads, _segments(local_grid), batch["region_local"].tolist(),
+                _segments(global_grid), batch["region_global"].tolist(), dtype_bytes=b,
+            ), feat_linear)
+        return costs
+
+    def _decode(self, batch, batch_size, seq_len) -> None:
+        """Decode steps with ``self.decoding`` (``DECODINGS``): a generate call of ``1 + steps`` new tokens
+        timed whole, minus its own prefill forward (timed by a hook on the same call)."""
+        model, steps = self.model, self.decode_tokens
+        options = DECODINGS[self.decoding]
+        prefill_ms: list[float] = []
+
+        def generate(placed):
+            with StageTimer(self.device, {"prefill": [(model, "forward")]}) as timer:
+                model.generate(**placed, **options, max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
+                totals = timer.collect()
+            prefill_ms.append(totals.get("prefill", 0.0))
+
+        cost = flops.llm_decode_steps_cost(_llm_shape(model.config), batch_size, seq_len, steps, dtype_bytes=self.dtype_bytes)
+        result = self.measure(
+            "decode", generate, setup=lambda: model.place_inputs(batch, mask_num=self.point.mask_num), cost=cost, tokens=batch_size * steps,
+            shapes={"batch": int(batch_size), "context": int(seq_len), "new_tokens": steps, "decoding": self.decoding},
+        )
+        del result
+        row = next((r for r in self.results if r.stage == "decode" and r.status == "ok"), None)
+        if row is not None:
+            whole = row.timing
+            first = sorted(prefill_ms)[len(prefill_ms) // 2] if prefill_ms else 0.0
+            row.shapes["generate_median_ms"] = whole.median_ms
+            row.timing = Timing(*(max(v - first, 0.0) for v in (whole.median_ms, whole.p20_ms, whole.p80_ms, whole.min_ms, whole.max_ms)), whole.repeats)
 
     def fail_next(self, status: str, exc: BaseException) -> None:
         """Record a failure outside a timed call (setup, splicing) on the first stage not yet reported."""
@@ -483,10 +493,10 @@ def _llm_shape(config):
 
 
 def run_point(built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmup: int, repeats: int,
-              decode_tokens: int, seed: int = 0) -> PointOutcome:
+              decode_tokens: int, seed: int = 0, decoding: str = "hf") -> PointOutcome:
     """Measure every stage of ``point`` on ``built`` (see the module docstring); never raises for a
     failing stage: failures become ``oom`` / ``error`` results."""
-    run = _PointRun(built, preset, point, warmup=warmup, repeats=repeats, decode_tokens=decode_tokens)
+    run = _PointRun(built, preset, point, warmup=warmup, repeats=repeats, decode_tokens=decode_tokens, decoding=decoding)
     try:
         processor = make_processor(built, preset, point)
         items = make_items(point, seed=seed)
@@ -502,4 +512,4 @@ def run_point(built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmu
     return run._finish(run.outcome)
 
 
-__all__ = ["BuiltModel", "PointOutcome", "StageResult", "build_model", "make_items", "model_config", "run_point"]
+__all__ = ["DECODINGS", "STAGE_METHODS", "BuiltModel", "PointOutcome", "StageResult", "build_model", "make_items", "model_config", "run_point", "stage_methods"]
