@@ -9,7 +9,7 @@ Fast: the batch in one ``describe()`` call, kernels on ``auto`` (Triton on CUDA)
 attention switched to ``eager``. Generation always runs exactly ``new_tokens`` steps (eos suppressed
 with ``min_new_tokens``). The image and masks are the package's drawn sample (``profiling/sample.py``).
 
-Pairs (``extra_info``: ``ms_per_call``, ``peak_gb`` (CUDA ``max_memory_allocated``, weights included,
+Pairs (``extra_info``: ``ms_per_call``, ``peak_gb`` (CUDA ``max_memory_allocated`` after the warm-up, weights included,
 1 GB = 1e9 bytes), ``regions_per_s``, the kernels and attention used; cases in ``bench/shapes.py``):
 
 - CUDA, bf16, the real 2B architectures (issue #4 targets, checked by ``bench/gate.py --machine cuda``):
@@ -105,10 +105,10 @@ def _describe_calls(model, processor, case: ModelCase, role: str):
 def _measure(benchmark, case: ModelCase, role: str, device: torch.device, dtype: torch.dtype, *, pair: str, rounds: int):
     model, processor = _model(case, device, dtype)
     fn = _describe_calls(model, processor, case, role)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    # the peak counts from after the warm-up: autotuning's trial buffers are not the model's memory
+    reset_peak = (lambda: torch.cuda.reset_peak_memory_stats(device)) if device.type == "cuda" else None
     with _llm_attention(model, model.config._attn_implementation if role == "fast" else "eager"):
-        answers = run_pair(benchmark, fn, pair=pair, role=role, device=device, warmup=1, rounds=rounds,
+        answers = run_pair(benchmark, fn, pair=pair, role=role, device=device, warmup=1, rounds=rounds, after_warmup=reset_peak,
                            dtype=str(dtype).replace("torch.", ""), shape=case.describe(), preset=case.preset,
                            variant=case.variant, items=case.items, regions_per_call=case.items * case.regions,
                            new_tokens=case.new_tokens, llm_attention=model.config._attn_implementation,

@@ -64,7 +64,7 @@ def _record(benchmark, pair: str, role: str) -> None:
 
 
 def run_pair(benchmark, fn: Callable[[], object], *, pair: str, role: str, device, warmup: int = 2,
-             rounds: int | None = None, **info):
+             rounds: int | None = None, after_warmup: Callable[[], object] | None = None, **info):
     """Time ``fn`` (synchronised) under pytest-benchmark and tag it for the regression gate.
 
     Args:
@@ -76,6 +76,8 @@ def run_pair(benchmark, fn: Callable[[], object], *, pair: str, role: str, devic
         warmup: untimed calls first (compilation, autotuning, allocator warm-up).
         rounds: a fixed number of timed calls (``benchmark.pedantic``), for calls of a second or
             more; None lets pytest-benchmark calibrate (``--benchmark-min-rounds``/``max-time``).
+        after_warmup: called once between the warm-up and the timed calls (e.g. resetting the CUDA
+            peak memory, so autotuning buffers do not count).
         **info: recorded in ``extra_info`` (shapes, dtype, ...).
 
     Returns:
@@ -86,6 +88,8 @@ def run_pair(benchmark, fn: Callable[[], object], *, pair: str, role: str, devic
     call = synced(fn, device)
     for _ in range(warmup):
         call()
+    if after_warmup is not None:
+        after_warmup()
     benchmark.extra_info.update({"pair": pair, "role": role, "device": str(device), **info})
     if rounds is None:
         result = benchmark(call)

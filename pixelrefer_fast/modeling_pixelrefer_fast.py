@@ -11,16 +11,21 @@ Classes (the Lite twins share every piece and differ in configuration only):
 
 Forward of one batch (``B`` items, left padded, any mix of images, videos and regions):
 
-1. every pixel source of the batch (global images and video frames, region crops, Lite's 336 global and
-   224 local views) goes through ONE packed vision-encoder call;
-2. ``get_image_features`` (full model): stride-2 frames are 2x2 averaged, tokens pruned by the video
-   compression are dropped (``image_token_keep``), then the projector;
-3. ``get_region_features``: the region encoder (full: pool + k-means + ``feat_linear``; Lite: the same
-   with zero padding and object-centric infusion into the views);
-4. the number of ``<image>`` / ``<REGION>`` placeholders must equal the number of features (``ValueError``
-   with both numbers), then ``inputs_embeds.masked_scatter``;
-5. Qwen2 on ``inputs_embeds`` with 1-D positions per item (from the attention mask, so left padding
-   gives the official unpadded positions), logits only where asked (``logits_to_keep``).
+0. ``pack_inputs`` (run by ``place_inputs``, or by ``forward`` for the processor's fields as they are)
+   checks the batch ONCE on the host: placeholders against the announced and the mask-given counts
+   (``ValueError`` with both numbers), masks thresholded to uint8, every size, offset and placeholder
+   row computed (``PixelReferFastBatch``). From there to the logits nothing is read back from the device
+   (SDPA/eager attention, deterministic k-means init). The stages below are methods ``forward`` calls,
+   which the profiler times;
+1. ``encode_pixels``: every pixel source of the batch (global images and video frames, region crops,
+   Lite's 336 global and 224 local views) goes through ONE packed vision-encoder call;
+2. ``project_images`` (full model, ``get_image_features``): stride-2 frames are 2x2 averaged, tokens
+   pruned by the video compression are dropped (``image_token_keep``), then the projector;
+3. ``tokenize_regions``, ``infuse_regions`` (Lite), ``project_regions`` (``get_region_features``): pool +
+   k-means, Lite's object-centric infusion into the views, ``feat_linear``;
+4. ``splice``: the features are written over their placeholders (rows found on the host);
+5. ``run_llm``: Qwen2 on ``inputs_embeds`` with 1-D positions per item (from the attention mask, so left
+   padding gives the official unpadded positions), logits only where asked (``logits_to_keep``).
 
 Upstream differences: batched (upstream asserts batch 1), no ``.cuda()``/autocast (device and dtype come
 from the parameters), the prefill computes logits only for the last position under ``generate``.
@@ -185,6 +190,14 @@ _LITE_VIEW_KEYS = ("global_pixel_values", "global_grid_thw", "region_global", "l
 def _host_offsets(grid_thw: torch.Tensor) -> torch.Tensor:
     """CPU int32 ``[V+1]`` row offsets of the views of a packed call (kept on the host: no device sync)."""
     return F.pad(grid_thw.to("cpu", torch.long).prod(-1).cumsum(0), (1, 0)).to(torch.int32)
+
+
+def _check_packed(batch) -> None:
+    if not isinstance(batch, PixelReferFastBatch):
+        raise TypeError(
+            f"expected the checked PixelReferFastBatch (model.place_inputs(processor_output) or "
+            f"model.model.pack_inputs(input_ids, attention_mask, inputs)), got {type(batch).__name__}"
+        )
 
 
 def _check_count(token: str, slots: int, features: int, source: str) -> None:
@@ -494,6 +507,33 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         encoder = self.region_encoder
         return encoder.project(encoder.select_tokens(tokens, counts, batch.regions), dtype)
 
+    def get_image_features(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Global image / video-frame tokens for the LLM: ``[n_image_tokens, D]`` (full model).
+
+        Args:
+            batch: the checked batch (``pack_inputs`` / ``place_inputs``).
+            vision: the output of ``encode_pixels`` when already computed (else it is run here).
+        """
+        _check_packed(batch)
+        if batch.image_grid_thw is None:
+            raise ValueError("the batch has no images (pixel_values were not given)")
+        return self.project_images(batch, self.encode_pixels(batch) if vision is None else vision)
+
+    def get_region_features(
+        self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Region tokens for the LLM: ``(embeddings [sum(counts), D], counts [R] int32 on the device)``;
+        counts are ``min(K, cells)`` (full) or K (Lite). Stages: ``tokenize_regions``, ``infuse_regions``
+        (Lite), ``project_regions``."""
+        _check_packed(batch)
+        if batch.regions is None:
+            raise ValueError("the batch has no regions (crop_pixel_values, region_masks, ... were not given)")
+        vision = self.encode_pixels(batch) if vision is None else vision
+        tokens, counts = self.tokenize_regions(batch, vision)
+        if self.config.is_lite:
+            tokens = self.infuse_regions(batch, vision, tokens)
+        return self.project_regions(batch, tokens, counts, vision["crops"].dtype), counts
+
     def splice(self, input_ids: torch.Tensor, batch: PixelReferFastBatch, image_features, region_features) -> torch.Tensor:
         """``inputs_embeds [B, T, D]``: token embeddings with the features written over their placeholders
         (row indices found on the host by ``pack_inputs``)."""
@@ -517,13 +557,8 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         if tuple(input_ids.shape) != batch.sequence_shape:
             raise ValueError(f"input_ids has shape {tuple(input_ids.shape)} but the batch was packed for {batch.sequence_shape}")
         vision = self.encode_pixels(batch)
-        image_features = self.project_images(batch, vision) if batch.image_grid_thw is not None else None
-        region_features = None
-        if batch.regions is not None:
-            tokens, counts = self.tokenize_regions(batch, vision)
-            if self.config.is_lite:
-                tokens = self.infuse_regions(batch, vision, tokens)
-            region_features = self.project_regions(batch, tokens, counts, vision["crops"].dtype)
+        image_features = self.get_image_features(batch, vision) if batch.image_grid_thw is not None else None
+        region_features = self.get_region_features(batch, vision)[0] if batch.regions is not None else None
         return self.splice(input_ids, batch, image_features, region_features)
 
     def run_llm(self, inputs_embeds=None, attention_mask=None, position_ids=None, input_ids=None, **kwargs):

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import datetime as _dt
+import functools
 import importlib
 import logging
+import os
 import platform
 import re
 import statistics
@@ -278,7 +279,11 @@ def _version(name: str) -> str:
 
 
 def git_sha() -> str:
-    """Short SHA of the checkout this package runs from ("unknown" for an installed wheel)."""
+    """Short SHA of the checkout this package runs from: ``PIXELREFER_FAST_GIT_SHA`` when set (a copy
+    without ``.git``, e.g. ``bench/gpu_check.sh`` on a GPU machine), else git ("unknown" for a wheel)."""
+    stamped = os.environ.get("PIXELREFER_FAST_GIT_SHA", "").strip()
+    if stamped:
+        return stamped
     root = Path(__file__).resolve().parents[2]
     try:
         done = subprocess.run(
