@@ -431,16 +431,21 @@ class StageTimer:
             torch.cuda.synchronize(self.device)
             self.baseline_bytes = torch.cuda.memory_allocated(self.device)
 
-    def collect(self) -> dict[str, float]:
+    def collect_calls(self) -> dict[str, list[float]]:
+        """``{stage: [ms of each call]}`` since the last collect (one synchronisation on CUDA)."""
         synchronize(self.device)
-        totals = {}
+        calls = {}
         for stage, samples in self._pending.items():
             if self.device.type == "cuda":
-                totals[stage] = sum(start.elapsed_time(end) for start, end in samples)
+                calls[stage] = [start.elapsed_time(end) for start, end in samples]
             else:
-                totals[stage] = sum(samples) * 1e3
+                calls[stage] = [seconds * 1e3 for seconds in samples]
         self._pending = {}
-        return totals
+        return calls
+
+    def collect(self) -> dict[str, float]:
+        """``{stage: ms}``: the calls of each stage since the last collect, added up."""
+        return {stage: sum(calls) for stage, calls in self.collect_calls().items()}
 
 
 def count_launches(fn: Callable[[], object], device: torch.device) -> dict[str, int] | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -425,30 +426,31 @@ class _PointRun:
         return costs
 
     def _decode(self, batch, batch_size, seq_len) -> None:
-        """Decode steps with ``self.decoding`` (``DECODINGS``): a generate call of ``1 + steps`` new tokens
-        timed whole, minus its own prefill forward (timed by a hook on the same call)."""
+        """Decode steps with ``self.decoding`` (``DECODINGS``): a ``generate`` call of ``1 + steps`` new
+        tokens timed whole, minus its first forward (the prefill, timed by a hook on the same call)."""
         model, steps = self.model, self.decode_tokens
         options = DECODINGS[self.decoding]
         prefill_ms: list[float] = []
 
         def generate(placed):
-            with StageTimer(self.device, {"prefill": [(model, "forward")]}) as timer:
+            with StageTimer(self.device, {"forward": [(model, "forward")]}) as timer:
                 model.generate(**placed, **options, max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
-                totals = timer.collect()
-            prefill_ms.append(totals.get("prefill", 0.0))
+                prefill_ms.append(timer.collect_calls()["forward"][0])
 
-        cost = flops.llm_decode_steps_cost(_llm_shape(model.config), batch_size, seq_len, steps, dtype_bytes=self.dtype_bytes)
-        result = self.measure(
-            "decode", generate, setup=lambda: model.place_inputs(batch, mask_num=self.point.mask_num), cost=cost, tokens=batch_size * steps,
+        self.measure(
+            "decode", generate, setup=lambda: model.place_inputs(batch, mask_num=self.point.mask_num),
+            cost=flops.llm_decode_steps_cost(_llm_shape(model.config), batch_size, seq_len, steps, dtype_bytes=self.dtype_bytes),
+            tokens=batch_size * steps,
             shapes={"batch": int(batch_size), "context": int(seq_len), "new_tokens": steps, "decoding": self.decoding},
         )
-        del result
-        row = next((r for r in self.results if r.stage == "decode" and r.status == "ok"), None)
-        if row is not None:
+        row = self.results[-1]
+        if row.stage == "decode" and row.status == "ok":
             whole = row.timing
-            first = sorted(prefill_ms)[len(prefill_ms) // 2] if prefill_ms else 0.0
+            prefill = statistics.median(prefill_ms[-whole.repeats:])
             row.shapes["generate_median_ms"] = whole.median_ms
-            row.timing = Timing(*(max(v - first, 0.0) for v in (whole.median_ms, whole.p20_ms, whole.p80_ms, whole.min_ms, whole.max_ms)), whole.repeats)
+            row.shapes["prefill_in_generate_ms"] = prefill
+            row.timing = Timing(*(max(v - prefill, 0.0) for v in (whole.median_ms, whole.p20_ms, whole.p80_ms, whole.min_ms, whole.max_ms)),
+                                whole.repeats)
 
     def fail_next(self, status: str, exc: BaseException) -> None:
         """Record a failure outside a timed call (setup, splicing) on the first stage not yet reported."""
