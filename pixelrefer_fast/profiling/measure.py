@@ -381,6 +381,7 @@ class StageTimer:
         self._pending: dict[str, list] = {}
         self.calls: dict[str, int] = {}
         self.peaks_mb: dict[str, float] = {}
+        self.failed_stage: str | None = None  # the stage whose method raised (first one)
         self.baseline_bytes = 0
         self._installed: list[tuple[object, str]] = []
 
@@ -389,6 +390,14 @@ class StageTimer:
 
         @functools.wraps(method)  # keeps the signature (generate inspects the forward's arguments)
         def timed(*args, **kwargs):
+            try:
+                return timed_call(*args, **kwargs)
+            except BaseException:
+                if self.failed_stage is None:
+                    self.failed_stage = stage
+                raise
+
+        def timed_call(*args, **kwargs):
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

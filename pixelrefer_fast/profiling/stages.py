@@ -334,7 +334,7 @@ class _PointRun:
         forward = self._forward_stages(batch)
         if forward is None:
             return self._finish(outcome)
-        samples, calls, peaks, launches, placed = forward
+        samples, calls, peaks, launches = forward
         costs = self._costs(batch, num_regions, image_tokens, channels, hidden, batch_size, seq_len)
         grids = [g for g in (batch.get("image_grid_thw"), batch["crop_grid_thw"], batch.get("global_grid_thw"),
                              batch.get("local_grid_thw")) if g is not None]
@@ -373,8 +373,9 @@ class _PointRun:
         targets = {stage: [(model.model, name) for name in names] for stage, names in stage_methods(model).items()}
         place = lambda: model.place_inputs(batch, mask_num=self.point.mask_num)  # noqa: E731 untimed host check and copies
         samples: dict[str, list[float]] = {}
+        timer = StageTimer(self.device, targets)
         try:
-            with memory_scope(self.device) as forward_memory, StageTimer(self.device, targets) as timer:
+            with memory_scope(self.device) as forward_memory, timer:
                 for repeat in range(self.warmup + self.repeats):
                     placed = place()
                     timer.start_pass()
@@ -387,15 +388,15 @@ class _PointRun:
                 peaks = dict(timer.peaks_mb)
                 launches = count_launches(lambda: model(**place(), use_cache=True, logits_to_keep=1), self.device)
         except out_of_memory_errors() as exc:
-            self.fail_next("oom", exc)
+            self._forward_failed(timer.failed_stage, "oom", exc)
             return None
         except Exception as exc:  # a failing forward is reported in the profile; the sweep goes on
-            logger.debug("the forward failed", exc_info=True)
-            self.fail_next("error", exc)
+            logger.debug("the forward failed in stage %s", timer.failed_stage, exc_info=True)
+            self._forward_failed(timer.failed_stage, "error", exc)
             return None
         if self.device.type != "cuda":  # no per-stage reading on the CPU: the whole forward's peak RSS
             peaks = {stage: forward_memory for stage in samples}
-        return samples, calls, peaks, launches, placed
+        return samples, calls, peaks, launches
 
     def _costs(self, batch, num_regions, image_tokens, channels, hidden, batch_size, seq_len) -> dict:
         model, point, b = self.model, self.point, self.dtype_bytes
@@ -451,6 +452,17 @@ class _PointRun:
             row.shapes["prefill_in_generate_ms"] = prefill
             row.timing = Timing(*(max(v - prefill, 0.0) for v in (whole.median_ms, whole.p20_ms, whole.p80_ms, whole.min_ms, whole.max_ms)),
                                 whole.repeats)
+
+    def _forward_failed(self, stage: str | None, status: str, exc: BaseException) -> None:
+        """Record a failure of the forward on the stage whose method raised (else the first not reported);
+        the stages before it ran but were not timed through a whole forward."""
+        if stage is None:
+            self.fail_next(status, exc)
+            return
+        self.failed = f"{stage} failed" if status == "error" else f"{stage} ran out of memory"
+        self.results.append(StageResult(stage, status, _one_line(exc)))
+        if self.device.type == "cuda" and status == "oom":
+            torch.cuda.empty_cache()
 
     def fail_next(self, status: str, exc: BaseException) -> None:
         """Record a failure outside a timed call (setup, splicing) on the first stage not yet reported."""

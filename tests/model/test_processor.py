@@ -18,7 +18,7 @@ needs_demo = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="shared demo media
 R = "<REGION>"
 USER, END = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
 REGION_KEYS = {"crop_pixel_values", "crop_grid_thw", "region_masks", "region_mask_hw", "region_boxes",
-               "region_image_hw", "region_token_counts", "region_item"}
+               "region_image_hw", "region_token_counts", "region_item", "region_mask_cells"}
 FULL_KEYS = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_merge_sizes"} | REGION_KEYS
 LITE_KEYS = ({"input_ids", "attention_mask", "global_pixel_values", "global_grid_thw", "region_global",
               "local_pixel_values", "local_grid_thw", "region_local"} | REGION_KEYS)
@@ -66,6 +66,9 @@ def test_full_image_prompt_keys_and_counts(full):
     assert batch["image_grid_thw"].tolist() == [[1, 34, 46]] and batch["image_merge_sizes"].tolist() == [1]
     assert batch["crop_grid_thw"].tolist() == [[1, 10, 12]] and batch["crop_pixel_values"].shape == (120, 588)
     assert batch["region_mask_hw"].tolist() == [[10, 12]] and batch["region_masks"].shape == (120,)
+    # masks travel as uint8 (only > 0 is ever read), with their cells inside per region
+    assert batch["region_masks"].dtype == torch.uint8 and set(batch["region_masks"].unique().tolist()) <= {0, 1}
+    assert batch["region_mask_cells"].tolist() == [int(batch["region_masks"].sum())]
     assert batch["region_boxes"].tolist() == [[172, 222, 307, 377]]
     assert batch["region_image_hw"].tolist() == [[480, 640]]
     assert batch["region_token_counts"].tolist() == [32] and batch["region_item"].tolist() == [0]

@@ -158,10 +158,10 @@ def test_out_of_memory_point_is_reported_and_the_sweep_goes_on(capsys, monkeypat
     real_forward = PixelReferFastVisionEncoder.forward
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
-    def forward(self, pixel_values, grid_thw, merge_sizes):
+    def forward(self, pixel_values, grid_thw, merge_sizes, **kwargs):
         if grid_thw.shape[0] > 2:  # the global image plus more than one crop: the R=3 point
             raise oom("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
-        return real_forward(self, pixel_values, grid_thw, merge_sizes)
+        return real_forward(self, pixel_values, grid_thw, merge_sizes, **kwargs)
 
     monkeypatch.setattr(PixelReferFastVisionEncoder, "forward", forward)
     code, out, err = run_cli(capsys, "--model", str(tiny_model), "--regions", "3,1", "--mask-num", "4", *FAST,
@@ -197,7 +197,7 @@ def test_failing_stage_is_reported_and_exit_code_1(capsys, monkeypatch, tiny_mod
     def broken(self, *args, **kwargs):
         raise RuntimeError("pooling kernel exploded\nsecond line")
 
-    monkeypatch.setattr(PixelReferFastRegionEncoder, "forward", broken)
+    monkeypatch.setattr(PixelReferFastRegionEncoder, "tokenize_packed", broken)  # what the model's forward calls
     code, out, _ = run_cli(capsys, "--model", str(tiny_model), "--regions", "1,2", "--mask-num", "4", *FAST,
                            "--no-plots", "--out", str(tmp_path))
     assert code == 1
