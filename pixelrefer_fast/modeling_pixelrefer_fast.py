@@ -399,8 +399,11 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             crop_grid = _host_long(inputs.crop_grid_thw, "crop_grid_thw")
             if bool((crop_grid[:, 0] != 1).any()):
                 raise ValueError(f"crop_grid_thw must have t == 1 for every crop, got {crop_grid[:, 0].tolist()}")
+            # the processor keeps the masks on the host; masks already on a device are read back once,
+            # here, so the region sizes are known before the forward
+            masks = inputs.region_masks.to("cpu") if isinstance(inputs.region_masks, torch.Tensor) else inputs.region_masks
             regions = self.region_encoder.pack(
-                crop_grid[:, 1:], inputs.region_masks, inputs.region_mask_hw, inputs.region_boxes, inputs.region_image_hw,
+                crop_grid[:, 1:], masks, inputs.region_mask_hw, inputs.region_boxes, inputs.region_image_hw,
                 device, mask_num, region_cells=inputs.region_mask_cells,
             )
             self._check_region_counts(n_region_slots, regions, inputs, region_slots.sum(-1))
@@ -457,8 +460,6 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             _check_count("<REGION>", n_region_slots, int(announced.sum()), "region_token_counts announce")
             _check_per_item(slots_per_item, announced, inputs.region_item)
         counts = regions.counts
-        if counts is None:  # masks on a GPU: the counts are known after the encoder (splice checks the rows)
-            return
         if announced is not None and not torch.equal(counts, announced):
             bad = [i for i, (a, b) in enumerate(zip(announced.tolist(), counts.tolist())) if a != b]
             raise ValueError(

@@ -120,3 +120,31 @@ def test_prefill_never_syncs_on_cuda(setup):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(logits).all()
+
+
+def test_processor_output_of_the_old_form_still_works(setup):
+    """float32 masks without ``region_mask_cells`` (what the processor gave before): checked at the
+    entry, thresholded once, the same logits."""
+    model, raw = setup
+    old = {k: v for k, v in raw.items() if k != "region_mask_cells"}
+    old["region_masks"] = raw["region_masks"].float() * 0.75  # any value > 0 is inside
+    with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+        expected = model(**raw, logits_to_keep=1).logits
+        got = model(**old, logits_to_keep=1).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_mask_cells_that_disagree_with_the_masks_are_refused(setup):
+    model, raw = setup
+    wrong = dict(raw, region_mask_cells=raw["region_mask_cells"] + 1)
+    with pytest.raises(ValueError, match="region_mask_cells .* disagree with the cells the masks select"):
+        model.place_inputs(wrong)
+
+
+def test_a_placed_batch_belongs_to_its_prompt(setup):
+    model, raw = setup
+    placed = model.place_inputs(raw)
+    with pytest.raises(ValueError, match="was packed for"), torch.inference_mode():
+        model(**dict(placed, input_ids=placed["input_ids"][:, 1:], attention_mask=placed["attention_mask"][:, 1:]))
+    with pytest.raises(ValueError, match="either multimodal_inputs"), torch.inference_mode():
+        model(**placed, region_masks=raw["region_masks"])
