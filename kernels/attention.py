@@ -167,9 +167,10 @@ def _flash_reasons(q, k, v, cu_q, cu_k, max_q, max_k, scale, segments) -> list[s
 def _flash_run(q, k, v, cu_q, cu_k, max_q, max_k, scale, segments) -> torch.Tensor:
     from flash_attn import flash_attn_varlen_func
 
-    segments = segments or _host_segments(cu_q, cu_k)
-    max_q = max(segments.lengths_q) if max_q is None else max_q
-    max_k = max(segments.lengths_k) if max_k is None else max_k
+    if max_q is None or max_k is None:  # the offsets are read back only when the caller gave no bound
+        segments = segments or _host_segments(cu_q, cu_k)
+        max_q = max(segments.lengths_q) if max_q is None else max_q
+        max_k = max(segments.lengths_k) if max_k is None else max_k
     return flash_attn_varlen_func(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), max_q, max_k, softmax_scale=scale, causal=False)
 
 

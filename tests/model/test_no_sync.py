@@ -148,3 +148,26 @@ def test_a_placed_batch_belongs_to_its_prompt(setup):
         model(**dict(placed, input_ids=placed["input_ids"][:, 1:], attention_mask=placed["attention_mask"][:, 1:]))
     with pytest.raises(ValueError, match="either multimodal_inputs"), torch.inference_mode():
         model(**placed, region_masks=raw["region_masks"])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_prefill_mask_equals_transformers_own(setup, attention):
+    """The 4-D mask built for a padded prefill (no read-back) gives transformers' results on real tokens."""
+    model, raw = setup
+    placed = model.place_inputs(raw)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(attention)
+    try:
+        with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+            inner = model.model
+            embeds = inner.embed_multimodal(placed["input_ids"], placed["multimodal_inputs"])
+            mask = placed["attention_mask"]
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            ours = inner.run_llm(inputs_embeds=embeds, attention_mask=inner._prefill_mask(mask, placed["multimodal_inputs"]),
+                                 position_ids=positions).last_hidden_state
+            theirs = inner.run_llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    finally:
+        model.set_attn_implementation(previous)
+    assert isinstance(inner._prefill_mask(mask, placed["multimodal_inputs"]), dict)
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
