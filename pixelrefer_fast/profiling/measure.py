@@ -368,15 +368,17 @@ class StageTimer:
 
         clock: the CPU clock in seconds (default ``time.perf_counter``; ``time.thread_time`` counts only
             this thread's CPU time, steadier on a shared machine with one torch thread).
+        on_first_call: called with the stage's name when a stage is entered the first time.
 
     ``collect()`` returns ``{stage: ms}`` of the calls since the last ``collect``; ``calls`` counts the
     calls per stage, ``peaks_mb`` holds the last per-stage memory peaks.
     """
 
     def __init__(self, device: torch.device, targets: dict[str, list[tuple[object, str]]], *,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, on_first_call: Callable[[str], object] | None = None):
         self.device = device
         self.clock = clock
+        self.on_first_call = on_first_call
         self.targets = targets
         self._pending: dict[str, list] = {}
         self.calls: dict[str, int] = {}
@@ -398,6 +400,8 @@ class StageTimer:
                 raise
 
         def timed_call(*args, **kwargs):
+            if stage not in self.calls and self.on_first_call is not None:
+                self.on_first_call(stage)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -37,11 +37,12 @@ def stage_started(name: str) -> None:
         callback(name, 0, 0)
 
 
-def call_done(done: int, total: int) -> None:
-    """``done`` of the stage's ``total`` calls (warm-up included) have finished."""
+def call_done(done: int, total: int, stage: str | None = None) -> None:
+    """``done`` of the stage's ``total`` calls (warm-up included) have finished; ``stage`` names it when
+    several stages run in one call (the forward's stages), else the last started."""
     callback = _listener.get()
     if callback is not None:
-        callback(_stage.get(), done, total)
+        callback(_stage.get() if stage is None else stage, done, total)
 
 
 __all__ = ["Listener", "call_done", "listening", "stage_started"]

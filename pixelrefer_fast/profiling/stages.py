@@ -373,18 +373,21 @@ class _PointRun:
         targets = {stage: [(model.model, name) for name in names] for stage, names in stage_methods(model).items()}
         place = lambda: model.place_inputs(batch, mask_num=self.point.mask_num)  # noqa: E731 untimed host check and copies
         samples: dict[str, list[float]] = {}
-        timer = StageTimer(self.device, targets)
+        timer = StageTimer(self.device, targets, on_first_call=progress.stage_started)
+        passes = self.warmup + self.repeats
         try:
             with memory_scope(self.device) as forward_memory, timer:
-                for repeat in range(self.warmup + self.repeats):
+                for repeat in range(passes):
                     placed = place()
                     timer.start_pass()
                     model(**placed, use_cache=True, logits_to_keep=1)
                     totals = timer.collect()
+                    for stage in totals:
+                        progress.call_done(repeat + 1, passes, stage)
                     if repeat >= self.warmup:
                         for stage, ms in totals.items():
                             samples.setdefault(stage, []).append(ms)
-                calls = {stage: n // (self.warmup + self.repeats) for stage, n in timer.calls.items()}
+                calls = {stage: n // passes for stage, n in timer.calls.items()}
                 peaks = dict(timer.peaks_mb)
                 launches = count_launches(lambda: model(**place(), use_cache=True, logits_to_keep=1), self.device)
         except out_of_memory_errors() as exc:

@@ -32,10 +32,10 @@ def test_ctrl_c_inside_a_point_keeps_the_finished_points(capsys, monkeypatch, ti
 
     real_forward = PixelReferFastVisionEncoder.forward
 
-    def forward(self, pixel_values, grid_thw, merge_sizes):
+    def forward(self, pixel_values, grid_thw, merge_sizes, **kwargs):
         if grid_thw.shape[0] > 2:  # the R=3 point, in the middle of its vision stage
             raise KeyboardInterrupt
-        return real_forward(self, pixel_values, grid_thw, merge_sizes)
+        return real_forward(self, pixel_values, grid_thw, merge_sizes, **kwargs)
 
     monkeypatch.setattr(PixelReferFastVisionEncoder, "forward", forward)
     code, out, err = run_cli(capsys, "--model", str(tiny_model), "--regions", "1,3", "--mask-num", "4", *FAST,
