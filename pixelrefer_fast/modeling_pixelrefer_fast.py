@@ -220,6 +220,14 @@ def _check_per_item(slots: torch.Tensor, counts: torch.Tensor, region_item: torc
         )
 
 
+def _view_index(value, name: str, views: int, regions: int) -> torch.Tensor:
+    """Lite's view of each region, checked once: ``[R]`` CPU int64 in ``0..views-1``."""
+    index = _host_long(value, name)
+    if index.shape != (regions,) or (regions and (int(index.min()) < 0 or int(index.max()) >= views)):
+        raise ValueError(f"{name} must hold one view index (0..{views - 1}) per region ({regions}), got {index.tolist()}")
+    return index
+
+
 def _image_merge_sizes(inputs: PixelReferFastInputs) -> torch.Tensor:
     """Per-image stride (``image_merge_sizes``; all 1 when absent), CPU int64."""
     if inputs.image_merge_sizes is not None:
@@ -355,8 +363,8 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         checked against the counts the inputs announce and the regions' masks give; region masks are
         thresholded once to uint8; every size, offset and row index the encoders and the splice need
         is computed here. ``mask_num``: K for this batch (default ``config.mask_num``; the official
-        forward takes it per call), which the processor must have used too. The forward then reads nothing back from the device (see
-        ``PixelReferFastBatch``).
+        forward takes it per call), which the processor must have used too. The forward then reads
+        nothing back from the device (see ``PixelReferFastBatch``).
 
         Raises:
             ValueError: placeholders and features disagree (both numbers given), incomplete region
@@ -414,8 +422,8 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
                 sources.append(("global", inputs.global_pixel_values, global_grid, torch.ones(global_grid.shape[0], dtype=torch.long)))
                 sources.append(("local", inputs.local_pixel_values, local_grid, torch.ones(local_grid.shape[0], dtype=torch.long)))
                 lite_views = LiteViews(
-                    _host_offsets(local_grid), _host_long(inputs.region_local, "region_local"),
-                    _host_offsets(global_grid), _host_long(inputs.region_global, "region_global"),
+                    _host_offsets(local_grid), _view_index(inputs.region_local, "region_local", local_grid.shape[0], crop_grid.shape[0]),
+                    _host_offsets(global_grid), _view_index(inputs.region_global, "region_global", global_grid.shape[0], crop_grid.shape[0]),
                 )
         for name, pixels, grid, _ in sources:
             if pixels is None:

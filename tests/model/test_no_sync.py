@@ -171,3 +171,12 @@ def test_the_prefill_mask_equals_transformers_own(setup, attention):
     assert isinstance(inner._prefill_mask(mask, placed["multimodal_inputs"]), dict)
     real = mask.bool()
     torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+
+
+def test_lite_view_indices_are_checked_once_at_the_entry(setup):
+    model, raw = setup
+    if not model.config.is_lite:
+        pytest.skip("Lite views")
+    bad = dict(raw, region_local=raw["region_local"] + raw["local_grid_thw"].shape[0])
+    with pytest.raises(ValueError, match="region_local must hold one view index"):
+        model.place_inputs(bad)
