@@ -32,6 +32,11 @@ def check_tensor(
     """Check that ``value`` is a tensor with the given rank, dtype family and device."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device (shapes without data); the kernels read values: "
+            "pass tensors on the CPU or a GPU"
+        )
     if ndim is not None and value.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
     if dtypes is not None and value.dtype not in dtypes:

@@ -35,6 +35,7 @@ from ._validate import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     KERNEL_FLOAT_DTYPES,
+    check_finite,
     check_offsets,
     check_optional_count,
     check_same_device,
@@ -80,12 +81,14 @@ def varlen_attention(
         max_seqlen_q, max_seqlen_k: optional host ints bounding the longest segments (flash-attn needs
             them; computed with one host sync when omitted).
         softmax_scale: defaults to ``1 / sqrt(hd)``.
-        validate: check offset values and max_seqlen bounds (one host sync). Shapes, dtypes and devices
-            are always checked.
+        validate: check offset values and max_seqlen bounds (one host sync), and that the output is
+            finite (one more): NaN or inf in q, k or v raise naming the tensor, and scores that overflow
+            the dtype (fp32 inputs of magnitude ~1e19 and more) raise instead of returning NaN.
+            There is no rescaling: scale such inputs down. Shapes, dtypes and devices are always checked.
 
     Returns:
         ``[Nq, nh, hd]`` in q's dtype. A segment with queries but no keys gives zeros (torch and Triton
-        backends).
+        backends). With ``validate=False``, non-finite or overflowing inputs give non-finite rows.
 
     Backends (see the module docstring): flash_attn, triton, xformers, sdpa, eager; switch with
     ``pixelrefer_kernels.force(...)`` or ``PIXELREFER_FAST_KERNELS``. On CPU without ``TRITON_INTERPRET=1``
@@ -127,7 +130,24 @@ def varlen_attention(
         for name, bound, lengths in (("max_seqlen_q", max_seqlen_q, segments.lengths_q), ("max_seqlen_k", max_seqlen_k, segments.lengths_k)):
             if bound is not None and lengths and bound < max(lengths):
                 raise ValueError(f"{name}={bound} is smaller than the longest segment ({max(lengths)}); pass None or a true bound")
-    return dispatch(OP, _BACKENDS, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, segments)
+    out = dispatch(OP, _BACKENDS, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, segments)
+    if validate:
+        _check_finite_output(out, q, k, v)
+    return out
+
+
+def _check_finite_output(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Every output row is a convex combination of value rows, so a non-finite output comes from a
+    non-finite input (named) or from scores that overflowed the dtype (one reduction, one sync)."""
+    if out.numel() == 0 or bool(torch.isfinite(out).all()):
+        return
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        check_finite(name, value)
+    raise ValueError(
+        f"varlen_attention: the attention scores overflowed {q.dtype} (max |q| = {q.abs().max().item():.3g}, "
+        f"max |k| = {k.abs().max().item():.3g}); accepted: inputs whose scaled dot products fit the dtype: "
+        "scale q or k down, or pass float64 on the torch backends"
+    )
 
 
 def _segments_from_offsets(cu_q: list[int], cu_k: list[int]) -> _Segments:

@@ -352,8 +352,12 @@ def _residual_layer_norm_triton(x, y, weight, bias, eps, carry_bias=None):
     ``y`` None: no residual; ``carry_bias`` None: the first result is None (nothing stored).
     """
     channels = x.shape[-1]
-    x2d = x.reshape(-1, channels)
-    y2d = x2d if y is None else y.reshape(-1, channels)
+    # rows pass a stride; the channels and the [C] vectors are read as dense
+    x2d = x.reshape(-1, channels)  # (rows, C)
+    y2d = x2d if y is None else y.reshape(-1, channels)  # (rows, C)
+    x2d, y2d = (t if t.stride(-1) == 1 else t.contiguous() for t in (x2d, y2d))
+    weight, bias = weight.contiguous(), bias.contiguous()
+    carry_bias = None if carry_bias is None else carry_bias.contiguous()
     out = torch.empty(x2d.shape, dtype=x.dtype, device=x.device)
     carry = None if carry_bias is None else torch.empty(x2d.shape, dtype=x.dtype, device=x.device)
     if x2d.shape[0]:
@@ -485,7 +489,8 @@ def object_infusion(
         local_weights, global_weights: ``InfusionWeights`` (``ln_local`` + ``fusion_attention_local``, ...).
         num_heads: heads (8 upstream; must divide C). eps: LayerNorm epsilon (1e-5 upstream).
         validate: check offsets, region indices and that every referenced map is non-empty. Shapes,
-            dtypes and devices are always checked.
+            dtypes, devices and the range of the region indices are always checked; with ``False`` the
+            offsets are trusted (non-decreasing, ending at the packed lengths) and must be right.
 
     Offsets and region maps may live on the CPU (preferred: no sync) or on the tensors' device; they are
     read on the host to plan the call. Unreferenced maps are never read (NaN there cannot leak).
@@ -500,6 +505,8 @@ def object_infusion(
         >>> w = InfusionWeights.from_modules(module.ln_local, module.fusion_attention_local)
         >>> out = object_infusion(q, loc, cu_l, reg_l, glb, cu_g, reg_g, w, w_global)  # (R, K, C)
     """
+    for name, value in (("cu_local", cu_local), ("region_local", region_local), ("cu_global", cu_global), ("region_global", region_global)):
+        check_tensor(name, value, ndim=1, dtypes=INDEX_DTYPES)
     # the plan reads offsets and maps on the host: copy them once
     cu_local, region_local, cu_global, region_global = (t.cpu() if isinstance(t, torch.Tensor) else t for t in (cu_local, region_local, cu_global, region_global))
     _check_inputs(queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, num_heads, eps, validate)
@@ -544,6 +551,11 @@ def _check_inputs(queries, local_feats, cu_local, region_local, global_feats, cu
             if tuple(value.shape) != shape:
                 raise ValueError(f"{stage}_weights.{name} must have shape {shape} for C={channels}, got {tuple(value.shape)}")
             floats[f"{stage}_weights.{name}"] = value
+        num_maps = cu.numel() - 1
+        if not validate and region_segment.numel() and not 0 <= int(region_segment.min()) <= int(region_segment.max()) < num_maps:
+            # the cheap part of the check below, kept without validate: an index past the maps
+            # would otherwise fail deep inside the planner
+            raise ValueError(f"region_{stage} holds {region_segment.tolist()}; accepted: map indices 0..{num_maps - 1} (cu_{stage} has {num_maps} maps)")
         if validate:
             check_offsets(f"cu_{stage}", cu, feats.shape[0])
             starts, segments = cu.tolist(), region_segment.tolist()

@@ -53,6 +53,13 @@ from .region_pool import check_finite_screened
 __all__ = ["INIT_MODES", "kmeans_init_indices", "kmeans_ref", "kmeans_triton", "kmeans", "backend_report"]
 
 INIT_MODES = ("deterministic", "parity")
+# Lloyd iterations accepted (the released models run 5 or 3; upstream's early stop ends most runs in
+# fewer than 20). Bounds the run time and the Triton path's [iterations, R] flag buffer.
+MAX_ITERS = 1000
+# The Triton path launches two kernels per iteration without reading anything back; every this many
+# iterations it reads one flag vector (one host sync) and stops launching once every region has
+# converged. Runs of at most this many iterations (the models') never sync.
+CONVERGENCE_CHECK_EVERY = 8
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,7 +127,12 @@ def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, gene
         raise TypeError(f"tokens has dtype {tokens.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
     check_tensor("cu_tokens", cu_tokens, ndim=1, dtypes=INDEX_DTYPES, device=tokens.device)
     check_positive_int("num_clusters", num_clusters)
-    check_positive_int("num_iters", num_iters, minimum=0)
+    _check_iters(num_iters)
+    if num_clusters > max(tokens.shape[0], 1):
+        raise ValueError(
+            f"num_clusters={num_clusters} exceeds the {tokens.shape[0]} token rows; accepted: "
+            "1 <= num_clusters <= the number of tokens (more clusters than tokens only pads with zeros)"
+        )
     for name, value in (("atol", atol), ("rtol", rtol)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
             raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
@@ -152,6 +164,12 @@ def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, gene
                 f"init[{r}, {k}] = {int(idx[r, k])} is not a row of region {r} ({sizes[r]} tokens); "
                 "accepted: 0 <= index < n_r"
             )
+
+
+def _check_iters(num_iters) -> None:
+    check_positive_int("num_iters", num_iters, minimum=0)
+    if num_iters > MAX_ITERS:
+        raise ValueError(f"num_iters={num_iters} is above the cap of {MAX_ITERS} iterations; accepted: 0 <= num_iters <= {MAX_ITERS}")
 
 
 def _resolve_init(init, counts: torch.Tensor, num_clusters: int, generator) -> torch.Tensor | None:
@@ -191,6 +209,7 @@ def kmeans_ref(
     """
     if validate:
         _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol)
+    _check_iters(num_iters)
     dtype, device = tokens.dtype, tokens.device
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     K, C = num_clusters, tokens.shape[1]
@@ -297,11 +316,10 @@ _EXACT_CHUNK = 256
 
 @triton.jit
 def _region_active(changed_ptr, r, it, num_regions):
-    """1 if the region still iterates at iteration ``it`` (every earlier update moved its centroids)."""
-    active = 1
-    for s in range(0, it):
-        active = active * tl.load(changed_ptr + s * num_regions + r)
-    return active
+    """1 if the region still iterates at iteration ``it``: the previous update ran and moved its
+    centroids (an update skips a stopped region, so its flag stays 0 from then on)."""
+    moved = tl.load(changed_ptr + tl.maximum(it - 1, 0) * num_regions + r)
+    return tl.where(it == 0, 1, moved)
 
 
 # The interpreter's cost is per op, not per element: large blocks (few programs, short loops) keep the
@@ -573,16 +591,21 @@ def kmeans_triton(
     """Triton launcher of ``kmeans`` (same signature and result). Inference only.
 
     Syncs with the host only for ``init="parity"`` (region sizes; pass an index tensor built from
-    host-known sizes instead) and when ``max_region_tokens`` is None (one ``max``). Otherwise it can
-    be captured in a CUDA graph, after one warm-up call outside the capture (autotuning).
+    host-known sizes instead), when ``max_region_tokens`` is None (one ``max``) and, for runs longer
+    than ``CONVERGENCE_CHECK_EVERY`` iterations, once per that many iterations to stop launching when
+    every region has converged. Otherwise it can be captured in a CUDA graph, after one warm-up call
+    outside the capture (autotuning).
     """
     refuse_grad("kmeans", tokens=tokens)
     if validate:
         _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol)
+    _check_iters(num_iters)
     if tokens.dtype not in KERNEL_FLOAT_DTYPES:
         raise TypeError(f"kmeans_triton: tokens dtype {tokens.dtype} not supported; accepted: {dtype_names(KERNEL_FLOAT_DTYPES)}")
+    # tokens pass a row stride; the offsets and init indices are read as dense vectors
     if tokens.stride(1) != 1:
         tokens = tokens.contiguous()
+    cu_tokens = cu_tokens.contiguous()
     device = tokens.device
     num_regions, num_channels, K = cu_tokens.numel() - 1, tokens.shape[1], num_clusters
     out = torch.empty(num_regions, K, num_channels, device=device, dtype=tokens.dtype)
@@ -608,6 +631,7 @@ def kmeans_triton(
     def update_grid(meta):
         return (num_regions, triton.cdiv(num_channels, meta["BLOCK_C"]))
 
+    iters_run = 0
     with device_guard(tokens):
         if clusters_any:
             _kmeans_init_kernel[grid_rc](
@@ -627,9 +651,13 @@ def kmeans_triton(
                     num_regions, K, num_channels, it, cur, float(atol), float(rtol), tokens.stride(0),
                     BLOCK_K=block_k,
                 )
+                iters_run = it + 1
+                # every region stopped: later launches would do nothing (one sync per check)
+                if iters_run % CONVERGENCE_CHECK_EVERY == 0 and iters_run < num_iters and not bool(changed[it].any()):
+                    break
         _kmeans_output_kernel[grid_rc](
             tokens, cu_tokens, cent, changed, out, counts,
-            num_regions, K, num_channels, num_iters if clusters_any else 0, tokens.stride(0),
+            num_regions, K, num_channels, iters_run, tokens.stride(0),
             PAD_TO_CLUSTERS=pad_to_clusters, BLOCK_K=block_k, BLOCK_C=block_c,
         )
     return out, counts
@@ -672,9 +700,11 @@ def kmeans(
         tokens: ``[N, C]`` packed tokens (fp16, bf16, fp32; fp64 runs the torch path). Rows past
             ``cu_tokens[-1]`` (padding from ``region_pool(max_tokens=...)``) are ignored.
         cu_tokens: ``[R+1]`` int32/int64 offsets, on the tokens' device.
-        num_clusters: K >= 1 (``mask_num``, 32 in the released models).
-        num_iters: Lloyd iterations, >= 0 (official: 5 full, 3 Lite). 0 returns the initial
-            centroids (the sampled tokens).
+        num_clusters: K >= 1 (``mask_num``, 32 in the released models), at most the number of
+            token rows N (checked when ``validate``).
+        num_iters: Lloyd iterations, 0 to ``MAX_ITERS`` (1000; official: 5 full, 3 Lite). 0 returns
+            the initial centroids (the sampled tokens). Runs longer than ``CONVERGENCE_CHECK_EVERY``
+            (8) iterations read a convergence flag back every 8 iterations on the Triton path.
         init: ``"deterministic"`` (default; evenly spaced rows, no host sync, CUDA-graph capturable),
             ``"parity"`` (the official ``randperm`` order from ``generator`` or the global CPU RNG; needs
             the region sizes on the host: one sync on a GPU), or a ``[R, K]`` integer tensor of row
@@ -699,6 +729,7 @@ def kmeans(
     """
     if validate:
         _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol)
+    _check_iters(num_iters)
     return dispatch(
         "kmeans", _BACKENDS, tokens, cu_tokens, num_clusters,
         num_iters=num_iters, init=init, generator=generator, pad_to_clusters=pad_to_clusters,

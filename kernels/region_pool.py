@@ -244,6 +244,7 @@ def _validate_pool_args(
         raise TypeError(f"out_dtype must be None or one of {dtype_names(FLOAT_DTYPES)}, got {out_dtype}")
     check_finite_screened("features", features)
     check_finite("pos_params", pos_params)
+    _check_pos_norms(pos_params)
     check_finite("pos_weight", pos_weight)
     check_finite("pos_bias", pos_bias)
     if masks.is_floating_point() and masks.numel() and bool(torch.isnan(masks).any()):
@@ -257,6 +258,19 @@ def _validate_pool_args(
                 "pass a bound >= the number of cells with mask > 0"
             )
     return feature_hw, mask_hw
+
+
+def _check_pos_norms(pos_params: torch.Tensor) -> None:
+    """``col_norm`` and ``row_norm`` divide the position grid: values below 1 (0 above all) would blow
+    the embedding up to inf. ``box_pos_coefficients`` gives W-1 and H-1, both >= 1."""
+    norms = pos_params[:, [2, 5]]  # (R, 2) col_norm, row_norm
+    if norms.numel() and not bool((norms >= 1).all()):
+        r, j = (norms < 1).nonzero()[0].tolist()
+        name = POS_PARAMS[2 + 3 * j]
+        raise ValueError(
+            f"pos_params[{r}] has {name} = {float(norms[r, j])}; accepted: {name} >= 1 "
+            "(box_pos_coefficients gives W-1 and H-1 of images at least 2 pixels wide and high)"
+        )
 
 
 def _resolve_out_dtype(features: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
@@ -510,10 +524,14 @@ def region_pool_triton(
     out_dtype = _resolve_out_dtype(features, out_dtype)
     device = features.device
     num_regions, num_channels = feature_hw.shape[0], features.shape[1]
+    # The kernel takes a row stride for features, out and pos_weight and reads everything else as
+    # dense vectors: make every other argument contiguous (a no-op when it already is).
     if features.stride(1) != 1:
         features = features.contiguous()
     if masks.dtype == torch.bool:
         masks = masks.view(torch.uint8)
+    cu_features = cu_features.contiguous()
+    cu_masks = cu_masks.contiguous()
     pos_weight = pos_weight.contiguous()
     pos_bias = pos_bias.contiguous()
     coef = pos_params.to(torch.float32).contiguous()
@@ -530,12 +548,10 @@ def region_pool_triton(
     grid_sizes = torch.cat([feature_hw, mask_hw], 1).to(torch.int32).to(device, non_blocking=True)  # (R, 4)
     scale = (feature_hw.to(torch.float32) / mask_hw.to(torch.float32)).to(device, non_blocking=True)  # (R, 2)
     block_m, block_c = _pool_blocks()
+    too_large = _grid_limit_reasons(mask_hw)
+    if too_large:
+        raise ValueError(f"region_pool_triton: {too_large[0]}; use the torch path (auto mode falls back to it)")
     cell_blocks = triton.cdiv(int(cells.max()), block_m)
-    if cell_blocks > MAX_GRID_YZ:
-        raise ValueError(
-            f"region_pool_triton: a mask grid of {int(cells.max())} cells exceeds the kernel's "
-            f"{MAX_GRID_YZ * block_m}-cell limit"
-        )
     grid = (num_regions, cell_blocks, triton.cdiv(num_channels, block_c))
     with device_guard(features):
         _region_pool_fwd_kernel[grid](
@@ -554,10 +570,20 @@ def region_pool_triton(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _grid_limit_reasons(mask_hw) -> list[str]:
+    """The kernel puts a mask grid's cell blocks on grid axis 1 (at most ``MAX_GRID_YZ`` blocks)."""
+    mask_hw = host_grid_sizes("mask_hw", mask_hw, None)
+    largest = int(mask_hw.prod(1).max()) if mask_hw.numel() else 0
+    limit = MAX_GRID_YZ * _pool_blocks()[0]
+    if largest > limit:
+        return [f"a mask grid of {largest} cells exceeds the kernel's {limit}-cell limit"]
+    return []
+
+
 def _triton_pool_reasons(features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, **_):
     reasons = triton_reasons(features.device, features.dtype, name="features dtype")
     reasons += grad_reasons(features=features, pos_weight=pos_weight, pos_bias=pos_bias)
-    return reasons
+    return reasons + _grid_limit_reasons(mask_hw)
 
 
 _BACKENDS = (
@@ -672,7 +698,7 @@ def pack_region_lists(features: Sequence[torch.Tensor], masks: Sequence[torch.Te
             )
     feature_hw = torch.tensor([list(f.shape[:2]) for f in features], dtype=torch.int64)
     mask_hw = torch.tensor([list(m.shape) for m in masks], dtype=torch.int64)
-    packed_features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])  # (N_f, C)
+    packed_features = torch.cat([f.reshape(f.shape[0] * f.shape[1], f.shape[2]) for f in features])  # (N_f, C); C may be 0
     mask_dtype = masks[0].dtype if len({m.dtype for m in masks}) == 1 else torch.float32
     packed_masks = torch.cat([m.reshape(-1).to(mask_dtype) for m in masks])  # (N_m,)
     cu_features = F.pad(feature_hw.prod(1).cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)

@@ -272,7 +272,9 @@ def varlen_attention_triton(
         raise ValueError(f"varlen_attention_triton: cu_seqlens_q/k must both be on q's device ({q.device}) or both on the CPU; got {cu_seqlens_q.device}, {cu_seqlens_k.device}")
     if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.dim() != 1 or cu_seqlens_q.numel() < 1:
         raise ValueError(f"varlen_attention_triton: cu_seqlens_q and cu_seqlens_k must be 1-D of equal length S+1; got {tuple(cu_seqlens_q.shape)}, {tuple(cu_seqlens_k.shape)}")
+    # q, k, v and out pass row and head strides; the offsets are read as dense vectors.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     num_segments = cu_seqlens_q.numel() - 1
     if num_rows == 0 or num_segments == 0:
