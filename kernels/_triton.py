@@ -8,9 +8,9 @@ stand-in kernel raises ``ImportError``.
 
 from __future__ import annotations
 
-from ._runtime import has_triton
+from ._runtime import has_triton, interpret_mode
 
-__all__ = ["tl", "triton", "TRITON_AVAILABLE"]
+__all__ = ["tl", "triton", "TRITON_AVAILABLE", "loop_bound"]
 
 TRITON_AVAILABLE = has_triton()
 
@@ -52,3 +52,21 @@ if TRITON_AVAILABLE:
 else:
     triton = _Missing("triton")
     tl = _Missing("tl")
+
+
+
+# Decided at import, as Triton decides at decoration whether ``@triton.jit`` compiles or interprets.
+_INTERPRETED = tl.constexpr(interpret_mode()) if TRITON_AVAILABLE else False
+
+
+@triton.jit
+def loop_bound(x):
+    """``x`` (a kernel int argument, a loaded offset, a program id) as a ``range()`` bound.
+
+    Compiled: ``x`` itself. Interpreted: a Python int, because Triton 3.6's interpreter holds scalars
+    as one-element arrays and takes ``int()`` of them at ``range()`` bounds, which numpy >= 2.4
+    refuses (Triton >= 3.7 squeezes them first).
+    """
+    if _INTERPRETED:
+        return x.handle.data.item() if hasattr(x, "handle") else x
+    return x

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ._dispatch import Backend, dispatch, no_reasons
 from ._launch import MAX_GRID_YZ, autotune_configs, device_guard, grad_reasons, refuse_grad
 from ._runtime import interpret_mode, triton_reasons
-from ._triton import tl, triton
+from ._triton import loop_bound, tl, triton
 from ._validate import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -354,7 +354,7 @@ def _kmeans_init_kernel(
     if n <= k:
         return
     base = r.to(tl.int64) * k * c
-    for k0 in range(0, k, BLOCK_K):
+    for k0 in range(0, loop_bound(k), BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         k_ok = kk < k
         if HAS_INIT:
@@ -411,16 +411,16 @@ def _kmeans_assign_kernel(
     if _region_active(changed_ptr, r, it, num_regions) == 0:
         return
     base = (cur_buf * num_regions + r).to(tl.int64) * k * c
-    for n0 in range(tl.program_id(1) * BLOCK_N, n, tl.num_programs(1) * BLOCK_N):
+    for n0 in range(loop_bound(tl.program_id(1) * BLOCK_N), loop_bound(n), loop_bound(tl.num_programs(1) * BLOCK_N)):
         rows = n0 + tl.arange(0, BLOCK_N)
         r_ok = rows < n
         best_d = tl.full((BLOCK_N,), float("inf"), tl.float32)
         best_k = tl.zeros((BLOCK_N,), tl.int32)
-        for k0 in range(0, k, BLOCK_K):
+        for k0 in range(0, loop_bound(k), BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)
             k_ok = kk < k
             dist = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-            for c0 in range(0, c, BLOCK_C):
+            for c0 in range(0, loop_bound(c), BLOCK_C):
                 offs_c = c0 + tl.arange(0, BLOCK_C)
                 c_ok = offs_c < c
                 x_ptrs = tok_ptr + (start + rows)[:, None] * stride_tok_row + offs_c[None, :]
@@ -487,12 +487,12 @@ def _kmeans_update_kernel(
     cur = (cur_buf * num_regions + r).to(tl.int64) * k * c
     nxt = ((1 - cur_buf) * num_regions + r).to(tl.int64) * k * c
     moved = 0
-    for k0 in range(0, k, BLOCK_K):
+    for k0 in range(0, loop_bound(k), BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         k_ok = kk < k
         sums = tl.zeros((BLOCK_K, BLOCK_C), tl.float32)
         sizes = tl.zeros((BLOCK_K,), tl.float32)
-        for n0 in range(0, n, BLOCK_N):
+        for n0 in range(0, loop_bound(n), BLOCK_N):
             rows = n0 + tl.arange(0, BLOCK_N)
             r_ok = rows < n
             lab = tl.load(labels_ptr + start + rows, mask=r_ok, other=-1)
@@ -547,12 +547,12 @@ def _kmeans_output_kernel(
     clustered = n > k
     # stopped at the first iteration whose update did not move: the centroids it read are the result
     stop = num_iters
-    for s in range(0, num_iters):
+    for s in range(0, loop_bound(num_iters)):
         moved = tl.load(changed_ptr + s * num_regions + r)
         stop = tl.where(clustered & (stop == num_iters) & (moved == 0), s, stop)
     base = ((stop % 2) * num_regions + r).to(tl.int64) * k * c
     out_base = r.to(tl.int64) * k * c
-    for k0 in range(0, k, BLOCK_K):
+    for k0 in range(0, loop_bound(k), BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         ok = (kk < k)[:, None] & c_ok[None, :]
         from_cent = (tl.zeros((BLOCK_K,), tl.int32) + n) > k  # the scalar test as a row vector

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ._launch import MAX_GRID_YZ, autotune_configs, device_guard, refuse_grad
-from ._triton import TRITON_AVAILABLE, tl, triton
+from ._triton import TRITON_AVAILABLE, loop_bound, tl, triton
 from ._validate import KERNEL_FLOAT_DTYPES, dtype_names
 
 __all__ = ["varlen_attention_ref", "varlen_attention_triton", "MAX_HEAD_DIM", "head_dim_blocks"]
@@ -186,7 +186,7 @@ def _varlen_attention_fwd_kernel(
 
     k_head = k_ptr + head.to(tl.int64) * stride_k_head
     v_head = v_ptr + head.to(tl.int64) * stride_v_head
-    for start_n in range(0, k_len, BLOCK_N):
+    for start_n in range(0, loop_bound(k_len), BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < k_len
         rows_k = k_start + cols
