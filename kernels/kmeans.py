@@ -42,13 +42,13 @@ from ._validate import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     KERNEL_FLOAT_DTYPES,
+    check_finite_screened,
     check_offsets,
     check_optional_count,
     check_positive_int,
     check_tensor,
     dtype_names,
 )
-from .region_pool import check_finite_screened
 
 __all__ = ["INIT_MODES", "kmeans_init_indices", "kmeans_ref", "kmeans_triton", "kmeans", "backend_report"]
 

@@ -45,6 +45,7 @@ from ._validate import (
     INDEX_DTYPES,
     KERNEL_FLOAT_DTYPES,
     check_finite,
+    check_finite_screened,
     check_optional_count,
     check_same_device,
     check_tensor,
@@ -153,17 +154,6 @@ def _check_boxes(boxes: torch.Tensor, image_hw: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def check_finite_screened(name: str, value: torch.Tensor) -> None:
-    """``check_finite`` behind a cheap screen: NaN and inf survive a sum, so one reduction (about a
-    sixth of ``isfinite(...).all()``'s cost) clears the usual finite case; a non-finite sum (NaN, inf,
-    or a finite overflow) runs the full check, which names the first bad element."""
-    if not value.is_floating_point() or value.numel() == 0:
-        return
-    total = value.sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)
-    if not bool(torch.isfinite(total)):
-        check_finite(name, value)
-
-
 def host_grid_sizes(name: str, value, count: int | None) -> torch.Tensor:
     """A ``[R, 2]`` grid-size tensor on the CPU as int64 (a CUDA tensor costs one sync)."""
     if not isinstance(value, torch.Tensor):
@@ -177,7 +167,7 @@ def host_grid_sizes(name: str, value, count: int | None) -> torch.Tensor:
             f"{name} has {value.shape[0]} rows but there are {count} regions "
             "(rows of pos_params / cu_* offsets minus one)"
         )
-    value = value.to("cpu", torch.int64)
+    value = value.to("cpu", torch.int64).contiguous()  # elementwise results keep a transposed layout
     if value.numel() and int(value.min()) < 1:
         i = int((value < 1).any(dim=1).nonzero()[0])
         raise ValueError(f"{name}[{i}] = {value[i].tolist()}: grid sizes must be >= 1")
@@ -545,8 +535,8 @@ def region_pool_triton(
     cells = mask_hw.prod(1)
     if num_regions == 0 or rows == 0 or num_channels == 0 or int(cells.max()) == 0:
         return out, cu_tokens
-    grid_sizes = torch.cat([feature_hw, mask_hw], 1).to(torch.int32).to(device, non_blocking=True)  # (R, 4)
-    scale = (feature_hw.to(torch.float32) / mask_hw.to(torch.float32)).to(device, non_blocking=True)  # (R, 2)
+    grid_sizes = torch.cat([feature_hw, mask_hw], 1).to(torch.int32).contiguous().to(device, non_blocking=True)  # (R, 4)
+    scale = (feature_hw.to(torch.float32) / mask_hw.to(torch.float32)).contiguous().to(device, non_blocking=True)  # (R, 2)
     block_m, block_c = _pool_blocks()
     too_large = _grid_limit_reasons(mask_hw)
     if too_large:

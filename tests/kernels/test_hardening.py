@@ -107,12 +107,25 @@ def test_region_pool_zero_norm_is_rejected(column, path):
         region_pool(*args)
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["to-inf", "to-minus-inf"])
 @pytest.mark.parametrize("path", ["triton", "sdpa", "eager"])
-def test_varlen_overflowing_scores_raise(path):
+def test_varlen_overflowing_scores_raise(path, sign):
+    """fp32 inputs of magnitude 1e20: scores past float32. +inf gave NaN rows; -inf on every key gave
+    NaN (eager, Triton) or, from SDPA, silent rows of zeros."""
     cu = torch.tensor([0, 4], dtype=torch.int32)
     q = torch.full((4, 1, 16), 1e20)
     with force(path), pytest.raises(ValueError, match="overflow"):
-        varlen_attention(q, q, q, cu, cu)
+        varlen_attention(q, sign * q, q, cu, cu)
+
+
+@pytest.mark.parametrize("path", ["triton", "sdpa", "eager"])
+def test_varlen_nan_key_of_a_single_key_segment_raises(path):
+    """SDPA turned the NaN score of a one-key segment into a row of zeros."""
+    cu = torch.tensor([0, 1], dtype=torch.int32)
+    q, k, v = (torch.randn(1, 1, 4) for _ in range(3))
+    k[0, 0, 0] = float("nan")
+    with force(path), pytest.raises(ValueError, match="k contains NaN"):
+        varlen_attention(q, k, v, cu, cu)
 
 
 def test_varlen_nan_input_is_named():
@@ -226,3 +239,15 @@ def test_region_pool_huge_mask_grid_falls_back_to_torch_in_auto_mode():
     assert cu.tolist() == [0, 3] and torch.isfinite(out).all()
     with force("triton"), pytest.raises(BackendUnavailableError, match="cell limit"):
         region_pool(*args)
+
+
+@pytest.mark.parametrize("argument", [2, 5], ids=["feature_hw", "mask_hw"])
+def test_region_pool_triton_reads_column_major_grid_sizes(argument):
+    """Found by the fuzz suite: a column-major [R, 2] grid-size tensor made the launcher's per-region
+    scale tensor column-major too, which the kernel read as row-major."""
+    args = list(packed_args(*make_regions([(1, 1), (2, 3, 4, 1), (3, 2, 2, 5)], 8)))
+    ref, _ = region_pool_ref(*as_float64(args))
+    args[argument] = args[argument].t().contiguous().t()
+    with force("triton"):
+        out, _ = region_pool(*args)
+    assert_close(out, ref, name="region_pool column-major grid sizes")
