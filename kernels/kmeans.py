@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import Backend, dispatch, no_reasons
-from ._launch import MAX_GRID_YZ, autotune_configs, device_guard, grad_reasons, refuse_grad
-from ._runtime import interpret_mode, triton_reasons
+from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad, tile_configs
+from ._runtime import triton_reasons
 from ._triton import loop_bound, tl, triton
 from ._validate import (
     FLOAT_DTYPES,
@@ -322,9 +322,8 @@ def _region_active(changed_ptr, r, it, num_regions):
     return tl.where(it == 0, 1, moved)
 
 
-# The interpreter's cost is per op, not per element: large blocks (few programs, short loops) keep the
-# CPU test suite fast. On GPUs the configs below are autotuned.
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4)
+# The assign and update kernels' tile under the interpreter (see ``tile_configs``).
+_INTERPRETER_TILE = triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4)
 
 
 @triton.jit(do_not_specialize=["num_regions"])
@@ -367,18 +366,18 @@ def _kmeans_init_kernel(
         tl.store(cent_ptr + base + kk[:, None].to(tl.int64) * c + offs_c[None, :], vals, mask=ok)
 
 
-def _assign_configs():
-    if interpret_mode():
-        return [_INTERPRETER_CONFIG]
-    return [
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 16}, num_warps=4),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 16}, num_warps=4),
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32}, num_warps=8),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 32}, num_warps=8),
-    ]
-
-
-@triton.autotune(configs=autotune_configs(_assign_configs()), key=["c", "k"])
+@triton.autotune(
+    configs=tile_configs(
+        [
+            triton.Config({"BLOCK_N": 16, "BLOCK_C": 16}, num_warps=4),
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 16}, num_warps=4),
+            triton.Config({"BLOCK_N": 16, "BLOCK_C": 32}, num_warps=8),
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 32}, num_warps=8),
+        ],
+        interpreter=_INTERPRETER_TILE,
+    ),
+    key=["c", "k"],
+)
 @triton.jit(do_not_specialize=["num_regions", "it", "cur_buf"])
 def _kmeans_assign_kernel(
     # pointers
@@ -437,18 +436,18 @@ def _kmeans_assign_kernel(
         tl.store(labels_ptr + start + rows, best_k, mask=r_ok)
 
 
-def _update_configs():
-    if interpret_mode():
-        return [_INTERPRETER_CONFIG]
-    return [
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 128}, num_warps=4),
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 128}, num_warps=8),
-    ]
-
-
-@triton.autotune(configs=autotune_configs(_update_configs()), key=["c", "k"])
+@triton.autotune(
+    configs=tile_configs(
+        [
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 64}, num_warps=4),
+            triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4),
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 128}, num_warps=4),
+            triton.Config({"BLOCK_N": 64, "BLOCK_C": 128}, num_warps=8),
+        ],
+        interpreter=_INTERPRETER_TILE,
+    ),
+    key=["c", "k"],
+)
 @triton.jit(do_not_specialize=["num_regions", "it", "cur_buf"])
 def _kmeans_update_kernel(
     # pointers

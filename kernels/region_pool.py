@@ -4,7 +4,7 @@ PixelRefer's region encoder turns each referred region into the feature vectors 
 covers. For region ``r`` with an ``h_r×w_r`` crop feature grid ``F_r`` (C channels), an ``mh_r×mw_r``
 mask grid ``M_r``, a box (top, left, bottom, right) and its image size (H, W):
 
-1. box position embedding (spec §5.3): at feature cell (i, j)
+1. box position embedding (the official ``generate_position_tensor``): at feature cell (i, j)
    ``p0 = (fl(j / w_r) * col_span + col_offset) / col_norm`` (varies along columns),
    ``p1 = (fl(i / h_r) * row_span + row_offset) / row_norm`` (varies along rows),
    ``E[i, j, :] = pos_weight @ (p0, p1) + pos_bias`` (``pos_linear = Linear(2, C)``, rank 2).
@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import Backend, dispatch, no_reasons
-from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad
-from ._runtime import interpret_mode, triton_reasons
+from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad, tile_configs
+from ._runtime import triton_reasons
+from ._packing import MASK_DTYPES, check_offsets_match, host_grid_sizes, pack_region_lists
 from ._triton import tl, triton
 from ._validate import (
     FLOAT_DTYPES,
@@ -55,8 +56,6 @@ from ._validate import (
 __all__ = [
     "POS_PARAMS",
     "box_pos_coefficients",
-    "check_finite_screened",
-    "host_grid_sizes",
     "pack_region_lists",
     "region_pool",
     "region_pool_from_lists",
@@ -67,7 +66,6 @@ __all__ = [
 
 # Columns of ``pos_params``: p0 = (fl(j/w) * col_span + col_offset) / col_norm, p1 likewise with rows.
 POS_PARAMS = ("col_span", "col_offset", "col_norm", "row_span", "row_offset", "row_norm")
-MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, *FLOAT_DTYPES)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -76,7 +74,7 @@ MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, *F
 
 
 def box_pos_coefficients(boxes, image_hw, *, swap_axes: bool = True, validate: bool = True) -> torch.Tensor:
-    """Per-region coefficients of the box position embedding (spec §5.3).
+    """Per-region coefficients of the box position embedding (module docstring, step 1).
 
     Args:
         boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel coordinates, any real dtype (the
@@ -154,43 +152,6 @@ def _check_boxes(boxes: torch.Tensor, image_hw: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def host_grid_sizes(name: str, value, count: int | None) -> torch.Tensor:
-    """A ``[R, 2]`` grid-size tensor on the CPU as int64 (a CUDA tensor costs one sync)."""
-    if not isinstance(value, torch.Tensor):
-        value = torch.as_tensor(value)
-    if value.dim() != 2 or value.shape[1] != 2:
-        raise ValueError(f"{name} must be [R, 2] (rows, columns) per region, got shape {tuple(value.shape)}")
-    if value.dtype not in INDEX_DTYPES + (torch.int16, torch.uint8):
-        raise TypeError(f"{name} has dtype {value.dtype}; accepted: integer grid sizes (int32, int64)")
-    if count is not None and value.shape[0] != count:
-        raise ValueError(
-            f"{name} has {value.shape[0]} rows but there are {count} regions "
-            "(rows of pos_params / cu_* offsets minus one)"
-        )
-    value = value.to("cpu", torch.int64).contiguous()  # elementwise results keep a transposed layout
-    if value.numel() and int(value.min()) < 1:
-        i = int((value < 1).any(dim=1).nonzero()[0])
-        raise ValueError(f"{name}[{i}] = {value[i].tolist()}: grid sizes must be >= 1")
-    return value
-
-
-def _check_offsets_match(name: str, offsets: torch.Tensor, sizes: torch.Tensor, total: int) -> None:
-    """``offsets`` must be the running sum of the host-known ``sizes`` and end at ``total``."""
-    check_tensor(name, offsets, ndim=1, dtypes=INDEX_DTYPES)
-    if offsets.numel() != sizes.numel() + 1:
-        raise ValueError(f"{name} must have {sizes.numel() + 1} entries (regions + 1), got {offsets.numel()}")
-    expected = F.pad(sizes.cumsum(0), (1, 0))
-    got = offsets.detach().to("cpu", torch.int64)
-    if not torch.equal(got, expected):
-        i = int((got != expected).nonzero()[0])
-        raise ValueError(
-            f"{name}[{i}] = {int(got[i])} does not match the grid sizes (expected {int(expected[i])}); "
-            f"{name} must be the running sum of rows*columns per region, starting at 0"
-        )
-    if int(expected[-1]) != total:
-        raise ValueError(f"{name} ends at {int(expected[-1])} but the packed tensor has {total} rows")
-
-
 def _validate_pool_args(
     features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, max_tokens, out_dtype
 ):
@@ -227,8 +188,8 @@ def _validate_pool_args(
     num_regions = pos_params.shape[0]
     feature_hw = host_grid_sizes("feature_hw", feature_hw, num_regions)
     mask_hw = host_grid_sizes("mask_hw", mask_hw, num_regions)
-    _check_offsets_match("cu_features", cu_features, feature_hw.prod(1), features.shape[0])
-    _check_offsets_match("cu_masks", cu_masks, mask_hw.prod(1), masks.shape[0])
+    check_offsets_match("cu_features", cu_features, feature_hw.prod(1), features.shape[0])
+    check_offsets_match("cu_masks", cu_masks, mask_hw.prod(1), masks.shape[0])
     check_optional_count("max_tokens", max_tokens, meaning="a host bound on the selected cells")
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype must be None or one of {dtype_names(FLOAT_DTYPES)}, got {out_dtype}")
@@ -476,10 +437,9 @@ def _region_pool_fwd_kernel(
     )
 
 
-def _pool_blocks() -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_C). The interpreter's cost is per op, not per element: larger cell blocks (fewer
-    programs) keep the CPU test suite fast."""
-    return (128, 128) if interpret_mode() else (16, 128)
+def _pool_tile() -> dict[str, int]:
+    """``{"BLOCK_M": cells, "BLOCK_C": channels}`` of one program (a fixed tile, not autotuned)."""
+    return tile_configs([{"BLOCK_M": 16, "BLOCK_C": 128}], interpreter={"BLOCK_M": 128, "BLOCK_C": 128})[0]
 
 
 def region_pool_triton(
@@ -537,7 +497,8 @@ def region_pool_triton(
         return out, cu_tokens
     grid_sizes = torch.cat([feature_hw, mask_hw], 1).to(torch.int32).contiguous().to(device, non_blocking=True)  # (R, 4)
     scale = (feature_hw.to(torch.float32) / mask_hw.to(torch.float32)).contiguous().to(device, non_blocking=True)  # (R, 2)
-    block_m, block_c = _pool_blocks()
+    tile = _pool_tile()
+    block_m, block_c = tile["BLOCK_M"], tile["BLOCK_C"]
     too_large = _grid_limit_reasons(mask_hw)
     if too_large:
         raise ValueError(f"region_pool_triton: {too_large[0]}; use the torch path (auto mode falls back to it)")
@@ -564,7 +525,7 @@ def _grid_limit_reasons(mask_hw) -> list[str]:
     """The kernel puts a mask grid's cell blocks on grid axis 1 (at most ``MAX_GRID_YZ`` blocks)."""
     mask_hw = host_grid_sizes("mask_hw", mask_hw, None)
     largest = int(mask_hw.prod(1).max()) if mask_hw.numel() else 0
-    limit = MAX_GRID_YZ * _pool_blocks()[0]
+    limit = MAX_GRID_YZ * _pool_tile()["BLOCK_M"]
     if largest > limit:
         return [f"a mask grid of {largest} cells exceeds the kernel's {limit}-cell limit"]
     return []
@@ -642,58 +603,6 @@ def region_pool(
 # ----------------------------------------------------------------------------------------------------
 # List convenience
 # ----------------------------------------------------------------------------------------------------
-
-
-def pack_region_lists(features: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]):
-    """Pack per-region lists into the varlen layout of ``region_pool``.
-
-    Args:
-        features: R tensors ``[h_r, w_r, C]`` (raster crop features), one per region.
-        masks: R tensors ``[mh_r, mw_r]`` (mask grids, any float/bool/uint8 dtype).
-
-    Returns:
-        ``(features [N_f, C], cu_features [R+1] int32, feature_hw [R, 2] int64 CPU, masks [N_m],
-        cu_masks [R+1] int32, mask_hw [R, 2] int64 CPU)``; offsets and packed tensors on the features'
-        device, the packed masks on the masks' device.
-    """
-    if isinstance(features, torch.Tensor) and features.dim() == 4:
-        features = list(features.unbind(0))
-    if isinstance(masks, torch.Tensor) and masks.dim() == 3:
-        masks = list(masks.unbind(0))
-    if not isinstance(features, Sequence) or not isinstance(masks, Sequence):
-        raise TypeError("features and masks must be lists of tensors ([h, w, C] features and [mh, mw] masks, one per region)")
-    if len(features) != len(masks):
-        raise ValueError(
-            f"got {len(features)} feature maps but {len(masks)} masks; "
-            "give exactly one mask per feature map (one per region)"
-        )
-    if not features:
-        raise ValueError("features is empty; give at least one region (use the packed API for R = 0)")
-    for i, f in enumerate(features):
-        check_tensor(f"features[{i}]", f, ndim=3)
-        if f.shape[-1] != features[0].shape[-1]:
-            raise ValueError(
-                f"features[{i}] has {f.shape[-1]} channels but features[0] has {features[0].shape[-1]}; "
-                "all regions share C"
-            )
-    for i, m in enumerate(masks):
-        check_tensor(f"masks[{i}]", m, ndim=2, dtypes=MASK_DTYPES)
-    device = features[0].device
-    for name, items in (("features", features), ("masks", masks)):
-        devices = {t.device for t in items}
-        if len(devices) > 1:
-            raise ValueError(
-                f"{name} are on different devices ({', '.join(sorted(map(str, devices)))}); "
-                f"put every region's {name} on one device"
-            )
-    feature_hw = torch.tensor([list(f.shape[:2]) for f in features], dtype=torch.int64)
-    mask_hw = torch.tensor([list(m.shape) for m in masks], dtype=torch.int64)
-    packed_features = torch.cat([f.reshape(f.shape[0] * f.shape[1], f.shape[2]) for f in features])  # (N_f, C); C may be 0
-    mask_dtype = masks[0].dtype if len({m.dtype for m in masks}) == 1 else torch.float32
-    packed_masks = torch.cat([m.reshape(-1).to(mask_dtype) for m in masks])  # (N_m,)
-    cu_features = F.pad(feature_hw.prod(1).cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
-    cu_masks = F.pad(mask_hw.prod(1).cumsum(0), (1, 0)).to(device=packed_masks.device, dtype=torch.int32)
-    return packed_features, cu_features, feature_hw, packed_masks, cu_masks, mask_hw
 
 
 def region_pool_from_lists(

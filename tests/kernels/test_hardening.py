@@ -225,9 +225,9 @@ def test_region_pool_huge_mask_grid_falls_back_to_torch_in_auto_mode():
     """A mask grid past the Triton kernel's cell limit (65,535 blocks of cells): auto mode runs the
     torch path (the interpreter's block makes the limit 8.4M cells) and forced Triton says why."""
     from pixelrefer_kernels import BackendUnavailableError
-    from pixelrefer_kernels.region_pool import _pool_blocks
+    from pixelrefer_kernels.region_pool import _pool_tile
 
-    side = int((65_535 * _pool_blocks()[0]) ** 0.5) + 2
+    side = int((65_535 * _pool_tile()["BLOCK_M"]) ** 0.5) + 2
     features = torch.randn(1, 4)
     masks = torch.zeros(side * side, dtype=torch.uint8)
     masks[[5, side * side // 2, side * side - 1]] = 1
