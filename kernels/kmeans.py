@@ -63,125 +63,6 @@ CONVERGENCE_CHECK_EVERY = 8
 
 
 # ----------------------------------------------------------------------------------------------------
-# Initial centroids
-# ----------------------------------------------------------------------------------------------------
-
-
-def kmeans_init_indices(
-    counts, num_clusters: int, mode: str = "deterministic", *, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Row indices (local to each region) of the initial centroids.
-
-    Args:
-        counts: ``[R]`` tokens per region (integer tensor or list).
-        num_clusters: K >= 1.
-        mode: ``"deterministic"``: evenly spaced rows ``floor(k * n / K)``, computed on ``counts``'
-            device with no host sync; ``"parity"``: the official order, ``torch.randperm(n)[:K]`` drawn
-            from ``generator`` (default: the global CPU generator) once per region with ``n > K``, in
-            region order, so after the same ``torch.manual_seed`` the official code draws the same
-            numbers. Parity needs the counts on the host (a CUDA ``counts`` syncs once).
-        generator: a CPU ``torch.Generator`` for ``"parity"``.
-
-    Returns:
-        ``[R, K]`` int64: on ``counts``' device (deterministic) or the CPU (parity). Rows of regions
-        with ``n <= K`` are ``0..K-1`` (those regions are not clustered; the rows are unused).
-    """
-    check_positive_int("num_clusters", num_clusters)
-    if mode not in INIT_MODES:
-        raise ValueError(f"mode must be one of {INIT_MODES}, got {mode!r}")
-    counts = torch.as_tensor(counts)
-    if counts.dim() != 1 or counts.dtype.is_floating_point or counts.dtype == torch.bool:
-        raise TypeError(
-            "counts must be a 1-D integer tensor (tokens per region), "
-            f"got {counts.dtype} of shape {tuple(counts.shape)}"
-        )
-    counts = counts.long()
-    k = torch.arange(num_clusters, device=counts.device)
-    if mode == "deterministic":
-        spaced = k[None, :] * counts[:, None] // num_clusters  # (R, K)
-        return torch.where(counts[:, None] > num_clusters, spaced, k[None, :].expand_as(spaced))
-    _check_generator(generator)
-    indices = k[None, :].repeat(counts.numel(), 1).cpu()  # (R, K)
-    for r, n in enumerate(counts.tolist()):
-        if n > num_clusters:
-            indices[r] = torch.randperm(n, generator=generator)[:num_clusters]
-    return indices
-
-
-# ----------------------------------------------------------------------------------------------------
-# Argument checks
-# ----------------------------------------------------------------------------------------------------
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
-        raise TypeError(
-            "generator must be None or a CPU torch.Generator (the official code samples on the CPU), "
-            f"got {generator!r}"
-        )
-
-
-def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol):
-    check_tensor("tokens", tokens, ndim=2)
-    if tokens.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"tokens has dtype {tokens.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
-    check_tensor("cu_tokens", cu_tokens, ndim=1, dtypes=INDEX_DTYPES, device=tokens.device)
-    check_positive_int("num_clusters", num_clusters)
-    _check_iters(num_iters)
-    if num_clusters > max(tokens.shape[0], 1):
-        raise ValueError(
-            f"num_clusters={num_clusters} exceeds the {tokens.shape[0]} token rows; accepted: "
-            "1 <= num_clusters <= the number of tokens (more clusters than tokens only pads with zeros)"
-        )
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-            raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
-    if isinstance(init, str):
-        if init not in INIT_MODES:
-            raise ValueError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor of row indices, got {init!r}")
-    elif isinstance(init, torch.Tensor):
-        if init.dtype not in INDEX_DTYPES or init.shape != (cu_tokens.numel() - 1, num_clusters):
-            raise ValueError(
-                f"init tensor must be int32/int64 of shape [R, K] = [{cu_tokens.numel() - 1}, {num_clusters}], "
-                f"got {init.dtype} {tuple(init.shape)}"
-            )
-    else:
-        raise TypeError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor, got {type(init).__name__}")
-    _check_generator(generator)
-    check_optional_count("max_region_tokens", max_region_tokens, meaning="a host bound on tokens per region")
-    offsets = check_offsets("cu_tokens", cu_tokens, tokens.shape[0], exact=False)  # spare rows allowed
-    sizes = [b - a for a, b in zip(offsets, offsets[1:])]
-    if max_region_tokens is not None and sizes and max(sizes) > max_region_tokens:
-        raise ValueError(f"max_region_tokens={max_region_tokens} is below the largest region ({max(sizes)} tokens)")
-    check_finite_screened("tokens", tokens[: offsets[-1]])
-    if isinstance(init, torch.Tensor):
-        n = torch.tensor(sizes, dtype=torch.int64)[:, None]
-        idx = init.detach().to("cpu", torch.int64)
-        bad = ((idx < 0) | (idx >= n)) & (n > num_clusters)
-        if bad.any():
-            r, k = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"init[{r}, {k}] = {int(idx[r, k])} is not a row of region {r} ({sizes[r]} tokens); "
-                "accepted: 0 <= index < n_r"
-            )
-
-
-def _check_iters(num_iters) -> None:
-    check_positive_int("num_iters", num_iters, minimum=0)
-    if num_iters > MAX_ITERS:
-        raise ValueError(f"num_iters={num_iters} is above the cap of {MAX_ITERS} iterations; accepted: 0 <= num_iters <= {MAX_ITERS}")
-
-
-def _resolve_init(init, counts: torch.Tensor, num_clusters: int, generator) -> torch.Tensor | None:
-    """``[R, K]`` int64 local row indices on ``counts``' device (None: deterministic, computed in-kernel)."""
-    if isinstance(init, torch.Tensor):
-        return init.to(device=counts.device, dtype=torch.int64).contiguous()
-    if init == "parity":
-        return kmeans_init_indices(counts.cpu(), num_clusters, "parity", generator=generator).to(counts.device)
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------
 # Reference (also the CPU path)
 # ----------------------------------------------------------------------------------------------------
 
@@ -568,6 +449,11 @@ def _kmeans_output_kernel(
         tl.store(counts_ptr + r, count)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------------
+
+
 def _block_k(num_clusters: int) -> int:
     # tl.dot needs every block dimension >= 16; 32 covers the released models' K in one chunk
     return min(32, max(16, triton.next_power_of_2(num_clusters)))
@@ -741,3 +627,122 @@ def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, 
     tokens = torch.zeros(40, 8, device=device, dtype=dtype)
     cu = torch.tensor([0, 40], device=device, dtype=torch.int32)
     return [(b.name, b.reasons(tokens, cu, 4)) for b in _BACKENDS]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Initial centroids
+# ----------------------------------------------------------------------------------------------------
+
+
+def kmeans_init_indices(
+    counts, num_clusters: int, mode: str = "deterministic", *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Row indices (local to each region) of the initial centroids.
+
+    Args:
+        counts: ``[R]`` tokens per region (integer tensor or list).
+        num_clusters: K >= 1.
+        mode: ``"deterministic"``: evenly spaced rows ``floor(k * n / K)``, computed on ``counts``'
+            device with no host sync; ``"parity"``: the official order, ``torch.randperm(n)[:K]`` drawn
+            from ``generator`` (default: the global CPU generator) once per region with ``n > K``, in
+            region order, so after the same ``torch.manual_seed`` the official code draws the same
+            numbers. Parity needs the counts on the host (a CUDA ``counts`` syncs once).
+        generator: a CPU ``torch.Generator`` for ``"parity"``.
+
+    Returns:
+        ``[R, K]`` int64: on ``counts``' device (deterministic) or the CPU (parity). Rows of regions
+        with ``n <= K`` are ``0..K-1`` (those regions are not clustered; the rows are unused).
+    """
+    check_positive_int("num_clusters", num_clusters)
+    if mode not in INIT_MODES:
+        raise ValueError(f"mode must be one of {INIT_MODES}, got {mode!r}")
+    counts = torch.as_tensor(counts)
+    if counts.dim() != 1 or counts.dtype.is_floating_point or counts.dtype == torch.bool:
+        raise TypeError(
+            "counts must be a 1-D integer tensor (tokens per region), "
+            f"got {counts.dtype} of shape {tuple(counts.shape)}"
+        )
+    counts = counts.long()
+    k = torch.arange(num_clusters, device=counts.device)
+    if mode == "deterministic":
+        spaced = k[None, :] * counts[:, None] // num_clusters  # (R, K)
+        return torch.where(counts[:, None] > num_clusters, spaced, k[None, :].expand_as(spaced))
+    _check_generator(generator)
+    indices = k[None, :].repeat(counts.numel(), 1).cpu()  # (R, K)
+    for r, n in enumerate(counts.tolist()):
+        if n > num_clusters:
+            indices[r] = torch.randperm(n, generator=generator)[:num_clusters]
+    return indices
+
+
+# ----------------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+        raise TypeError(
+            "generator must be None or a CPU torch.Generator (the official code samples on the CPU), "
+            f"got {generator!r}"
+        )
+
+
+def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol):
+    check_tensor("tokens", tokens, ndim=2)
+    if tokens.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"tokens has dtype {tokens.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
+    check_tensor("cu_tokens", cu_tokens, ndim=1, dtypes=INDEX_DTYPES, device=tokens.device)
+    check_positive_int("num_clusters", num_clusters)
+    _check_iters(num_iters)
+    if num_clusters > max(tokens.shape[0], 1):
+        raise ValueError(
+            f"num_clusters={num_clusters} exceeds the {tokens.shape[0]} token rows; accepted: "
+            "1 <= num_clusters <= the number of tokens (more clusters than tokens only pads with zeros)"
+        )
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
+    if isinstance(init, str):
+        if init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor of row indices, got {init!r}")
+    elif isinstance(init, torch.Tensor):
+        if init.dtype not in INDEX_DTYPES or init.shape != (cu_tokens.numel() - 1, num_clusters):
+            raise ValueError(
+                f"init tensor must be int32/int64 of shape [R, K] = [{cu_tokens.numel() - 1}, {num_clusters}], "
+                f"got {init.dtype} {tuple(init.shape)}"
+            )
+    else:
+        raise TypeError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor, got {type(init).__name__}")
+    _check_generator(generator)
+    check_optional_count("max_region_tokens", max_region_tokens, meaning="a host bound on tokens per region")
+    offsets = check_offsets("cu_tokens", cu_tokens, tokens.shape[0], exact=False)  # spare rows allowed
+    sizes = [b - a for a, b in zip(offsets, offsets[1:])]
+    if max_region_tokens is not None and sizes and max(sizes) > max_region_tokens:
+        raise ValueError(f"max_region_tokens={max_region_tokens} is below the largest region ({max(sizes)} tokens)")
+    check_finite_screened("tokens", tokens[: offsets[-1]])
+    if isinstance(init, torch.Tensor):
+        n = torch.tensor(sizes, dtype=torch.int64)[:, None]
+        idx = init.detach().to("cpu", torch.int64)
+        bad = ((idx < 0) | (idx >= n)) & (n > num_clusters)
+        if bad.any():
+            r, k = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"init[{r}, {k}] = {int(idx[r, k])} is not a row of region {r} ({sizes[r]} tokens); "
+                "accepted: 0 <= index < n_r"
+            )
+
+
+def _check_iters(num_iters) -> None:
+    check_positive_int("num_iters", num_iters, minimum=0)
+    if num_iters > MAX_ITERS:
+        raise ValueError(f"num_iters={num_iters} is above the cap of {MAX_ITERS} iterations; accepted: 0 <= num_iters <= {MAX_ITERS}")
+
+
+def _resolve_init(init, counts: torch.Tensor, num_clusters: int, generator) -> torch.Tensor | None:
+    """``[R, K]`` int64 local row indices on ``counts``' device (None: deterministic, computed in-kernel)."""
+    if isinstance(init, torch.Tensor):
+        return init.to(device=counts.device, dtype=torch.int64).contiguous()
+    if init == "parity":
+        return kmeans_init_indices(counts.cpu(), num_clusters, "parity", generator=generator).to(counts.device)
+    return None

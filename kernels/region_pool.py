@@ -69,177 +69,6 @@ POS_PARAMS = ("col_span", "col_offset", "col_norm", "row_span", "row_offset", "r
 
 
 # ----------------------------------------------------------------------------------------------------
-# Box position coefficients
-# ----------------------------------------------------------------------------------------------------
-
-
-def box_pos_coefficients(boxes, image_hw, *, swap_axes: bool = True, validate: bool = True) -> torch.Tensor:
-    """Per-region coefficients of the box position embedding (module docstring, step 1).
-
-    Args:
-        boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel coordinates, any real dtype (the
-            processor's ``region_boxes``); ``0 <= top <= bottom <= H-1`` and ``0 <= left <= right <= W-1``.
-        image_hw: ``[R, 2]`` (H, W) of each region's source image, both >= 2 (the formula divides by
-            ``H-1`` and ``W-1``).
-        swap_axes: ``True`` (default, parity): the official layout, where the column channel uses the
-            vertical extent ``(bottom-top, top)`` and the row channel ``(right-left, left)``; ``False``:
-            the corrected layout (columns use left/right). Both normalise columns by ``W-1`` and rows
-            by ``H-1``.
-        validate: check shapes and values (one sync when the tensors are on a GPU).
-
-    Returns:
-        ``pos_params [R, 6]`` float32 on ``boxes``' device, columns ``POS_PARAMS``: the embedding
-        input at feature cell (i, j) of an h×w grid is ``p0 = (fl(j/w)*col_span + col_offset)/col_norm``,
-        ``p1 = (fl(i/h)*row_span + row_offset)/row_norm`` in float32, exactly the official arithmetic.
-
-    Example:
-        >>> box_pos_coefficients(torch.tensor([[10, 20, 110, 220]]), torch.tensor([[480, 640]]))
-        tensor([[100.,  10., 639., 200.,  20., 479.]])
-    """
-    boxes = torch.as_tensor(boxes)
-    image_hw = torch.as_tensor(image_hw)
-    if validate:
-        check_tensor("boxes", boxes, ndim=2)
-        check_tensor("image_hw", image_hw, ndim=2)
-        if boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be [R, 4] (top, left, bottom, right), got shape {tuple(boxes.shape)}")
-        if image_hw.shape != (boxes.shape[0], 2):
-            raise ValueError(
-                f"image_hw must be [R, 2] (H, W) with R={boxes.shape[0]} rows like boxes, "
-                f"got shape {tuple(image_hw.shape)}"
-            )
-        if boxes.is_complex() or boxes.dtype == torch.bool or image_hw.is_complex() or image_hw.dtype == torch.bool:
-            raise TypeError("boxes and image_hw must be real numbers (integer or float tensors)")
-        check_finite("boxes", boxes)
-        check_finite("image_hw", image_hw)
-        _check_boxes(boxes, image_hw)
-    boxes = boxes.to(torch.float32)
-    hw = image_hw.to(device=boxes.device, dtype=torch.float32)
-    top, left, bottom, right = boxes.unbind(1)
-    height, width = hw.unbind(1)
-    if swap_axes:
-        col = (bottom - top, top)
-        row = (right - left, left)
-    else:
-        col = (right - left, left)
-        row = (bottom - top, top)
-    return torch.stack([col[0], col[1], width - 1, row[0], row[1], height - 1], dim=1)  # (R, 6)
-
-
-def _check_boxes(boxes: torch.Tensor, image_hw: torch.Tensor) -> None:
-    b = boxes.detach().to("cpu", torch.float64)
-    hw = image_hw.detach().to("cpu", torch.float64)
-    small = (hw < 2).any(dim=1)
-    if small.any():
-        i = int(small.nonzero()[0])
-        raise ValueError(
-            f"image_hw[{i}] = {hw[i].tolist()}: image height and width must be >= 2 "
-            "(the position embedding divides by H-1 and W-1)"
-        )
-    top, left, bottom, right = b.unbind(1)
-    height, width = hw.unbind(1)
-    bad = (top < 0) | (left < 0) | (bottom > height - 1) | (right > width - 1) | (top > bottom) | (left > right)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"boxes[{i}] = {b[i].tolist()} (top, left, bottom, right) is outside its image of (H, W) = "
-            f"{hw[i].tolist()} or inverted; accepted: 0 <= top <= bottom <= H-1 and 0 <= left <= right <= W-1"
-        )
-
-
-# ----------------------------------------------------------------------------------------------------
-# Argument checks and host-side metadata
-# ----------------------------------------------------------------------------------------------------
-
-
-def _validate_pool_args(
-    features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, max_tokens, out_dtype
-):
-    """Shape, dtype, device, offset and value checks shared by every backend (syncs once on a GPU);
-    returns the grid sizes as CPU int64."""
-    check_tensor("features", features, ndim=2)
-    if not features.is_floating_point():
-        raise TypeError(f"features has dtype {features.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
-    check_tensor("masks", masks, ndim=1, dtypes=MASK_DTYPES)
-    check_tensor("cu_features", cu_features, ndim=1, dtypes=INDEX_DTYPES)
-    check_tensor("cu_masks", cu_masks, ndim=1, dtypes=INDEX_DTYPES)
-    check_tensor("pos_params", pos_params, ndim=2)
-    if pos_params.shape[1] != len(POS_PARAMS):
-        raise ValueError(
-            f"pos_params must be [R, {len(POS_PARAMS)}] (from box_pos_coefficients), "
-            f"got shape {tuple(pos_params.shape)}"
-        )
-    if not pos_params.is_floating_point():
-        raise TypeError(f"pos_params has dtype {pos_params.dtype}; accepted: float32 (from box_pos_coefficients)")
-    num_channels = features.shape[1]
-    check_tensor("pos_weight", pos_weight, ndim=2, dtypes=FLOAT_DTYPES)
-    if pos_weight.shape != (num_channels, 2):
-        raise ValueError(
-            f"pos_weight must be [C, 2] = [{num_channels}, 2] (pos_linear.weight), "
-            f"got shape {tuple(pos_weight.shape)}"
-        )
-    check_tensor("pos_bias", pos_bias, ndim=1, dtypes=FLOAT_DTYPES)
-    if pos_bias.shape != (num_channels,):
-        raise ValueError(f"pos_bias must be [C] = [{num_channels}] (pos_linear.bias), got shape {tuple(pos_bias.shape)}")
-    check_same_device(
-        features=features, cu_features=cu_features, masks=masks, cu_masks=cu_masks,
-        pos_params=pos_params, pos_weight=pos_weight, pos_bias=pos_bias,
-    )
-    num_regions = pos_params.shape[0]
-    feature_hw = host_grid_sizes("feature_hw", feature_hw, num_regions)
-    mask_hw = host_grid_sizes("mask_hw", mask_hw, num_regions)
-    check_offsets_match("cu_features", cu_features, feature_hw.prod(1), features.shape[0])
-    check_offsets_match("cu_masks", cu_masks, mask_hw.prod(1), masks.shape[0])
-    check_optional_count("max_tokens", max_tokens, meaning="a host bound on the selected cells")
-    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
-        raise TypeError(f"out_dtype must be None or one of {dtype_names(FLOAT_DTYPES)}, got {out_dtype}")
-    check_finite_screened("features", features)
-    check_finite("pos_params", pos_params)
-    _check_pos_norms(pos_params)
-    check_finite("pos_weight", pos_weight)
-    check_finite("pos_bias", pos_bias)
-    if masks.is_floating_point() and masks.numel() and bool(torch.isnan(masks).any()):
-        i = int(torch.isnan(masks).nonzero()[0])
-        raise ValueError(f"masks contains NaN (first at packed index {i}); accepted: finite values (> 0 means inside)")
-    if max_tokens is not None:
-        selected = int((masks > 0).sum())
-        if selected > max_tokens:
-            raise ValueError(
-                f"max_tokens={max_tokens} is smaller than the {selected} selected mask cells; "
-                "pass a bound >= the number of cells with mask > 0"
-            )
-    return feature_hw, mask_hw
-
-
-def _check_pos_norms(pos_params: torch.Tensor) -> None:
-    """``col_norm`` and ``row_norm`` divide the position grid: values below 1 (0 above all) would blow
-    the embedding up to inf. ``box_pos_coefficients`` gives W-1 and H-1, both >= 1."""
-    norms = pos_params[:, [2, 5]]  # (R, 2) col_norm, row_norm
-    if norms.numel() and not bool((norms >= 1).all()):
-        r, j = (norms < 1).nonzero()[0].tolist()
-        name = POS_PARAMS[2 + 3 * j]
-        raise ValueError(
-            f"pos_params[{r}] has {name} = {float(norms[r, j])}; accepted: {name} >= 1 "
-            "(box_pos_coefficients gives W-1 and H-1 of images at least 2 pixels wide and high)"
-        )
-
-
-def _resolve_out_dtype(features: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
-    if out_dtype is not None:
-        return out_dtype
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
-
-
-def _selection(masks: torch.Tensor, cu_masks: torch.Tensor):
-    """Output row of every mask cell (-1 when not selected) and ``cu_tokens``; no host sync."""
-    selected = masks > 0
-    running = torch.cumsum(selected, 0, dtype=torch.int32)  # (N_m,) selected cells up to here
-    dest = torch.where(selected, running - 1, torch.full_like(running, -1))
-    cu_tokens = F.pad(running, (1, 0))[cu_masks.long()].to(torch.int32)  # (R+1,)
-    return dest, cu_tokens
-
-
-# ----------------------------------------------------------------------------------------------------
 # Reference (also the CPU path)
 # ----------------------------------------------------------------------------------------------------
 
@@ -435,6 +264,11 @@ def _region_pool_fwd_kernel(
         pooled.to(out_ptr.dtype.element_ty),
         mask=selected[:, None] & c_ok[None, :],
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------------
 
 
 def _pool_tile() -> dict[str, int]:
@@ -647,3 +481,174 @@ def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, 
     bias = torch.zeros(8, device=device, dtype=dtype)
     args = (features, cu, hw, masks, cu, hw, pos_params, weight, bias)
     return [(b.name, b.reasons(*args)) for b in _BACKENDS]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Box position coefficients
+# ----------------------------------------------------------------------------------------------------
+
+
+def box_pos_coefficients(boxes, image_hw, *, swap_axes: bool = True, validate: bool = True) -> torch.Tensor:
+    """Per-region coefficients of the box position embedding (module docstring, step 1).
+
+    Args:
+        boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel coordinates, any real dtype (the
+            processor's ``region_boxes``); ``0 <= top <= bottom <= H-1`` and ``0 <= left <= right <= W-1``.
+        image_hw: ``[R, 2]`` (H, W) of each region's source image, both >= 2 (the formula divides by
+            ``H-1`` and ``W-1``).
+        swap_axes: ``True`` (default, parity): the official layout, where the column channel uses the
+            vertical extent ``(bottom-top, top)`` and the row channel ``(right-left, left)``; ``False``:
+            the corrected layout (columns use left/right). Both normalise columns by ``W-1`` and rows
+            by ``H-1``.
+        validate: check shapes and values (one sync when the tensors are on a GPU).
+
+    Returns:
+        ``pos_params [R, 6]`` float32 on ``boxes``' device, columns ``POS_PARAMS``: the embedding
+        input at feature cell (i, j) of an h×w grid is ``p0 = (fl(j/w)*col_span + col_offset)/col_norm``,
+        ``p1 = (fl(i/h)*row_span + row_offset)/row_norm`` in float32, exactly the official arithmetic.
+
+    Example:
+        >>> box_pos_coefficients(torch.tensor([[10, 20, 110, 220]]), torch.tensor([[480, 640]]))
+        tensor([[100.,  10., 639., 200.,  20., 479.]])
+    """
+    boxes = torch.as_tensor(boxes)
+    image_hw = torch.as_tensor(image_hw)
+    if validate:
+        check_tensor("boxes", boxes, ndim=2)
+        check_tensor("image_hw", image_hw, ndim=2)
+        if boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [R, 4] (top, left, bottom, right), got shape {tuple(boxes.shape)}")
+        if image_hw.shape != (boxes.shape[0], 2):
+            raise ValueError(
+                f"image_hw must be [R, 2] (H, W) with R={boxes.shape[0]} rows like boxes, "
+                f"got shape {tuple(image_hw.shape)}"
+            )
+        if boxes.is_complex() or boxes.dtype == torch.bool or image_hw.is_complex() or image_hw.dtype == torch.bool:
+            raise TypeError("boxes and image_hw must be real numbers (integer or float tensors)")
+        check_finite("boxes", boxes)
+        check_finite("image_hw", image_hw)
+        _check_boxes(boxes, image_hw)
+    boxes = boxes.to(torch.float32)
+    hw = image_hw.to(device=boxes.device, dtype=torch.float32)
+    top, left, bottom, right = boxes.unbind(1)
+    height, width = hw.unbind(1)
+    if swap_axes:
+        col = (bottom - top, top)
+        row = (right - left, left)
+    else:
+        col = (right - left, left)
+        row = (bottom - top, top)
+    return torch.stack([col[0], col[1], width - 1, row[0], row[1], height - 1], dim=1)  # (R, 6)
+
+
+def _check_boxes(boxes: torch.Tensor, image_hw: torch.Tensor) -> None:
+    b = boxes.detach().to("cpu", torch.float64)
+    hw = image_hw.detach().to("cpu", torch.float64)
+    small = (hw < 2).any(dim=1)
+    if small.any():
+        i = int(small.nonzero()[0])
+        raise ValueError(
+            f"image_hw[{i}] = {hw[i].tolist()}: image height and width must be >= 2 "
+            "(the position embedding divides by H-1 and W-1)"
+        )
+    top, left, bottom, right = b.unbind(1)
+    height, width = hw.unbind(1)
+    bad = (top < 0) | (left < 0) | (bottom > height - 1) | (right > width - 1) | (top > bottom) | (left > right)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"boxes[{i}] = {b[i].tolist()} (top, left, bottom, right) is outside its image of (H, W) = "
+            f"{hw[i].tolist()} or inverted; accepted: 0 <= top <= bottom <= H-1 and 0 <= left <= right <= W-1"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _validate_pool_args(
+    features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, max_tokens, out_dtype
+):
+    """Shape, dtype, device, offset and value checks shared by every backend (syncs once on a GPU);
+    returns the grid sizes as CPU int64."""
+    check_tensor("features", features, ndim=2)
+    if not features.is_floating_point():
+        raise TypeError(f"features has dtype {features.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
+    check_tensor("masks", masks, ndim=1, dtypes=MASK_DTYPES)
+    check_tensor("cu_features", cu_features, ndim=1, dtypes=INDEX_DTYPES)
+    check_tensor("cu_masks", cu_masks, ndim=1, dtypes=INDEX_DTYPES)
+    check_tensor("pos_params", pos_params, ndim=2)
+    if pos_params.shape[1] != len(POS_PARAMS):
+        raise ValueError(
+            f"pos_params must be [R, {len(POS_PARAMS)}] (from box_pos_coefficients), "
+            f"got shape {tuple(pos_params.shape)}"
+        )
+    if not pos_params.is_floating_point():
+        raise TypeError(f"pos_params has dtype {pos_params.dtype}; accepted: float32 (from box_pos_coefficients)")
+    num_channels = features.shape[1]
+    check_tensor("pos_weight", pos_weight, ndim=2, dtypes=FLOAT_DTYPES)
+    if pos_weight.shape != (num_channels, 2):
+        raise ValueError(
+            f"pos_weight must be [C, 2] = [{num_channels}, 2] (pos_linear.weight), "
+            f"got shape {tuple(pos_weight.shape)}"
+        )
+    check_tensor("pos_bias", pos_bias, ndim=1, dtypes=FLOAT_DTYPES)
+    if pos_bias.shape != (num_channels,):
+        raise ValueError(f"pos_bias must be [C] = [{num_channels}] (pos_linear.bias), got shape {tuple(pos_bias.shape)}")
+    check_same_device(
+        features=features, cu_features=cu_features, masks=masks, cu_masks=cu_masks,
+        pos_params=pos_params, pos_weight=pos_weight, pos_bias=pos_bias,
+    )
+    num_regions = pos_params.shape[0]
+    feature_hw = host_grid_sizes("feature_hw", feature_hw, num_regions)
+    mask_hw = host_grid_sizes("mask_hw", mask_hw, num_regions)
+    check_offsets_match("cu_features", cu_features, feature_hw.prod(1), features.shape[0])
+    check_offsets_match("cu_masks", cu_masks, mask_hw.prod(1), masks.shape[0])
+    check_optional_count("max_tokens", max_tokens, meaning="a host bound on the selected cells")
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be None or one of {dtype_names(FLOAT_DTYPES)}, got {out_dtype}")
+    check_finite_screened("features", features)
+    check_finite("pos_params", pos_params)
+    _check_pos_norms(pos_params)
+    check_finite("pos_weight", pos_weight)
+    check_finite("pos_bias", pos_bias)
+    if masks.is_floating_point() and masks.numel() and bool(torch.isnan(masks).any()):
+        i = int(torch.isnan(masks).nonzero()[0])
+        raise ValueError(f"masks contains NaN (first at packed index {i}); accepted: finite values (> 0 means inside)")
+    if max_tokens is not None:
+        selected = int((masks > 0).sum())
+        if selected > max_tokens:
+            raise ValueError(
+                f"max_tokens={max_tokens} is smaller than the {selected} selected mask cells; "
+                "pass a bound >= the number of cells with mask > 0"
+            )
+    return feature_hw, mask_hw
+
+
+def _check_pos_norms(pos_params: torch.Tensor) -> None:
+    """``col_norm`` and ``row_norm`` divide the position grid: values below 1 (0 above all) would blow
+    the embedding up to inf. ``box_pos_coefficients`` gives W-1 and H-1, both >= 1."""
+    norms = pos_params[:, [2, 5]]  # (R, 2) col_norm, row_norm
+    if norms.numel() and not bool((norms >= 1).all()):
+        r, j = (norms < 1).nonzero()[0].tolist()
+        name = POS_PARAMS[2 + 3 * j]
+        raise ValueError(
+            f"pos_params[{r}] has {name} = {float(norms[r, j])}; accepted: {name} >= 1 "
+            "(box_pos_coefficients gives W-1 and H-1 of images at least 2 pixels wide and high)"
+        )
+
+
+def _resolve_out_dtype(features: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
+    if out_dtype is not None:
+        return out_dtype
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def _selection(masks: torch.Tensor, cu_masks: torch.Tensor):
+    """Output row of every mask cell (-1 when not selected) and ``cu_tokens``; no host sync."""
+    selected = masks > 0
+    running = torch.cumsum(selected, 0, dtype=torch.int32)  # (N_m,) selected cells up to here
+    dest = torch.where(selected, running - 1, torch.full_like(running, -1))
+    cu_tokens = F.pad(running, (1, 0))[cu_masks.long()].to(torch.int32)  # (R+1,)
+    return dest, cu_tokens
