@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton launchers: device guard, grad refusal, autotune configs.
+"""Helpers shared by the Triton launchers: device guard, grad refusal, the tile policy.
 
 Triton is imported lazily inside the functions that need it, so importing this module is cheap and
 works without Triton.
@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from ._runtime import skip_autotune
+from ._runtime import interpret_mode, skip_autotune
 
 # Triton's grid axes 1 and 2 are 16-bit (at most 65,535 programs); launchers fold work into axis 0
 # or loop inside a program when a count could exceed this.
@@ -47,9 +47,20 @@ def refuse_grad(op: str, **tensors: torch.Tensor | None) -> None:
         )
 
 
-def autotune_configs(configs: list):
-    """The autotune list for a kernel: all ``configs``, or only the first one when timing is impossible
-    (interpreter) or unwanted (``PIXELREFER_FAST_SKIP_AUTOTUNE=1``)."""
+def tile_configs(configs: list, *, interpreter=None) -> list:
+    """The tiles a kernel runs with: the one rule every kernel follows.
+
+    ``configs`` are the GPU choices (``triton.Config`` for autotuned kernels, plain dicts of block
+    sizes for kernels that launch one fixed tile), best first. Returns:
+
+    - under the interpreter: ``[interpreter]`` when given, else the first GPU choice. The
+      interpreter's cost is per operation, not per element, so a larger tile (fewer programs and
+      shorter loops) keeps the CPU test suite fast;
+    - with ``PIXELREFER_FAST_SKIP_AUTOTUNE=1``: the first GPU choice (autotuning needs a timed run);
+    - otherwise every choice, for ``triton.autotune`` to time (a fixed-tile kernel takes the first).
+    """
+    if interpret_mode():
+        return [interpreter if interpreter is not None else configs[0]]
     if skip_autotune():
         return configs[:1]
     return configs

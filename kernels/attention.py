@@ -35,6 +35,7 @@ from ._validate import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     KERNEL_FLOAT_DTYPES,
+    check_finite_screened,
     check_offsets,
     check_optional_count,
     check_same_device,
@@ -80,12 +81,16 @@ def varlen_attention(
         max_seqlen_q, max_seqlen_k: optional host ints bounding the longest segments (flash-attn needs
             them; computed with one host sync when omitted).
         softmax_scale: defaults to ``1 / sqrt(hd)``.
-        validate: check offset values and max_seqlen bounds (one host sync). Shapes, dtypes and devices
-            are always checked.
+        validate: check offset values and max_seqlen bounds (one host sync), and that the output is
+            finite: NaN or inf in q, k or v raise naming the tensor, and scores that can overflow
+            float32 (``scale * max|q_row| * max|k_row|`` past its range: fp32 inputs of magnitude
+            ~1e18 and more) or did overflow the dtype (a non-finite output) raise instead of
+            returning NaN or zeros. There is no rescaling: scale such inputs down. A few reductions
+            and syncs; the vision encoder's hot path passes ``validate=False``. Shapes, dtypes and devices are always checked.
 
     Returns:
         ``[Nq, nh, hd]`` in q's dtype. A segment with queries but no keys gives zeros (torch and Triton
-        backends).
+        backends). With ``validate=False``, non-finite or overflowing inputs give non-finite rows.
 
     Backends (see the module docstring): flash_attn, triton, xformers, sdpa, eager; switch with
     ``pixelrefer_kernels.force(...)`` or ``PIXELREFER_FAST_KERNELS``. On CPU without ``TRITON_INTERPRET=1``
@@ -121,13 +126,49 @@ def varlen_attention(
         raise TypeError(f"softmax_scale must be None or a finite float, got {softmax_scale!r}")
     segments = None
     if validate:
+        for name, value in (("q", q), ("k", k), ("v", v)):
+            check_finite_screened(name, value)
+        _check_score_range(q, k, softmax_scale)
         host_q = check_offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0])
         host_k = check_offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0])
         segments = _segments_from_offsets(host_q, host_k)
         for name, bound, lengths in (("max_seqlen_q", max_seqlen_q, segments.lengths_q), ("max_seqlen_k", max_seqlen_k, segments.lengths_k)):
             if bound is not None and lengths and bound < max(lengths):
                 raise ValueError(f"{name}={bound} is smaller than the longest segment ({max(lengths)}); pass None or a true bound")
-    return dispatch(OP, _BACKENDS, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, segments)
+    out = dispatch(OP, _BACKENDS, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, segments)
+    if validate:
+        _check_finite_output(out, q, k, v)
+    return out
+
+
+def _check_score_range(q: torch.Tensor, k: torch.Tensor, softmax_scale: float | None) -> None:
+    """Refuse scores that could overflow float32 (every backend forms them in fp32 or wider for fp32
+    inputs): ``|scale * q.k| <= scale * max|q_row| * max|k_row|`` (Cauchy-Schwarz). An overflow to
+    -inf on every key would otherwise come back from SDPA as a silent row of zeros."""
+    if q.numel() == 0 or k.numel() == 0:
+        return
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else abs(float(softmax_scale))
+    q_norm = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float64).max().item()
+    k_norm = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float64).max().item()
+    limit = torch.finfo(torch.float32 if q.element_size() < 4 else q.dtype).max
+    if q_norm * k_norm * scale >= limit:
+        _raise_overflow(q, k)
+
+
+def _raise_overflow(q: torch.Tensor, k: torch.Tensor):
+    raise ValueError(
+        f"varlen_attention: the attention scores overflow {q.dtype} (max |q| = {q.abs().max().item():.3g}, "
+        f"max |k| = {k.abs().max().item():.3g}); accepted: inputs whose scaled dot products fit the dtype: "
+        "scale q or k down, or pass float64 on the torch backends"
+    )
+
+
+def _check_finite_output(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Every output row is a convex combination of finite value rows (the inputs were checked), so a
+    non-finite output means scores that overflowed the dtype (one reduction, one sync)."""
+    if out.numel() == 0 or bool(torch.isfinite(out).all()):
+        return
+    _raise_overflow(q, k)
 
 
 def _segments_from_offsets(cu_q: list[int], cu_k: list[int]) -> _Segments:

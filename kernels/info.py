@@ -7,6 +7,7 @@ representative call, the list of ``(backend, reasons)`` in priority order (no re
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import platform
 import sys
 
@@ -16,10 +17,11 @@ from . import OP_MODULES, __version__
 from ._runtime import KERNELS_ENV, current_mode, has_flash_attn, has_triton, has_xformers, interpret_mode
 
 
-def _version(module: str) -> str:
+def _version(distribution: str) -> str:
+    """The installed version of ``distribution``, read from its metadata (nothing is imported)."""
     try:
-        return importlib.import_module(module).__version__
-    except Exception:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return "not installed"
 
 
@@ -33,7 +35,7 @@ def report(device: torch.device | None = None, dtype: torch.dtype | None = None)
         f"pixelrefer_kernels {__version__}",
         f"python {platform.python_version()} ({sys.platform}), torch {torch.__version__}",
         f"triton {_version('triton') if has_triton() else 'not installed'} (interpreter: {interpret_mode()})",
-        f"flash-attn {_version('flash_attn') if has_flash_attn() else 'not installed'}, "
+        f"flash-attn {_version('flash-attn') if has_flash_attn() else 'not installed'}, "
         f"xformers {_version('xformers') if has_xformers() else 'not installed'}",
         f"transformers {_version('transformers')}",
         f"kernel mode: {current_mode()} (set {KERNELS_ENV}=auto|triton|torch)",

@@ -1,6 +1,6 @@
 """Object-Centric Infusion (PixelRefer-Lite): two pre-norm cross-attentions from object tokens to feature maps.
 
-Math, for the ``K`` object tokens ``x_r`` of region ``r`` (spec section 6)::
+Math, for the ``K`` object tokens ``x_r`` of region ``r``::
 
     x1_r = x_r  + MHA_local (LN_local (x_r),  L_r, L_r)     L_r: the region's local-crop features
     x2_r = x1_r + MHA_global(LN_global(x1_r), G_r, G_r)     G_r: the whole image's features
@@ -61,7 +61,16 @@ from ._dispatch import Backend, dispatch, no_reasons
 from ._launch import device_guard, grad_reasons, refuse_grad
 from ._runtime import interpreter_dot_reasons, triton_reasons
 from ._triton import tl, triton
-from ._validate import FLOAT_DTYPES, INDEX_DTYPES, KERNEL_FLOAT_DTYPES, check_offsets, check_positive_int, check_same_device, check_tensor, dtype_names
+from ._validate import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    KERNEL_FLOAT_DTYPES,
+    check_offsets,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+    dtype_names,
+)
 from .attention import sdpa_varlen
 from .varlen import MAX_HEAD_DIM, varlen_attention_triton
 
@@ -141,7 +150,8 @@ def object_infusion_ref(
         normed = F.layer_norm(x, (x.shape[-1],), weights.ln_weight, weights.ln_bias, eps)
         starts = cu.tolist()
         attended = [
-            _cross_attention_ref(normed[r], feats[starts[s] : starts[s + 1]], weights, num_heads) for r, s in enumerate(region_segment.tolist())
+            _cross_attention_ref(normed[r], feats[starts[s] : starts[s + 1]], weights, num_heads)
+            for r, s in enumerate(region_segment.tolist())
         ]
         x = x + torch.stack(attended) if attended else x
     return x
@@ -225,7 +235,9 @@ def _attend_projected(q, feats, weights, plan, num_heads, attention_core):
     head_dim = channels // num_heads
     segments = sorted({plan.region_segment[r] for r in regions})
     keys = _rows_of(feats, plan.starts, segments)
-    kv = F.linear(keys, weights.in_proj_weight[channels:], weights.in_proj_bias[channels:]).view(-1, 2, num_heads, head_dim)  # (N_sel, 2, nh, hd)
+    kv = F.linear(keys, weights.in_proj_weight[channels:], weights.in_proj_bias[channels:]).view(
+        -1, 2, num_heads, head_dim
+    )  # (N_sel, 2, nh, hd)
     lengths_k = [plan.starts[s + 1] - plan.starts[s] for s in segments]
     users = Counter(plan.region_segment[r] for r in regions)
     lengths_q = [num_tokens * users[s] for s in segments]
@@ -352,8 +364,12 @@ def _residual_layer_norm_triton(x, y, weight, bias, eps, carry_bias=None):
     ``y`` None: no residual; ``carry_bias`` None: the first result is None (nothing stored).
     """
     channels = x.shape[-1]
-    x2d = x.reshape(-1, channels)
-    y2d = x2d if y is None else y.reshape(-1, channels)
+    # rows pass a stride; the channels and the [C] vectors are read as dense
+    x2d = x.reshape(-1, channels)  # (rows, C)
+    y2d = x2d if y is None else y.reshape(-1, channels)  # (rows, C)
+    x2d, y2d = (t if t.stride(-1) == 1 else t.contiguous() for t in (x2d, y2d))
+    weight, bias = weight.contiguous(), bias.contiguous()
+    carry_bias = None if carry_bias is None else carry_bias.contiguous()
     out = torch.empty(x2d.shape, dtype=x.dtype, device=x.device)
     carry = None if carry_bias is None else torch.empty(x2d.shape, dtype=x.dtype, device=x.device)
     if x2d.shape[0]:
@@ -398,7 +414,9 @@ def _infuse(queries, local_feats, global_feats, plans, local_weights, global_wei
     return out.view(num_regions, num_tokens, channels)
 
 
-def _float_inputs(queries, local_feats, global_feats, local_weights: InfusionWeights, global_weights: InfusionWeights) -> dict[str, torch.Tensor]:
+def _float_inputs(
+    queries, local_feats, global_feats, local_weights: InfusionWeights, global_weights: InfusionWeights
+) -> dict[str, torch.Tensor]:
     """Every float tensor of a call, by argument name (for the grad and dtype checks)."""
     tensors = {"queries": queries, "local_feats": local_feats, "global_feats": global_feats}
     tensors.update({f"local_weights.{n}": t for n, t in local_weights._asdict().items()})
@@ -437,7 +455,10 @@ def object_infusion_triton(
     refuse_grad("object_infusion_triton", **tensors)
     bad = {n: t.dtype for n, t in tensors.items() if t.dtype != queries.dtype}
     if queries.dtype not in KERNEL_FLOAT_DTYPES or bad:
-        raise TypeError(f"object_infusion_triton: all float inputs must share one dtype among {dtype_names(KERNEL_FLOAT_DTYPES)}; got queries {queries.dtype}, others {bad}")
+        raise TypeError(
+            f"object_infusion_triton: all float inputs must share one dtype among {dtype_names(KERNEL_FLOAT_DTYPES)}; "
+            f"got queries {queries.dtype}, others {bad}"
+        )
     channels = queries.shape[-1]
     if channels % num_heads or channels // num_heads > MAX_HEAD_DIM:
         raise ValueError(f"object_infusion_triton: C={channels} must split into {num_heads} heads of at most {MAX_HEAD_DIM} channels")
@@ -445,15 +466,21 @@ def object_infusion_triton(
     if queries.shape[0] == 0:
         return torch.empty(queries.shape, dtype=queries.dtype, device=queries.device)
     plans = _plans(queries, cu_local, region_local, cu_global, region_global, num_heads)
-    return _infuse(queries, local_feats, global_feats, plans, local_weights, global_weights, num_heads, eps, _triton_core, _residual_layer_norm_triton)
+    return _infuse(
+        queries, local_feats, global_feats, plans, local_weights, global_weights, num_heads, eps, _triton_core, _residual_layer_norm_triton
+    )
 
 
-def _object_infusion_torch(queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, *, num_heads, eps):
+def _object_infusion_torch(
+    queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, *, num_heads, eps
+):
     """The same algorithm in PyTorch (SDPA core, torch LayerNorm): the CPU and autograd path."""
     if queries.shape[0] == 0:
         return queries.clone()
     plans = _plans(queries, cu_local, region_local, cu_global, region_global, num_heads)
-    return _infuse(queries, local_feats, global_feats, plans, local_weights, global_weights, num_heads, eps, sdpa_varlen, _residual_layer_norm_torch)
+    return _infuse(
+        queries, local_feats, global_feats, plans, local_weights, global_weights, num_heads, eps, sdpa_varlen, _residual_layer_norm_torch
+    )
 
 
 # ---- dispatcher ---------------------------------------------------------------------------------------
@@ -485,7 +512,8 @@ def object_infusion(
         local_weights, global_weights: ``InfusionWeights`` (``ln_local`` + ``fusion_attention_local``, ...).
         num_heads: heads (8 upstream; must divide C). eps: LayerNorm epsilon (1e-5 upstream).
         validate: check offsets, region indices and that every referenced map is non-empty. Shapes,
-            dtypes and devices are always checked.
+            dtypes, devices and the range of the region indices are always checked; with ``False`` the
+            offsets are trusted (non-decreasing, ending at the packed lengths) and must be right.
 
     Offsets and region maps may live on the CPU (preferred: no sync) or on the tensors' device; they are
     read on the host to plan the call. Unreferenced maps are never read (NaN there cannot leak).
@@ -500,15 +528,26 @@ def object_infusion(
         >>> w = InfusionWeights.from_modules(module.ln_local, module.fusion_attention_local)
         >>> out = object_infusion(q, loc, cu_l, reg_l, glb, cu_g, reg_g, w, w_global)  # (R, K, C)
     """
+    for name, value in (("cu_local", cu_local), ("region_local", region_local), ("cu_global", cu_global), ("region_global", region_global)):
+        check_tensor(name, value, ndim=1, dtypes=INDEX_DTYPES)
     # the plan reads offsets and maps on the host: copy them once
-    cu_local, region_local, cu_global, region_global = (t.cpu() if isinstance(t, torch.Tensor) else t for t in (cu_local, region_local, cu_global, region_global))
-    _check_inputs(queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, num_heads, eps, validate)
-    return dispatch(
-        OP, _BACKENDS, queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, num_heads=num_heads, eps=eps
+    cu_local, region_local, cu_global, region_global = (
+        t.cpu() if isinstance(t, torch.Tensor) else t for t in (cu_local, region_local, cu_global, region_global)
     )
+    _check_inputs(
+        queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights,
+        num_heads, eps, validate,
+    )  # fmt: skip
+    return dispatch(
+        OP, _BACKENDS, queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights,
+        num_heads=num_heads, eps=eps,
+    )  # fmt: skip
 
 
-def _check_inputs(queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, num_heads, eps, validate):
+def _check_inputs(
+    queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights,
+    num_heads, eps, validate,
+):
     check_tensor("queries", queries, ndim=3, dtypes=FLOAT_DTYPES)
     num_regions, _, channels = queries.shape
     check_positive_int("num_heads", num_heads)
@@ -544,6 +583,13 @@ def _check_inputs(queries, local_feats, cu_local, region_local, global_feats, cu
             if tuple(value.shape) != shape:
                 raise ValueError(f"{stage}_weights.{name} must have shape {shape} for C={channels}, got {tuple(value.shape)}")
             floats[f"{stage}_weights.{name}"] = value
+        num_maps = cu.numel() - 1
+        if not validate and region_segment.numel() and not 0 <= int(region_segment.min()) <= int(region_segment.max()) < num_maps:
+            # the cheap part of the check below, kept without validate: an index past the maps
+            # would otherwise fail deep inside the planner
+            raise ValueError(
+                f"region_{stage} holds {region_segment.tolist()}; accepted: map indices 0..{num_maps - 1} (cu_{stage} has {num_maps} maps)"
+            )
         if validate:
             check_offsets(f"cu_{stage}", cu, feats.shape[0])
             starts, segments = cu.tolist(), region_segment.tolist()
@@ -551,14 +597,18 @@ def _check_inputs(queries, local_feats, cu_local, region_local, global_feats, cu
                 if not 0 <= segment < len(starts) - 1:
                     raise ValueError(f"region_{stage}[{region}]={segment} refers to no {stage} map (cu_{stage} has {len(starts) - 1} maps)")
                 if starts[segment + 1] == starts[segment]:
-                    raise ValueError(f"region_{stage}[{region}] refers to {stage} map {segment}, which is empty; every referenced map needs >= 1 row")
+                    raise ValueError(
+                        f"region_{stage}[{region}] refers to {stage} map {segment}, which is empty; every referenced map needs >= 1 row"
+                    )
     bad = {n: t.dtype for n, t in floats.items() if t.dtype != queries.dtype}
     if bad:
         raise TypeError(f"all float inputs must share queries' dtype {queries.dtype}; got {bad}")
     check_same_device(**floats)
 
 
-def _triton_reasons(queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, *, num_heads, eps):
+def _triton_reasons(
+    queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, local_weights, global_weights, *, num_heads, eps
+):
     reasons = triton_reasons(queries.device, queries.dtype)
     if queries.dtype in KERNEL_FLOAT_DTYPES:
         reasons += interpreter_dot_reasons(queries.device, queries.dtype)
@@ -586,7 +636,8 @@ def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, 
     feats = torch.zeros(6, channels, device=device, dtype=dtype)
     cu, regions = torch.tensor([0, 6]), torch.tensor([0, 0])
     weights = InfusionWeights(
-        feats[0], feats[0], torch.zeros(3 * channels, channels, device=device, dtype=dtype), torch.zeros(3 * channels, device=device, dtype=dtype),
+        feats[0], feats[0],
+        torch.zeros(3 * channels, channels, device=device, dtype=dtype), torch.zeros(3 * channels, device=device, dtype=dtype),
         torch.zeros(channels, channels, device=device, dtype=dtype), feats[0],
     )  # fmt: skip
     args = (queries, feats, cu, regions, feats, cu, regions, weights, weights)

@@ -35,132 +35,31 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import Backend, dispatch, no_reasons
-from ._launch import MAX_GRID_YZ, autotune_configs, device_guard, grad_reasons, refuse_grad
-from ._runtime import interpret_mode, triton_reasons
+from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad, tile_configs
+from ._runtime import triton_reasons
 from ._triton import loop_bound, tl, triton
 from ._validate import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     KERNEL_FLOAT_DTYPES,
+    check_finite_screened,
     check_offsets,
     check_optional_count,
     check_positive_int,
     check_tensor,
     dtype_names,
 )
-from .region_pool import check_finite_screened
 
 __all__ = ["INIT_MODES", "kmeans_init_indices", "kmeans_ref", "kmeans_triton", "kmeans", "backend_report"]
 
 INIT_MODES = ("deterministic", "parity")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Initial centroids
-# ----------------------------------------------------------------------------------------------------
-
-
-def kmeans_init_indices(
-    counts, num_clusters: int, mode: str = "deterministic", *, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Row indices (local to each region) of the initial centroids.
-
-    Args:
-        counts: ``[R]`` tokens per region (integer tensor or list).
-        num_clusters: K >= 1.
-        mode: ``"deterministic"``: evenly spaced rows ``floor(k * n / K)``, computed on ``counts``'
-            device with no host sync; ``"parity"``: the official order, ``torch.randperm(n)[:K]`` drawn
-            from ``generator`` (default: the global CPU generator) once per region with ``n > K``, in
-            region order, so after the same ``torch.manual_seed`` the official code draws the same
-            numbers. Parity needs the counts on the host (a CUDA ``counts`` syncs once).
-        generator: a CPU ``torch.Generator`` for ``"parity"``.
-
-    Returns:
-        ``[R, K]`` int64: on ``counts``' device (deterministic) or the CPU (parity). Rows of regions
-        with ``n <= K`` are ``0..K-1`` (those regions are not clustered; the rows are unused).
-    """
-    check_positive_int("num_clusters", num_clusters)
-    if mode not in INIT_MODES:
-        raise ValueError(f"mode must be one of {INIT_MODES}, got {mode!r}")
-    counts = torch.as_tensor(counts)
-    if counts.dim() != 1 or counts.dtype.is_floating_point or counts.dtype == torch.bool:
-        raise TypeError(
-            "counts must be a 1-D integer tensor (tokens per region), "
-            f"got {counts.dtype} of shape {tuple(counts.shape)}"
-        )
-    counts = counts.long()
-    k = torch.arange(num_clusters, device=counts.device)
-    if mode == "deterministic":
-        spaced = k[None, :] * counts[:, None] // num_clusters  # (R, K)
-        return torch.where(counts[:, None] > num_clusters, spaced, k[None, :].expand_as(spaced))
-    _check_generator(generator)
-    indices = k[None, :].repeat(counts.numel(), 1).cpu()  # (R, K)
-    for r, n in enumerate(counts.tolist()):
-        if n > num_clusters:
-            indices[r] = torch.randperm(n, generator=generator)[:num_clusters]
-    return indices
-
-
-# ----------------------------------------------------------------------------------------------------
-# Argument checks
-# ----------------------------------------------------------------------------------------------------
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
-        raise TypeError(
-            "generator must be None or a CPU torch.Generator (the official code samples on the CPU), "
-            f"got {generator!r}"
-        )
-
-
-def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol):
-    check_tensor("tokens", tokens, ndim=2)
-    if tokens.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"tokens has dtype {tokens.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
-    check_tensor("cu_tokens", cu_tokens, ndim=1, dtypes=INDEX_DTYPES, device=tokens.device)
-    check_positive_int("num_clusters", num_clusters)
-    check_positive_int("num_iters", num_iters, minimum=0)
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-            raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
-    if isinstance(init, str):
-        if init not in INIT_MODES:
-            raise ValueError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor of row indices, got {init!r}")
-    elif isinstance(init, torch.Tensor):
-        if init.dtype not in INDEX_DTYPES or init.shape != (cu_tokens.numel() - 1, num_clusters):
-            raise ValueError(
-                f"init tensor must be int32/int64 of shape [R, K] = [{cu_tokens.numel() - 1}, {num_clusters}], "
-                f"got {init.dtype} {tuple(init.shape)}"
-            )
-    else:
-        raise TypeError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor, got {type(init).__name__}")
-    _check_generator(generator)
-    check_optional_count("max_region_tokens", max_region_tokens, meaning="a host bound on tokens per region")
-    offsets = check_offsets("cu_tokens", cu_tokens, tokens.shape[0], exact=False)  # spare rows allowed
-    sizes = [b - a for a, b in zip(offsets, offsets[1:])]
-    if max_region_tokens is not None and sizes and max(sizes) > max_region_tokens:
-        raise ValueError(f"max_region_tokens={max_region_tokens} is below the largest region ({max(sizes)} tokens)")
-    check_finite_screened("tokens", tokens[: offsets[-1]])
-    if isinstance(init, torch.Tensor):
-        n = torch.tensor(sizes, dtype=torch.int64)[:, None]
-        idx = init.detach().to("cpu", torch.int64)
-        bad = ((idx < 0) | (idx >= n)) & (n > num_clusters)
-        if bad.any():
-            r, k = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"init[{r}, {k}] = {int(idx[r, k])} is not a row of region {r} ({sizes[r]} tokens); "
-                "accepted: 0 <= index < n_r"
-            )
-
-
-def _resolve_init(init, counts: torch.Tensor, num_clusters: int, generator) -> torch.Tensor | None:
-    """``[R, K]`` int64 local row indices on ``counts``' device (None: deterministic, computed in-kernel)."""
-    if isinstance(init, torch.Tensor):
-        return init.to(device=counts.device, dtype=torch.int64).contiguous()
-    if init == "parity":
-        return kmeans_init_indices(counts.cpu(), num_clusters, "parity", generator=generator).to(counts.device)
-    return None
+# Lloyd iterations accepted (the released models run 5 or 3; upstream's early stop ends most runs in
+# fewer than 20). Bounds the run time and the Triton path's [iterations, R] flag buffer.
+MAX_ITERS = 1000
+# The Triton path launches two kernels per iteration without reading anything back; every this many
+# iterations it reads one flag vector (one host sync) and stops launching once every region has
+# converged. Runs of at most this many iterations (the models') never sync.
+CONVERGENCE_CHECK_EVERY = 8
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,6 +90,7 @@ def kmeans_ref(
     """
     if validate:
         _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol)
+    _check_iters(num_iters)
     dtype, device = tokens.dtype, tokens.device
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     K, C = num_clusters, tokens.shape[1]
@@ -297,16 +197,14 @@ _EXACT_CHUNK = 256
 
 @triton.jit
 def _region_active(changed_ptr, r, it, num_regions):
-    """1 if the region still iterates at iteration ``it`` (every earlier update moved its centroids)."""
-    active = 1
-    for s in range(0, loop_bound(it)):
-        active = active * tl.load(changed_ptr + s * num_regions + r)
-    return active
+    """1 if the region still iterates at iteration ``it``: the previous update ran and moved its
+    centroids (an update skips a stopped region, so its flag stays 0 from then on)."""
+    moved = tl.load(changed_ptr + tl.maximum(it - 1, 0) * num_regions + r)
+    return tl.where(it == 0, 1, moved)
 
 
-# The interpreter's cost is per op, not per element: large blocks (few programs, short loops) keep the
-# CPU test suite fast. On GPUs the configs below are autotuned.
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4)
+# The assign and update kernels' tile under the interpreter (see ``tile_configs``).
+_INTERPRETER_TILE = triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4)
 
 
 @triton.jit(do_not_specialize=["num_regions"])
@@ -349,18 +247,18 @@ def _kmeans_init_kernel(
         tl.store(cent_ptr + base + kk[:, None].to(tl.int64) * c + offs_c[None, :], vals, mask=ok)
 
 
-def _assign_configs():
-    if interpret_mode():
-        return [_INTERPRETER_CONFIG]
-    return [
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 16}, num_warps=4),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 16}, num_warps=4),
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32}, num_warps=8),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 32}, num_warps=8),
-    ]
-
-
-@triton.autotune(configs=autotune_configs(_assign_configs()), key=["c", "k"])
+@triton.autotune(
+    configs=tile_configs(
+        [
+            triton.Config({"BLOCK_N": 16, "BLOCK_C": 16}, num_warps=4),
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 16}, num_warps=4),
+            triton.Config({"BLOCK_N": 16, "BLOCK_C": 32}, num_warps=8),
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 32}, num_warps=8),
+        ],
+        interpreter=_INTERPRETER_TILE,
+    ),
+    key=["c", "k"],
+)
 @triton.jit(do_not_specialize=["num_regions", "it", "cur_buf"])
 def _kmeans_assign_kernel(
     # pointers
@@ -419,18 +317,18 @@ def _kmeans_assign_kernel(
         tl.store(labels_ptr + start + rows, best_k, mask=r_ok)
 
 
-def _update_configs():
-    if interpret_mode():
-        return [_INTERPRETER_CONFIG]
-    return [
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 128}, num_warps=4),
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 128}, num_warps=8),
-    ]
-
-
-@triton.autotune(configs=autotune_configs(_update_configs()), key=["c", "k"])
+@triton.autotune(
+    configs=tile_configs(
+        [
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 64}, num_warps=4),
+            triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4),
+            triton.Config({"BLOCK_N": 32, "BLOCK_C": 128}, num_warps=4),
+            triton.Config({"BLOCK_N": 64, "BLOCK_C": 128}, num_warps=8),
+        ],
+        interpreter=_INTERPRETER_TILE,
+    ),
+    key=["c", "k"],
+)
 @triton.jit(do_not_specialize=["num_regions", "it", "cur_buf"])
 def _kmeans_update_kernel(
     # pointers
@@ -551,6 +449,11 @@ def _kmeans_output_kernel(
         tl.store(counts_ptr + r, count)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------------
+
+
 def _block_k(num_clusters: int) -> int:
     # tl.dot needs every block dimension >= 16; 32 covers the released models' K in one chunk
     return min(32, max(16, triton.next_power_of_2(num_clusters)))
@@ -573,16 +476,21 @@ def kmeans_triton(
     """Triton launcher of ``kmeans`` (same signature and result). Inference only.
 
     Syncs with the host only for ``init="parity"`` (region sizes; pass an index tensor built from
-    host-known sizes instead) and when ``max_region_tokens`` is None (one ``max``). Otherwise it can
-    be captured in a CUDA graph, after one warm-up call outside the capture (autotuning).
+    host-known sizes instead), when ``max_region_tokens`` is None (one ``max``) and, for runs longer
+    than ``CONVERGENCE_CHECK_EVERY`` iterations, once per that many iterations to stop launching when
+    every region has converged. Otherwise it can be captured in a CUDA graph, after one warm-up call
+    outside the capture (autotuning).
     """
     refuse_grad("kmeans", tokens=tokens)
     if validate:
         _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol)
+    _check_iters(num_iters)
     if tokens.dtype not in KERNEL_FLOAT_DTYPES:
         raise TypeError(f"kmeans_triton: tokens dtype {tokens.dtype} not supported; accepted: {dtype_names(KERNEL_FLOAT_DTYPES)}")
+    # tokens pass a row stride; the offsets and init indices are read as dense vectors
     if tokens.stride(1) != 1:
         tokens = tokens.contiguous()
+    cu_tokens = cu_tokens.contiguous()
     device = tokens.device
     num_regions, num_channels, K = cu_tokens.numel() - 1, tokens.shape[1], num_clusters
     out = torch.empty(num_regions, K, num_channels, device=device, dtype=tokens.dtype)
@@ -608,6 +516,7 @@ def kmeans_triton(
     def update_grid(meta):
         return (num_regions, triton.cdiv(num_channels, meta["BLOCK_C"]))
 
+    iters_run = 0
     with device_guard(tokens):
         if clusters_any:
             _kmeans_init_kernel[grid_rc](
@@ -627,9 +536,13 @@ def kmeans_triton(
                     num_regions, K, num_channels, it, cur, float(atol), float(rtol), tokens.stride(0),
                     BLOCK_K=block_k,
                 )
+                iters_run = it + 1
+                # every region stopped: later launches would do nothing (one sync per check)
+                if iters_run % CONVERGENCE_CHECK_EVERY == 0 and iters_run < num_iters and not bool(changed[it].any()):
+                    break
         _kmeans_output_kernel[grid_rc](
             tokens, cu_tokens, cent, changed, out, counts,
-            num_regions, K, num_channels, num_iters if clusters_any else 0, tokens.stride(0),
+            num_regions, K, num_channels, iters_run, tokens.stride(0),
             PAD_TO_CLUSTERS=pad_to_clusters, BLOCK_K=block_k, BLOCK_C=block_c,
         )
     return out, counts
@@ -672,9 +585,11 @@ def kmeans(
         tokens: ``[N, C]`` packed tokens (fp16, bf16, fp32; fp64 runs the torch path). Rows past
             ``cu_tokens[-1]`` (padding from ``region_pool(max_tokens=...)``) are ignored.
         cu_tokens: ``[R+1]`` int32/int64 offsets, on the tokens' device.
-        num_clusters: K >= 1 (``mask_num``, 32 in the released models).
-        num_iters: Lloyd iterations, >= 0 (official: 5 full, 3 Lite). 0 returns the initial
-            centroids (the sampled tokens).
+        num_clusters: K >= 1 (``mask_num``, 32 in the released models), at most the number of
+            token rows N (checked when ``validate``).
+        num_iters: Lloyd iterations, 0 to ``MAX_ITERS`` (1000; official: 5 full, 3 Lite). 0 returns
+            the initial centroids (the sampled tokens). Runs longer than ``CONVERGENCE_CHECK_EVERY``
+            (8) iterations read a convergence flag back every 8 iterations on the Triton path.
         init: ``"deterministic"`` (default; evenly spaced rows, no host sync, CUDA-graph capturable),
             ``"parity"`` (the official ``randperm`` order from ``generator`` or the global CPU RNG; needs
             the region sizes on the host: one sync on a GPU), or a ``[R, K]`` integer tensor of row
@@ -699,6 +614,7 @@ def kmeans(
     """
     if validate:
         _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol)
+    _check_iters(num_iters)
     return dispatch(
         "kmeans", _BACKENDS, tokens, cu_tokens, num_clusters,
         num_iters=num_iters, init=init, generator=generator, pad_to_clusters=pad_to_clusters,
@@ -711,3 +627,122 @@ def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, 
     tokens = torch.zeros(40, 8, device=device, dtype=dtype)
     cu = torch.tensor([0, 40], device=device, dtype=torch.int32)
     return [(b.name, b.reasons(tokens, cu, 4)) for b in _BACKENDS]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Initial centroids
+# ----------------------------------------------------------------------------------------------------
+
+
+def kmeans_init_indices(
+    counts, num_clusters: int, mode: str = "deterministic", *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Row indices (local to each region) of the initial centroids.
+
+    Args:
+        counts: ``[R]`` tokens per region (integer tensor or list).
+        num_clusters: K >= 1.
+        mode: ``"deterministic"``: evenly spaced rows ``floor(k * n / K)``, computed on ``counts``'
+            device with no host sync; ``"parity"``: the official order, ``torch.randperm(n)[:K]`` drawn
+            from ``generator`` (default: the global CPU generator) once per region with ``n > K``, in
+            region order, so after the same ``torch.manual_seed`` the official code draws the same
+            numbers. Parity needs the counts on the host (a CUDA ``counts`` syncs once).
+        generator: a CPU ``torch.Generator`` for ``"parity"``.
+
+    Returns:
+        ``[R, K]`` int64: on ``counts``' device (deterministic) or the CPU (parity). Rows of regions
+        with ``n <= K`` are ``0..K-1`` (those regions are not clustered; the rows are unused).
+    """
+    check_positive_int("num_clusters", num_clusters)
+    if mode not in INIT_MODES:
+        raise ValueError(f"mode must be one of {INIT_MODES}, got {mode!r}")
+    counts = torch.as_tensor(counts)
+    if counts.dim() != 1 or counts.dtype.is_floating_point or counts.dtype == torch.bool:
+        raise TypeError(
+            "counts must be a 1-D integer tensor (tokens per region), "
+            f"got {counts.dtype} of shape {tuple(counts.shape)}"
+        )
+    counts = counts.long()
+    k = torch.arange(num_clusters, device=counts.device)
+    if mode == "deterministic":
+        spaced = k[None, :] * counts[:, None] // num_clusters  # (R, K)
+        return torch.where(counts[:, None] > num_clusters, spaced, k[None, :].expand_as(spaced))
+    _check_generator(generator)
+    indices = k[None, :].repeat(counts.numel(), 1).cpu()  # (R, K)
+    for r, n in enumerate(counts.tolist()):
+        if n > num_clusters:
+            indices[r] = torch.randperm(n, generator=generator)[:num_clusters]
+    return indices
+
+
+# ----------------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+        raise TypeError(
+            "generator must be None or a CPU torch.Generator (the official code samples on the CPU), "
+            f"got {generator!r}"
+        )
+
+
+def _validate_kmeans_args(tokens, cu_tokens, num_clusters, num_iters, init, generator, max_region_tokens, atol, rtol):
+    check_tensor("tokens", tokens, ndim=2)
+    if tokens.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"tokens has dtype {tokens.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
+    check_tensor("cu_tokens", cu_tokens, ndim=1, dtypes=INDEX_DTYPES, device=tokens.device)
+    check_positive_int("num_clusters", num_clusters)
+    _check_iters(num_iters)
+    if num_clusters > max(tokens.shape[0], 1):
+        raise ValueError(
+            f"num_clusters={num_clusters} exceeds the {tokens.shape[0]} token rows; accepted: "
+            "1 <= num_clusters <= the number of tokens (more clusters than tokens only pads with zeros)"
+        )
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
+    if isinstance(init, str):
+        if init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor of row indices, got {init!r}")
+    elif isinstance(init, torch.Tensor):
+        if init.dtype not in INDEX_DTYPES or init.shape != (cu_tokens.numel() - 1, num_clusters):
+            raise ValueError(
+                f"init tensor must be int32/int64 of shape [R, K] = [{cu_tokens.numel() - 1}, {num_clusters}], "
+                f"got {init.dtype} {tuple(init.shape)}"
+            )
+    else:
+        raise TypeError(f"init must be one of {INIT_MODES} or a [R, K] integer tensor, got {type(init).__name__}")
+    _check_generator(generator)
+    check_optional_count("max_region_tokens", max_region_tokens, meaning="a host bound on tokens per region")
+    offsets = check_offsets("cu_tokens", cu_tokens, tokens.shape[0], exact=False)  # spare rows allowed
+    sizes = [b - a for a, b in zip(offsets, offsets[1:])]
+    if max_region_tokens is not None and sizes and max(sizes) > max_region_tokens:
+        raise ValueError(f"max_region_tokens={max_region_tokens} is below the largest region ({max(sizes)} tokens)")
+    check_finite_screened("tokens", tokens[: offsets[-1]])
+    if isinstance(init, torch.Tensor):
+        n = torch.tensor(sizes, dtype=torch.int64)[:, None]
+        idx = init.detach().to("cpu", torch.int64)
+        bad = ((idx < 0) | (idx >= n)) & (n > num_clusters)
+        if bad.any():
+            r, k = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"init[{r}, {k}] = {int(idx[r, k])} is not a row of region {r} ({sizes[r]} tokens); "
+                "accepted: 0 <= index < n_r"
+            )
+
+
+def _check_iters(num_iters) -> None:
+    check_positive_int("num_iters", num_iters, minimum=0)
+    if num_iters > MAX_ITERS:
+        raise ValueError(f"num_iters={num_iters} is above the cap of {MAX_ITERS} iterations; accepted: 0 <= num_iters <= {MAX_ITERS}")
+
+
+def _resolve_init(init, counts: torch.Tensor, num_clusters: int, generator) -> torch.Tensor | None:
+    """``[R, K]`` int64 local row indices on ``counts``' device (None: deterministic, computed in-kernel)."""
+    if isinstance(init, torch.Tensor):
+        return init.to(device=counts.device, dtype=torch.int64).contiguous()
+    if init == "parity":
+        return kmeans_init_indices(counts.cpu(), num_clusters, "parity", generator=generator).to(counts.device)
+    return None

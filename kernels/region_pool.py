@@ -4,7 +4,7 @@ PixelRefer's region encoder turns each referred region into the feature vectors 
 covers. For region ``r`` with an ``h_r×w_r`` crop feature grid ``F_r`` (C channels), an ``mh_r×mw_r``
 mask grid ``M_r``, a box (top, left, bottom, right) and its image size (H, W):
 
-1. box position embedding (spec §5.3): at feature cell (i, j)
+1. box position embedding (the official ``generate_position_tensor``): at feature cell (i, j)
    ``p0 = (fl(j / w_r) * col_span + col_offset) / col_norm`` (varies along columns),
    ``p1 = (fl(i / h_r) * row_span + row_offset) / row_norm`` (varies along rows),
    ``E[i, j, :] = pos_weight @ (p0, p1) + pos_bias`` (``pos_linear = Linear(2, C)``, rank 2).
@@ -37,14 +37,16 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import Backend, dispatch, no_reasons
-from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad
-from ._runtime import interpret_mode, triton_reasons
+from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad, tile_configs
+from ._runtime import triton_reasons
+from ._packing import MASK_DTYPES, check_offsets_match, host_grid_sizes, pack_region_lists
 from ._triton import tl, triton
 from ._validate import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     KERNEL_FLOAT_DTYPES,
     check_finite,
+    check_finite_screened,
     check_optional_count,
     check_same_device,
     check_tensor,
@@ -54,8 +56,6 @@ from ._validate import (
 __all__ = [
     "POS_PARAMS",
     "box_pos_coefficients",
-    "check_finite_screened",
-    "host_grid_sizes",
     "pack_region_lists",
     "region_pool",
     "region_pool_from_lists",
@@ -66,212 +66,6 @@ __all__ = [
 
 # Columns of ``pos_params``: p0 = (fl(j/w) * col_span + col_offset) / col_norm, p1 likewise with rows.
 POS_PARAMS = ("col_span", "col_offset", "col_norm", "row_span", "row_offset", "row_norm")
-MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, *FLOAT_DTYPES)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Box position coefficients
-# ----------------------------------------------------------------------------------------------------
-
-
-def box_pos_coefficients(boxes, image_hw, *, swap_axes: bool = True, validate: bool = True) -> torch.Tensor:
-    """Per-region coefficients of the box position embedding (spec §5.3).
-
-    Args:
-        boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel coordinates, any real dtype (the
-            processor's ``region_boxes``); ``0 <= top <= bottom <= H-1`` and ``0 <= left <= right <= W-1``.
-        image_hw: ``[R, 2]`` (H, W) of each region's source image, both >= 2 (the formula divides by
-            ``H-1`` and ``W-1``).
-        swap_axes: ``True`` (default, parity): the official layout, where the column channel uses the
-            vertical extent ``(bottom-top, top)`` and the row channel ``(right-left, left)``; ``False``:
-            the corrected layout (columns use left/right). Both normalise columns by ``W-1`` and rows
-            by ``H-1``.
-        validate: check shapes and values (one sync when the tensors are on a GPU).
-
-    Returns:
-        ``pos_params [R, 6]`` float32 on ``boxes``' device, columns ``POS_PARAMS``: the embedding
-        input at feature cell (i, j) of an h×w grid is ``p0 = (fl(j/w)*col_span + col_offset)/col_norm``,
-        ``p1 = (fl(i/h)*row_span + row_offset)/row_norm`` in float32, exactly the official arithmetic.
-
-    Example:
-        >>> box_pos_coefficients(torch.tensor([[10, 20, 110, 220]]), torch.tensor([[480, 640]]))
-        tensor([[100.,  10., 639., 200.,  20., 479.]])
-    """
-    boxes = torch.as_tensor(boxes)
-    image_hw = torch.as_tensor(image_hw)
-    if validate:
-        check_tensor("boxes", boxes, ndim=2)
-        check_tensor("image_hw", image_hw, ndim=2)
-        if boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be [R, 4] (top, left, bottom, right), got shape {tuple(boxes.shape)}")
-        if image_hw.shape != (boxes.shape[0], 2):
-            raise ValueError(
-                f"image_hw must be [R, 2] (H, W) with R={boxes.shape[0]} rows like boxes, "
-                f"got shape {tuple(image_hw.shape)}"
-            )
-        if boxes.is_complex() or boxes.dtype == torch.bool or image_hw.is_complex() or image_hw.dtype == torch.bool:
-            raise TypeError("boxes and image_hw must be real numbers (integer or float tensors)")
-        check_finite("boxes", boxes)
-        check_finite("image_hw", image_hw)
-        _check_boxes(boxes, image_hw)
-    boxes = boxes.to(torch.float32)
-    hw = image_hw.to(device=boxes.device, dtype=torch.float32)
-    top, left, bottom, right = boxes.unbind(1)
-    height, width = hw.unbind(1)
-    if swap_axes:
-        col = (bottom - top, top)
-        row = (right - left, left)
-    else:
-        col = (right - left, left)
-        row = (bottom - top, top)
-    return torch.stack([col[0], col[1], width - 1, row[0], row[1], height - 1], dim=1)  # (R, 6)
-
-
-def _check_boxes(boxes: torch.Tensor, image_hw: torch.Tensor) -> None:
-    b = boxes.detach().to("cpu", torch.float64)
-    hw = image_hw.detach().to("cpu", torch.float64)
-    small = (hw < 2).any(dim=1)
-    if small.any():
-        i = int(small.nonzero()[0])
-        raise ValueError(
-            f"image_hw[{i}] = {hw[i].tolist()}: image height and width must be >= 2 "
-            "(the position embedding divides by H-1 and W-1)"
-        )
-    top, left, bottom, right = b.unbind(1)
-    height, width = hw.unbind(1)
-    bad = (top < 0) | (left < 0) | (bottom > height - 1) | (right > width - 1) | (top > bottom) | (left > right)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"boxes[{i}] = {b[i].tolist()} (top, left, bottom, right) is outside its image of (H, W) = "
-            f"{hw[i].tolist()} or inverted; accepted: 0 <= top <= bottom <= H-1 and 0 <= left <= right <= W-1"
-        )
-
-
-# ----------------------------------------------------------------------------------------------------
-# Argument checks and host-side metadata
-# ----------------------------------------------------------------------------------------------------
-
-
-def check_finite_screened(name: str, value: torch.Tensor) -> None:
-    """``check_finite`` behind a cheap screen: NaN and inf survive a sum, so one reduction (about a
-    sixth of ``isfinite(...).all()``'s cost) clears the usual finite case; a non-finite sum (NaN, inf,
-    or a finite overflow) runs the full check, which names the first bad element."""
-    if not value.is_floating_point() or value.numel() == 0:
-        return
-    total = value.sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)
-    if not bool(torch.isfinite(total)):
-        check_finite(name, value)
-
-
-def host_grid_sizes(name: str, value, count: int | None) -> torch.Tensor:
-    """A ``[R, 2]`` grid-size tensor on the CPU as int64 (a CUDA tensor costs one sync)."""
-    if not isinstance(value, torch.Tensor):
-        value = torch.as_tensor(value)
-    if value.dim() != 2 or value.shape[1] != 2:
-        raise ValueError(f"{name} must be [R, 2] (rows, columns) per region, got shape {tuple(value.shape)}")
-    if value.dtype not in INDEX_DTYPES + (torch.int16, torch.uint8):
-        raise TypeError(f"{name} has dtype {value.dtype}; accepted: integer grid sizes (int32, int64)")
-    if count is not None and value.shape[0] != count:
-        raise ValueError(
-            f"{name} has {value.shape[0]} rows but there are {count} regions "
-            "(rows of pos_params / cu_* offsets minus one)"
-        )
-    value = value.to("cpu", torch.int64)
-    if value.numel() and int(value.min()) < 1:
-        i = int((value < 1).any(dim=1).nonzero()[0])
-        raise ValueError(f"{name}[{i}] = {value[i].tolist()}: grid sizes must be >= 1")
-    return value
-
-
-def _check_offsets_match(name: str, offsets: torch.Tensor, sizes: torch.Tensor, total: int) -> None:
-    """``offsets`` must be the running sum of the host-known ``sizes`` and end at ``total``."""
-    check_tensor(name, offsets, ndim=1, dtypes=INDEX_DTYPES)
-    if offsets.numel() != sizes.numel() + 1:
-        raise ValueError(f"{name} must have {sizes.numel() + 1} entries (regions + 1), got {offsets.numel()}")
-    expected = F.pad(sizes.cumsum(0), (1, 0))
-    got = offsets.detach().to("cpu", torch.int64)
-    if not torch.equal(got, expected):
-        i = int((got != expected).nonzero()[0])
-        raise ValueError(
-            f"{name}[{i}] = {int(got[i])} does not match the grid sizes (expected {int(expected[i])}); "
-            f"{name} must be the running sum of rows*columns per region, starting at 0"
-        )
-    if int(expected[-1]) != total:
-        raise ValueError(f"{name} ends at {int(expected[-1])} but the packed tensor has {total} rows")
-
-
-def _validate_pool_args(
-    features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, max_tokens, out_dtype
-):
-    """Shape, dtype, device, offset and value checks shared by every backend (syncs once on a GPU);
-    returns the grid sizes as CPU int64."""
-    check_tensor("features", features, ndim=2)
-    if not features.is_floating_point():
-        raise TypeError(f"features has dtype {features.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
-    check_tensor("masks", masks, ndim=1, dtypes=MASK_DTYPES)
-    check_tensor("cu_features", cu_features, ndim=1, dtypes=INDEX_DTYPES)
-    check_tensor("cu_masks", cu_masks, ndim=1, dtypes=INDEX_DTYPES)
-    check_tensor("pos_params", pos_params, ndim=2)
-    if pos_params.shape[1] != len(POS_PARAMS):
-        raise ValueError(
-            f"pos_params must be [R, {len(POS_PARAMS)}] (from box_pos_coefficients), "
-            f"got shape {tuple(pos_params.shape)}"
-        )
-    if not pos_params.is_floating_point():
-        raise TypeError(f"pos_params has dtype {pos_params.dtype}; accepted: float32 (from box_pos_coefficients)")
-    num_channels = features.shape[1]
-    check_tensor("pos_weight", pos_weight, ndim=2, dtypes=FLOAT_DTYPES)
-    if pos_weight.shape != (num_channels, 2):
-        raise ValueError(
-            f"pos_weight must be [C, 2] = [{num_channels}, 2] (pos_linear.weight), "
-            f"got shape {tuple(pos_weight.shape)}"
-        )
-    check_tensor("pos_bias", pos_bias, ndim=1, dtypes=FLOAT_DTYPES)
-    if pos_bias.shape != (num_channels,):
-        raise ValueError(f"pos_bias must be [C] = [{num_channels}] (pos_linear.bias), got shape {tuple(pos_bias.shape)}")
-    check_same_device(
-        features=features, cu_features=cu_features, masks=masks, cu_masks=cu_masks,
-        pos_params=pos_params, pos_weight=pos_weight, pos_bias=pos_bias,
-    )
-    num_regions = pos_params.shape[0]
-    feature_hw = host_grid_sizes("feature_hw", feature_hw, num_regions)
-    mask_hw = host_grid_sizes("mask_hw", mask_hw, num_regions)
-    _check_offsets_match("cu_features", cu_features, feature_hw.prod(1), features.shape[0])
-    _check_offsets_match("cu_masks", cu_masks, mask_hw.prod(1), masks.shape[0])
-    check_optional_count("max_tokens", max_tokens, meaning="a host bound on the selected cells")
-    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
-        raise TypeError(f"out_dtype must be None or one of {dtype_names(FLOAT_DTYPES)}, got {out_dtype}")
-    check_finite_screened("features", features)
-    check_finite("pos_params", pos_params)
-    check_finite("pos_weight", pos_weight)
-    check_finite("pos_bias", pos_bias)
-    if masks.is_floating_point() and masks.numel() and bool(torch.isnan(masks).any()):
-        i = int(torch.isnan(masks).nonzero()[0])
-        raise ValueError(f"masks contains NaN (first at packed index {i}); accepted: finite values (> 0 means inside)")
-    if max_tokens is not None:
-        selected = int((masks > 0).sum())
-        if selected > max_tokens:
-            raise ValueError(
-                f"max_tokens={max_tokens} is smaller than the {selected} selected mask cells; "
-                "pass a bound >= the number of cells with mask > 0"
-            )
-    return feature_hw, mask_hw
-
-
-def _resolve_out_dtype(features: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
-    if out_dtype is not None:
-        return out_dtype
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
-
-
-def _selection(masks: torch.Tensor, cu_masks: torch.Tensor):
-    """Output row of every mask cell (-1 when not selected) and ``cu_tokens``; no host sync."""
-    selected = masks > 0
-    running = torch.cumsum(selected, 0, dtype=torch.int32)  # (N_m,) selected cells up to here
-    dest = torch.where(selected, running - 1, torch.full_like(running, -1))
-    cu_tokens = F.pad(running, (1, 0))[cu_masks.long()].to(torch.int32)  # (R+1,)
-    return dest, cu_tokens
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -472,10 +266,14 @@ def _region_pool_fwd_kernel(
     )
 
 
-def _pool_blocks() -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_C). The interpreter's cost is per op, not per element: larger cell blocks (fewer
-    programs) keep the CPU test suite fast."""
-    return (128, 128) if interpret_mode() else (16, 128)
+# ----------------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pool_tile() -> dict[str, int]:
+    """``{"BLOCK_M": cells, "BLOCK_C": channels}`` of one program (a fixed tile, not autotuned)."""
+    return tile_configs([{"BLOCK_M": 16, "BLOCK_C": 128}], interpreter={"BLOCK_M": 128, "BLOCK_C": 128})[0]
 
 
 def region_pool_triton(
@@ -510,10 +308,14 @@ def region_pool_triton(
     out_dtype = _resolve_out_dtype(features, out_dtype)
     device = features.device
     num_regions, num_channels = feature_hw.shape[0], features.shape[1]
+    # The kernel takes a row stride for features, out and pos_weight and reads everything else as
+    # dense vectors: make every other argument contiguous (a no-op when it already is).
     if features.stride(1) != 1:
         features = features.contiguous()
     if masks.dtype == torch.bool:
         masks = masks.view(torch.uint8)
+    cu_features = cu_features.contiguous()
+    cu_masks = cu_masks.contiguous()
     pos_weight = pos_weight.contiguous()
     pos_bias = pos_bias.contiguous()
     coef = pos_params.to(torch.float32).contiguous()
@@ -527,15 +329,14 @@ def region_pool_triton(
     cells = mask_hw.prod(1)
     if num_regions == 0 or rows == 0 or num_channels == 0 or int(cells.max()) == 0:
         return out, cu_tokens
-    grid_sizes = torch.cat([feature_hw, mask_hw], 1).to(torch.int32).to(device, non_blocking=True)  # (R, 4)
-    scale = (feature_hw.to(torch.float32) / mask_hw.to(torch.float32)).to(device, non_blocking=True)  # (R, 2)
-    block_m, block_c = _pool_blocks()
+    grid_sizes = torch.cat([feature_hw, mask_hw], 1).to(torch.int32).contiguous().to(device, non_blocking=True)  # (R, 4)
+    scale = (feature_hw.to(torch.float32) / mask_hw.to(torch.float32)).contiguous().to(device, non_blocking=True)  # (R, 2)
+    tile = _pool_tile()
+    block_m, block_c = tile["BLOCK_M"], tile["BLOCK_C"]
+    too_large = _grid_limit_reasons(mask_hw)
+    if too_large:
+        raise ValueError(f"region_pool_triton: {too_large[0]}; use the torch path (auto mode falls back to it)")
     cell_blocks = triton.cdiv(int(cells.max()), block_m)
-    if cell_blocks > MAX_GRID_YZ:
-        raise ValueError(
-            f"region_pool_triton: a mask grid of {int(cells.max())} cells exceeds the kernel's "
-            f"{MAX_GRID_YZ * block_m}-cell limit"
-        )
     grid = (num_regions, cell_blocks, triton.cdiv(num_channels, block_c))
     with device_guard(features):
         _region_pool_fwd_kernel[grid](
@@ -554,10 +355,20 @@ def region_pool_triton(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _grid_limit_reasons(mask_hw) -> list[str]:
+    """The kernel puts a mask grid's cell blocks on grid axis 1 (at most ``MAX_GRID_YZ`` blocks)."""
+    mask_hw = host_grid_sizes("mask_hw", mask_hw, None)
+    largest = int(mask_hw.prod(1).max()) if mask_hw.numel() else 0
+    limit = MAX_GRID_YZ * _pool_tile()["BLOCK_M"]
+    if largest > limit:
+        return [f"a mask grid of {largest} cells exceeds the kernel's {limit}-cell limit"]
+    return []
+
+
 def _triton_pool_reasons(features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, **_):
     reasons = triton_reasons(features.device, features.dtype, name="features dtype")
     reasons += grad_reasons(features=features, pos_weight=pos_weight, pos_bias=pos_bias)
-    return reasons
+    return reasons + _grid_limit_reasons(mask_hw)
 
 
 _BACKENDS = (
@@ -628,58 +439,6 @@ def region_pool(
 # ----------------------------------------------------------------------------------------------------
 
 
-def pack_region_lists(features: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]):
-    """Pack per-region lists into the varlen layout of ``region_pool``.
-
-    Args:
-        features: R tensors ``[h_r, w_r, C]`` (raster crop features), one per region.
-        masks: R tensors ``[mh_r, mw_r]`` (mask grids, any float/bool/uint8 dtype).
-
-    Returns:
-        ``(features [N_f, C], cu_features [R+1] int32, feature_hw [R, 2] int64 CPU, masks [N_m],
-        cu_masks [R+1] int32, mask_hw [R, 2] int64 CPU)``; offsets and packed tensors on the features'
-        device, the packed masks on the masks' device.
-    """
-    if isinstance(features, torch.Tensor) and features.dim() == 4:
-        features = list(features.unbind(0))
-    if isinstance(masks, torch.Tensor) and masks.dim() == 3:
-        masks = list(masks.unbind(0))
-    if not isinstance(features, Sequence) or not isinstance(masks, Sequence):
-        raise TypeError("features and masks must be lists of tensors ([h, w, C] features and [mh, mw] masks, one per region)")
-    if len(features) != len(masks):
-        raise ValueError(
-            f"got {len(features)} feature maps but {len(masks)} masks; "
-            "give exactly one mask per feature map (one per region)"
-        )
-    if not features:
-        raise ValueError("features is empty; give at least one region (use the packed API for R = 0)")
-    for i, f in enumerate(features):
-        check_tensor(f"features[{i}]", f, ndim=3)
-        if f.shape[-1] != features[0].shape[-1]:
-            raise ValueError(
-                f"features[{i}] has {f.shape[-1]} channels but features[0] has {features[0].shape[-1]}; "
-                "all regions share C"
-            )
-    for i, m in enumerate(masks):
-        check_tensor(f"masks[{i}]", m, ndim=2, dtypes=MASK_DTYPES)
-    device = features[0].device
-    for name, items in (("features", features), ("masks", masks)):
-        devices = {t.device for t in items}
-        if len(devices) > 1:
-            raise ValueError(
-                f"{name} are on different devices ({', '.join(sorted(map(str, devices)))}); "
-                f"put every region's {name} on one device"
-            )
-    feature_hw = torch.tensor([list(f.shape[:2]) for f in features], dtype=torch.int64)
-    mask_hw = torch.tensor([list(m.shape) for m in masks], dtype=torch.int64)
-    packed_features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])  # (N_f, C)
-    mask_dtype = masks[0].dtype if len({m.dtype for m in masks}) == 1 else torch.float32
-    packed_masks = torch.cat([m.reshape(-1).to(mask_dtype) for m in masks])  # (N_m,)
-    cu_features = F.pad(feature_hw.prod(1).cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
-    cu_masks = F.pad(mask_hw.prod(1).cumsum(0), (1, 0)).to(device=packed_masks.device, dtype=torch.int32)
-    return packed_features, cu_features, feature_hw, packed_masks, cu_masks, mask_hw
-
-
 def region_pool_from_lists(
     features: Sequence[torch.Tensor],
     masks: Sequence[torch.Tensor],
@@ -722,3 +481,174 @@ def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, 
     bias = torch.zeros(8, device=device, dtype=dtype)
     args = (features, cu, hw, masks, cu, hw, pos_params, weight, bias)
     return [(b.name, b.reasons(*args)) for b in _BACKENDS]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Box position coefficients
+# ----------------------------------------------------------------------------------------------------
+
+
+def box_pos_coefficients(boxes, image_hw, *, swap_axes: bool = True, validate: bool = True) -> torch.Tensor:
+    """Per-region coefficients of the box position embedding (module docstring, step 1).
+
+    Args:
+        boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel coordinates, any real dtype (the
+            processor's ``region_boxes``); ``0 <= top <= bottom <= H-1`` and ``0 <= left <= right <= W-1``.
+        image_hw: ``[R, 2]`` (H, W) of each region's source image, both >= 2 (the formula divides by
+            ``H-1`` and ``W-1``).
+        swap_axes: ``True`` (default, parity): the official layout, where the column channel uses the
+            vertical extent ``(bottom-top, top)`` and the row channel ``(right-left, left)``; ``False``:
+            the corrected layout (columns use left/right). Both normalise columns by ``W-1`` and rows
+            by ``H-1``.
+        validate: check shapes and values (one sync when the tensors are on a GPU).
+
+    Returns:
+        ``pos_params [R, 6]`` float32 on ``boxes``' device, columns ``POS_PARAMS``: the embedding
+        input at feature cell (i, j) of an h×w grid is ``p0 = (fl(j/w)*col_span + col_offset)/col_norm``,
+        ``p1 = (fl(i/h)*row_span + row_offset)/row_norm`` in float32, exactly the official arithmetic.
+
+    Example:
+        >>> box_pos_coefficients(torch.tensor([[10, 20, 110, 220]]), torch.tensor([[480, 640]]))
+        tensor([[100.,  10., 639., 200.,  20., 479.]])
+    """
+    boxes = torch.as_tensor(boxes)
+    image_hw = torch.as_tensor(image_hw)
+    if validate:
+        check_tensor("boxes", boxes, ndim=2)
+        check_tensor("image_hw", image_hw, ndim=2)
+        if boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [R, 4] (top, left, bottom, right), got shape {tuple(boxes.shape)}")
+        if image_hw.shape != (boxes.shape[0], 2):
+            raise ValueError(
+                f"image_hw must be [R, 2] (H, W) with R={boxes.shape[0]} rows like boxes, "
+                f"got shape {tuple(image_hw.shape)}"
+            )
+        if boxes.is_complex() or boxes.dtype == torch.bool or image_hw.is_complex() or image_hw.dtype == torch.bool:
+            raise TypeError("boxes and image_hw must be real numbers (integer or float tensors)")
+        check_finite("boxes", boxes)
+        check_finite("image_hw", image_hw)
+        _check_boxes(boxes, image_hw)
+    boxes = boxes.to(torch.float32)
+    hw = image_hw.to(device=boxes.device, dtype=torch.float32)
+    top, left, bottom, right = boxes.unbind(1)
+    height, width = hw.unbind(1)
+    if swap_axes:
+        col = (bottom - top, top)
+        row = (right - left, left)
+    else:
+        col = (right - left, left)
+        row = (bottom - top, top)
+    return torch.stack([col[0], col[1], width - 1, row[0], row[1], height - 1], dim=1)  # (R, 6)
+
+
+def _check_boxes(boxes: torch.Tensor, image_hw: torch.Tensor) -> None:
+    b = boxes.detach().to("cpu", torch.float64)
+    hw = image_hw.detach().to("cpu", torch.float64)
+    small = (hw < 2).any(dim=1)
+    if small.any():
+        i = int(small.nonzero()[0])
+        raise ValueError(
+            f"image_hw[{i}] = {hw[i].tolist()}: image height and width must be >= 2 "
+            "(the position embedding divides by H-1 and W-1)"
+        )
+    top, left, bottom, right = b.unbind(1)
+    height, width = hw.unbind(1)
+    bad = (top < 0) | (left < 0) | (bottom > height - 1) | (right > width - 1) | (top > bottom) | (left > right)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"boxes[{i}] = {b[i].tolist()} (top, left, bottom, right) is outside its image of (H, W) = "
+            f"{hw[i].tolist()} or inverted; accepted: 0 <= top <= bottom <= H-1 and 0 <= left <= right <= W-1"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _validate_pool_args(
+    features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, max_tokens, out_dtype
+):
+    """Shape, dtype, device, offset and value checks shared by every backend (syncs once on a GPU);
+    returns the grid sizes as CPU int64."""
+    check_tensor("features", features, ndim=2)
+    if not features.is_floating_point():
+        raise TypeError(f"features has dtype {features.dtype}; accepted: {dtype_names(FLOAT_DTYPES)}")
+    check_tensor("masks", masks, ndim=1, dtypes=MASK_DTYPES)
+    check_tensor("cu_features", cu_features, ndim=1, dtypes=INDEX_DTYPES)
+    check_tensor("cu_masks", cu_masks, ndim=1, dtypes=INDEX_DTYPES)
+    check_tensor("pos_params", pos_params, ndim=2)
+    if pos_params.shape[1] != len(POS_PARAMS):
+        raise ValueError(
+            f"pos_params must be [R, {len(POS_PARAMS)}] (from box_pos_coefficients), "
+            f"got shape {tuple(pos_params.shape)}"
+        )
+    if not pos_params.is_floating_point():
+        raise TypeError(f"pos_params has dtype {pos_params.dtype}; accepted: float32 (from box_pos_coefficients)")
+    num_channels = features.shape[1]
+    check_tensor("pos_weight", pos_weight, ndim=2, dtypes=FLOAT_DTYPES)
+    if pos_weight.shape != (num_channels, 2):
+        raise ValueError(
+            f"pos_weight must be [C, 2] = [{num_channels}, 2] (pos_linear.weight), "
+            f"got shape {tuple(pos_weight.shape)}"
+        )
+    check_tensor("pos_bias", pos_bias, ndim=1, dtypes=FLOAT_DTYPES)
+    if pos_bias.shape != (num_channels,):
+        raise ValueError(f"pos_bias must be [C] = [{num_channels}] (pos_linear.bias), got shape {tuple(pos_bias.shape)}")
+    check_same_device(
+        features=features, cu_features=cu_features, masks=masks, cu_masks=cu_masks,
+        pos_params=pos_params, pos_weight=pos_weight, pos_bias=pos_bias,
+    )
+    num_regions = pos_params.shape[0]
+    feature_hw = host_grid_sizes("feature_hw", feature_hw, num_regions)
+    mask_hw = host_grid_sizes("mask_hw", mask_hw, num_regions)
+    check_offsets_match("cu_features", cu_features, feature_hw.prod(1), features.shape[0])
+    check_offsets_match("cu_masks", cu_masks, mask_hw.prod(1), masks.shape[0])
+    check_optional_count("max_tokens", max_tokens, meaning="a host bound on the selected cells")
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be None or one of {dtype_names(FLOAT_DTYPES)}, got {out_dtype}")
+    check_finite_screened("features", features)
+    check_finite("pos_params", pos_params)
+    _check_pos_norms(pos_params)
+    check_finite("pos_weight", pos_weight)
+    check_finite("pos_bias", pos_bias)
+    if masks.is_floating_point() and masks.numel() and bool(torch.isnan(masks).any()):
+        i = int(torch.isnan(masks).nonzero()[0])
+        raise ValueError(f"masks contains NaN (first at packed index {i}); accepted: finite values (> 0 means inside)")
+    if max_tokens is not None:
+        selected = int((masks > 0).sum())
+        if selected > max_tokens:
+            raise ValueError(
+                f"max_tokens={max_tokens} is smaller than the {selected} selected mask cells; "
+                "pass a bound >= the number of cells with mask > 0"
+            )
+    return feature_hw, mask_hw
+
+
+def _check_pos_norms(pos_params: torch.Tensor) -> None:
+    """``col_norm`` and ``row_norm`` divide the position grid: values below 1 (0 above all) would blow
+    the embedding up to inf. ``box_pos_coefficients`` gives W-1 and H-1, both >= 1."""
+    norms = pos_params[:, [2, 5]]  # (R, 2) col_norm, row_norm
+    if norms.numel() and not bool((norms >= 1).all()):
+        r, j = (norms < 1).nonzero()[0].tolist()
+        name = POS_PARAMS[2 + 3 * j]
+        raise ValueError(
+            f"pos_params[{r}] has {name} = {float(norms[r, j])}; accepted: {name} >= 1 "
+            "(box_pos_coefficients gives W-1 and H-1 of images at least 2 pixels wide and high)"
+        )
+
+
+def _resolve_out_dtype(features: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
+    if out_dtype is not None:
+        return out_dtype
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def _selection(masks: torch.Tensor, cu_masks: torch.Tensor):
+    """Output row of every mask cell (-1 when not selected) and ``cu_tokens``; no host sync."""
+    selected = masks > 0
+    running = torch.cumsum(selected, 0, dtype=torch.int32)  # (N_m,) selected cells up to here
+    dest = torch.where(selected, running - 1, torch.full_like(running, -1))
+    cu_tokens = F.pad(running, (1, 0))[cu_masks.long()].to(torch.int32)  # (R+1,)
+    return dest, cu_tokens

@@ -8,8 +8,9 @@ where ``q_s = cu_seqlens_q[s]:cu_seqlens_q[s+1]`` and ``k_s = cu_seqlens_k[s]:cu
 segment never see another segment's keys, so packed images (vision encoder) or the object tokens of the
 regions of one image (Object-Centric Infusion) attend independently without a dense ``[seq, seq]`` mask.
 
-Upstream: the vision encoder calls ``flash_attn_varlen_func`` (its eager/SDPA classes are broken, spec
-section 4); this kernel replaces it where flash-attn is not installed and also runs fp32 and odd head dims.
+Upstream: the vision encoder calls ``flash_attn_varlen_func`` (its eager and SDPA attention classes reference
+undefined names, so flash-attn is the only path that runs); this kernel replaces it where flash-attn is not
+installed and also runs fp32 and odd head dims.
 
 What the kernel fuses: QK^T, scaling, an online (flash) softmax in fp32 and P@V in one pass per query
 block; the [seq, seq] scores never reach memory. Head dims that are not a power of two (72, 144) are split
@@ -28,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._launch import MAX_GRID_YZ, autotune_configs, device_guard, refuse_grad
+from ._launch import MAX_GRID_YZ, device_guard, refuse_grad, tile_configs
 from ._triton import TRITON_AVAILABLE, loop_bound, tl, triton
 from ._validate import KERNEL_FLOAT_DTYPES, dtype_names
 
@@ -98,10 +99,10 @@ def _next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
-def _configs():
-    # BLOCK_M is chosen by the launcher (the block table depends on it); autotune the rest. The first entry
-    # is the one the interpreter uses.
-    return autotune_configs(
+# BLOCK_M is chosen by the launcher (the block table depends on it); the rest is autotuned. The
+# interpreter runs the first entry.
+@triton.autotune(
+    configs=tile_configs(
         [
             triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),
             triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=3),
@@ -110,9 +111,10 @@ def _configs():
             triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2),
         ]
     )
-
-
-@triton.autotune(configs=_configs() if TRITON_AVAILABLE else [], key=["head_dim", "BLOCK_M", "BLOCK_D", "BLOCK_DT"])
+    if TRITON_AVAILABLE
+    else [],
+    key=["head_dim", "BLOCK_M", "BLOCK_D", "BLOCK_DT"],
+)
 @triton.jit(do_not_specialize=["num_segments", "head_dim"])
 def _varlen_attention_fwd_kernel(
     # pointers
@@ -272,7 +274,9 @@ def varlen_attention_triton(
         raise ValueError(f"varlen_attention_triton: cu_seqlens_q/k must both be on q's device ({q.device}) or both on the CPU; got {cu_seqlens_q.device}, {cu_seqlens_k.device}")
     if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.dim() != 1 or cu_seqlens_q.numel() < 1:
         raise ValueError(f"varlen_attention_triton: cu_seqlens_q and cu_seqlens_k must be 1-D of equal length S+1; got {tuple(cu_seqlens_q.shape)}, {tuple(cu_seqlens_k.shape)}")
+    # q, k, v and out pass row and head strides; the offsets are read as dense vectors.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     num_segments = cu_seqlens_q.numel() - 1
     if num_rows == 0 or num_segments == 0:

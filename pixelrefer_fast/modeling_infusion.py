@@ -227,10 +227,10 @@ class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
             return None
         num_regions = len(region_masks)
         for name, maps in (("feats", feats), ("feats_raw", feats_raw), ("local_feats_raw", local_feats_raw)):
-            if len(maps) < num_regions:
-                raise ValueError(f"{name} has {len(maps)} feature maps for {num_regions} masks; give one per mask")
-        inputs = RegionInputs.from_lists(list(feats[:num_regions]), region_masks, torch.tensor(boxes), torch.tensor(image_hw))
-        local_feats, cu_local, region_local = _pack_maps(list(local_feats_raw[:num_regions]), images)
-        global_feats, cu_global, region_global = _pack_maps(list(feats_raw[:num_regions]), images)
+            if len(maps) != num_regions:
+                raise ValueError(f"{name} has {len(maps)} feature maps for {num_regions} masks; give exactly one per mask")
+        inputs = RegionInputs.from_lists(list(feats), region_masks, torch.tensor(boxes), torch.tensor(image_hw))
+        local_feats, cu_local, region_local = _pack_maps(list(local_feats_raw), images)
+        global_feats, cu_global, region_global = _pack_maps(list(feats_raw), images)
         embeddings, _ = super().forward(inputs, local_feats, cu_local, region_local, global_feats, cu_global, region_global, mask_num=mask_num)
         return embeddings

@@ -32,16 +32,10 @@ import torch.nn.functional as F
 
 # imported from the op modules: the package attributes ``region_pool`` / ``kmeans`` name the modules
 # once those are imported
-from pixelrefer_kernels._validate import check_positive_int
+from pixelrefer_kernels._packing import MASK_DTYPES, host_grid_sizes, pack_region_lists
+from pixelrefer_kernels._validate import check_finite_screened, check_positive_int
 from pixelrefer_kernels.kmeans import INIT_MODES, kmeans, kmeans_init_indices
-from pixelrefer_kernels.region_pool import (
-    MASK_DTYPES,
-    box_pos_coefficients,
-    check_finite_screened,
-    host_grid_sizes,
-    pack_region_lists,
-    region_pool,
-)
+from pixelrefer_kernels.region_pool import box_pos_coefficients, region_pool
 
 __all__ = ["PackedRegions", "RegionInputs", "PixelReferFastRegionEncoder"]
 

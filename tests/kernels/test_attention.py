@@ -85,8 +85,8 @@ def test_nan_in_strided_gaps_and_other_segments_does_not_leak(backend):
     # NaN in the keys and values of segment 1 only
     k_view[7:10, 1] = float("nan")
     v_view[8, 0] = float("nan")
-    with force(backend):
-        out = varlen_attention(q_view, k_view, v_view, cu_q, cu_k)
+    with force(backend):  # validate=False: the kernel's isolation, not the NaN check (which raises)
+        out = varlen_attention(q_view, k_view, v_view, cu_q, cu_k, validate=False)
     assert last_backend(OP) == backend
     ref = varlen_attention_ref(q, k, v, cu_q, cu_k)
     rows = torch.cat([torch.arange(0, 5), torch.arange(14, 18)])  # segments 0 and 2
@@ -196,7 +196,7 @@ BAD_INPUTS = [
     pytest.param({"k": torch.randn(10, 2, 8), "v": torch.randn(10, 2, 8)}, ValueError, "head dims must agree", id="head-dims-differ"),
     pytest.param({"v": torch.randn(10, 2, 12)}, ValueError, "same shape", id="k-v-differ"),
     pytest.param({"k": torch.randn(10, 2, 16, dtype=torch.float16)}, TypeError, "share one dtype", id="dtype-mismatch"),
-    pytest.param({"k": torch.randn(10, 2, 16, device="meta")}, ValueError, "different devices", id="device-mismatch"),
+    pytest.param({"k": torch.randn(10, 2, 16, device="meta")}, ValueError, "k is on the meta device", id="device-mismatch"),
     pytest.param({"q": torch.randn(8, 32)}, ValueError, "must be 3-D", id="q-2d"),
     pytest.param({"q": torch.randint(0, 3, (8, 2, 16))}, TypeError, "q has dtype", id="q-int"),
     pytest.param({"max_seqlen_q": 4}, ValueError, "smaller than the longest", id="max-seqlen-too-small"),

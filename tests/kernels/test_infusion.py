@@ -218,7 +218,7 @@ BAD_INPUTS = [
     pytest.param({"cu_local": torch.tensor([0.0, 58.0])}, TypeError, "cu_local has dtype", id="cu-float"),
     pytest.param({"local_feats": torch.randn(58, 100)}, ValueError, "local_feats has 100 channels", id="channels-differ"),
     pytest.param({"global_feats": torch.randn(62, 144, dtype=torch.float16)}, TypeError, "share queries' dtype", id="dtype-mismatch"),
-    pytest.param({"global_feats": torch.randn(62, 144, device="meta")}, ValueError, "different devices", id="device-mismatch"),
+    pytest.param({"global_feats": torch.randn(62, 144, device="meta")}, ValueError, "global_feats is on the meta device", id="device-mismatch"),
     pytest.param({"local_weights": _with("in_proj_weight", torch.randn(144, 144))}, ValueError, r"in_proj_weight must have shape \(432, 144\)", id="weight-shape"),
     pytest.param({"local_weights": _with("ln_bias", torch.randn(144, dtype=torch.float64))}, TypeError, "share queries' dtype", id="weight-dtype"),
     pytest.param({"global_weights": lambda args: tuple(args["global_weights"])}, TypeError, "must be an InfusionWeights", id="weights-plain-tuple"),

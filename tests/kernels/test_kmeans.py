@@ -229,7 +229,7 @@ def test_non_finite_and_integer_tokens(valid):
 
 def test_tensors_on_different_devices(valid):
     tokens, cu = valid
-    with pytest.raises(ValueError, match="is on meta"):
+    with pytest.raises(ValueError, match="cu_tokens is on the meta device"):
         kmeans(tokens, cu.to("meta"), 8)
 
 

@@ -121,6 +121,11 @@ def test_masks_none_and_bad_calls():
         fast(feats, masks, feats_raw, local, None, boxes[:2], K)
     with pytest.raises(ValueError, match="feats_raw has 2 feature maps for 5 masks"):
         fast(feats, masks, feats_raw[:2], local, None, boxes, K)
+    # more maps than masks is a miscount too (it used to pool the first maps and drop the rest)
+    with pytest.raises(ValueError, match="feats has 6 feature maps for 5 masks"):
+        fast([*feats, feats[0]], masks, feats_raw, local, None, boxes, K)
+    with pytest.raises(ValueError, match="local_feats_raw has 6 feature maps for 5 masks"):
+        fast(feats, masks, feats_raw, [*local, local[0]], None, boxes, K)
     with pytest.raises(TypeError, match="expected an official Lite MaskExtractor"):
         FastLiteMaskExtractor.from_official(nn.Linear(2, 3))
     with pytest.raises(ValueError, match="num_heads=5 must divide"):
