@@ -162,7 +162,7 @@ def _nearest_centroid(x: torch.Tensor, x_sq: torch.Tensor, valid: torch.Tensor, 
     int64 (padding rows: arbitrary).
 
     The expansion ``|c|² - 2x·c`` (a batched matmul; |x|² is the same for every k) ranks the
-    centroids. Its rounding error is below ``AMBIGUITY·(|x|² + max|c|²)``; where the two best are
+    centroids. Its rounding error is below ``4·C·u·(|x|² + max|c|²)`` (``u`` the unit roundoff); where the two best are
     closer than that, the exact sums of squared differences to all K centroids decide, so the
     expansion's cancellation never decides a label (data far from the origin just takes the exact path
     more often).
@@ -174,7 +174,8 @@ def _nearest_centroid(x: torch.Tensor, x_sq: torch.Tensor, valid: torch.Tensor, 
     best = approx.topk(2, dim=-1, largest=False)  # (Rc, n, 2) ascending
     labels = best.indices[..., 0].clone()
     scale = x_sq + c_sq.amax(-1, keepdim=True)  # (Rc, n)
-    ambiguous = (best.values[..., 1] - best.values[..., 0] <= _AMBIGUITY * scale) & valid
+    margin = _rounding_margin(x.shape[-1], approx.dtype)
+    ambiguous = (best.values[..., 1] - best.values[..., 0] <= margin * scale) & valid
     region, token = ambiguous.nonzero(as_tuple=True)
     for chunk in range(0, region.numel(), _EXACT_CHUNK):
         r, i = region[chunk : chunk + _EXACT_CHUNK], token[chunk : chunk + _EXACT_CHUNK]
@@ -183,9 +184,17 @@ def _nearest_centroid(x: torch.Tensor, x_sq: torch.Tensor, valid: torch.Tensor, 
     return labels
 
 
-# worst-case rounding error of a difference of two expansions, relative to |x|² + max|c|²: about
-# 4·C·eps = 2.7e-4 for C = 1152 in float32 (blocked BLAS sums stay far below it), rounded up
-_AMBIGUITY = 3e-4
+def _rounding_margin(channels: int, dtype: torch.dtype) -> float:
+    """Worst-case rounding error of a difference of two expansions, relative to |x|² + max|c|².
+
+    Each of |c|² and 2x·c is a sum of C products, off by at most C·u times its absolute sum, and
+    both absolute sums are bounded by |x|² + |c|²; two expansions are subtracted: 4·C·u. It scales
+    with C so narrow features (C = 144: 3.4e-5 in float32) do not send most tokens to the exact path
+    that a margin fixed for C = 1152 (2.7e-4) would.
+    """
+    return 4 * max(channels, 1) * torch.finfo(dtype).eps / 2
+
+
 # ambiguous tokens per exact-distance chunk (bounds the (m, K, C) temporary)
 _EXACT_CHUNK = 256
 

@@ -246,3 +246,19 @@ def test_reference_is_exact_despite_a_large_common_offset():
         out, _ = kmeans(tokens, cu, 8, init="parity")
     for r in range(2):
         assert_close(out[r], expected[r].double(), name=f"region{r}", atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [144, 1152], ids=["C144", "C1152"])
+def test_nearest_centroid_margin_scales_with_channels_and_keeps_exact_labels(channels):
+    """The expansion's rounding margin is 4·C·u: tighter for narrow features, and still wide enough
+    that labels equal the float64 argmin on data far from the origin (where cancellation is worst)."""
+    from pixelrefer_kernels.kmeans import _nearest_centroid, _rounding_margin
+
+    assert _rounding_margin(channels, torch.float32) == pytest.approx(4 * channels * 2.0**-24)
+    assert _rounding_margin(144, torch.float32) < _rounding_margin(1152, torch.float32)
+    x = (20.0 + 0.05 * torch.randn(2, 150, channels)).float()  # (Rc, n, C), tightly packed far out
+    centroids = x[:, torch.randperm(150)[:16]].clone()  # (Rc, K, C)
+    valid = torch.ones(2, 150, dtype=torch.bool)
+    labels = _nearest_centroid(x, (x.double() ** 2).sum(-1).float(), valid, centroids)
+    exact = ((x.double()[:, :, None, :] - centroids.double()[:, None]) ** 2).sum(-1).argmin(-1)
+    assert torch.equal(labels, exact)
