@@ -34,7 +34,7 @@ _EXPORTS = {
     "PixelReferFastProcessor": "processing_pixelrefer_fast",
     "PixelReferItem": "processing_pixelrefer_fast",
     "PixelReferFastImageProcessor": "image_processing_pixelrefer_fast",
-    "load_pretrained": "checkpoint",
+    "load_pretrained": "modeling_pixelrefer_fast",
 }
 
 __all__ = ["__version__", *_EXPORTS]

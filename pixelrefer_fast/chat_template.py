@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
@@ -30,10 +32,13 @@ CHAT_TEMPLATE = (
 )
 
 
+def time_label(t: Any) -> str:
+    """A frame time as the official Jinja template prints it: ``round(1)`` on a NumPy float, then str."""
+    return str(np.round(np.float64(t), 1))
+
+
 def _prepared(conversation: Sequence[Mapping[str, Any]]) -> list[dict]:
     """The conversation with each video item's ``time_labels`` (official one-decimal rounding)."""
-    from .processing_pixelrefer_fast import _time_label
-
     if isinstance(conversation, (str, bytes)) or not isinstance(conversation, Sequence):
         raise TypeError(f"conversation must be a list of {{'role', 'content'}} messages, got {type(conversation).__name__}")
     messages = []
@@ -48,7 +53,7 @@ def _prepared(conversation: Sequence[Mapping[str, Any]]) -> list[dict]:
                 if kind not in ("image", "video", "text"):
                     raise ValueError(f"conversation[{index}] content item {item!r}: 'type' must be image, video or text")
                 if kind == "video":
-                    item = {**item, "time_labels": [_time_label(t) for t in item.get("timestamps", ())]}
+                    item = {**item, "time_labels": [time_label(t) for t in item.get("timestamps", ())]}
                 items.append(item)
             content = items
         messages.append({"role": str(message["role"]), "content": content})
@@ -65,4 +70,4 @@ def render_chat(conversation: Sequence[Mapping[str, Any]], *, template: str = CH
                                                     add_generation_prompt=add_generation_prompt)
 
 
-__all__ = ["CHAT_TEMPLATE", "render_chat"]
+__all__ = ["CHAT_TEMPLATE", "render_chat", "time_label"]

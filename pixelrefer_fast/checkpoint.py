@@ -16,7 +16,7 @@ On top of that this module adds (called from ``PixelReferFastPreTrainedModel.fro
 - the runtime token ids (``special_token_ids``): like the official ``mm_infer``, the ids of ``<image>``
   and ``<REGION>`` come from the checkpoint's tokenizer files, not from ``config.json``.
 
-Key names: our module tree is the official one (spec §9.1), so the released keys load without renaming
+Key names: our module tree is the official one (docs/spec.md §9.1), so the released keys load without renaming
 and ``save_pretrained`` writes them back unchanged. The allow-list covers Lite's unused weights: the
 projector (``model.mm_projector.*``, not built for Lite) and ``model.region_encoder.mask_embedding.*``
 (built, never used; a checkpoint without it still loads).
@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from .configuration_pixelrefer_fast import LITE_MODEL_TYPE, MODEL_TYPE, MODEL_TYPES
+from .tokens import IMAGE_TOKEN, REGION_TOKEN
 
 # Checkpoint keys a model may lack or ignore without error, per model type (regexes, `re.search`).
 ALLOWED_UNEXPECTED_KEYS: dict[str, tuple[str, ...]] = {
@@ -41,8 +42,6 @@ ALLOWED_MISSING_KEYS: dict[str, tuple[str, ...]] = {
     LITE_MODEL_TYPE: (r"^model\.region_encoder\.mask_embedding\.",),
 }
 
-IMAGE_TOKEN = "<image>"
-REGION_TOKEN = "<REGION>"
 _TOKENIZER_FILES = ("tokenizer_config.json", "added_tokens.json", "tokenizer.json")
 _MAX_LISTED = 40
 
@@ -178,37 +177,12 @@ def check_checkpoint_folder(source: str | os.PathLike) -> None:
                          "release; `pixelrefer-fast init-random DIR` writes a random one)")
 
 
-def load_pretrained(source: str | os.PathLike, **kwargs):
-    """Load a PixelRefer or PixelRefer-Lite checkpoint with the class its ``model_type`` names.
-
-    Args:
-        source: a checkpoint directory (or hub id).
-        **kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ``attn_implementation``, ...).
-
-    Returns:
-        ``PixelReferFastForCausalLM`` or ``PixelReferFastLiteForCausalLM``, in eval mode.
-
-    Raises:
-        ValueError: a folder without config.json, an unknown model type, or missing / unexpected keys
-            (listed by name).
-    """
-    from .modeling_pixelrefer_fast import PixelReferFastForCausalLM, PixelReferFastLiteForCausalLM
-
-    source = os.fspath(source)
-    check_checkpoint_folder(source)
-    model_type = read_model_type(source)
-    check_model_type(model_type, MODEL_TYPES, source)
-    cls = PixelReferFastLiteForCausalLM if model_type == LITE_MODEL_TYPE else PixelReferFastForCausalLM
-    return cls.from_pretrained(source, **kwargs)
-
-
 __all__ = [
     "ALLOWED_MISSING_KEYS",
     "ALLOWED_UNEXPECTED_KEYS",
     "check_checkpoint_folder",
     "check_loading_info",
     "check_model_type",
-    "load_pretrained",
     "read_model_type",
     "special_token_ids",
 ]

@@ -325,7 +325,7 @@ def run_describe(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
     from transformers.utils import logging as hf_logging
 
-    from .checkpoint import load_pretrained
+    from .modeling_pixelrefer_fast import load_pretrained
     from .processing_pixelrefer_fast import PixelReferFastProcessor
 
     hf_logging.disable_progress_bar()  # stdout: the answer; stderr: errors only

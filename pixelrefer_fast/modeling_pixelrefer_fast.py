@@ -1,4 +1,4 @@
-"""PixelRefer and PixelRefer-Lite as drop-in transformers models (spec §5, §6, §7).
+"""PixelRefer and PixelRefer-Lite as drop-in transformers models (docs/spec.md §5, §6, §7).
 
 Classes (the Lite twins share every piece and differ in configuration only):
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -47,6 +48,7 @@ from . import checkpoint
 from .configuration_pixelrefer_fast import (
     LITE_MODEL_TYPE,
     MODEL_TYPE,
+    MODEL_TYPES,
     PixelReferFastConfig,
     PixelReferFastLiteConfig,
 )
@@ -55,6 +57,7 @@ from .modeling_infusion import PixelReferFastLiteRegionEncoder
 from .modeling_projector import PixelReferFastProjector
 from .modeling_region import PackedRegions, PixelReferFastRegionEncoder
 from .modeling_vision import PixelReferFastVisionEncoder, VisionPacking, merge_windows, pack_layout
+from .tokens import IMAGE_TOKEN, REGION_TOKEN
 
 logger = logging.getLogger("pixelrefer_fast")
 
@@ -297,7 +300,7 @@ class PixelReferFastPreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
         checkpoint.check_loading_info(info, model_type, source)
         token_ids = checkpoint.special_token_ids(source)
-        for token, name in ((checkpoint.IMAGE_TOKEN, "image_token_index"), (checkpoint.REGION_TOKEN, "region_token_index")):
+        for token, name in ((IMAGE_TOKEN, "image_token_index"), (REGION_TOKEN, "region_token_index")):
             if token in token_ids and token_ids[token] != getattr(model.config, name):
                 logger.info("%s: %s = %d from the tokenizer (config.json: %s)", source, name, token_ids[token], getattr(model.config, name))
                 setattr(model.config, name, token_ids[token])
@@ -313,7 +316,7 @@ class PixelReferFastLitePreTrainedModel(PixelReferFastPreTrainedModel):
 
 
 def build_region_encoder(config: PixelReferFastConfig) -> nn.Module:
-    """The region encoder of the variant (task A's full encoder, task B's Lite encoder)."""
+    """The region encoder of the variant: the full model's pooling + k-means encoder, or Lite's infusion encoder."""
     options = dict(
         mm_hidden_size=config.mm_hidden_size,
         hidden_size=config.hidden_size,
@@ -681,7 +684,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
 
     def set_special_token_ids(self, tokenizer) -> None:
         """Take the ids of ``<image>`` and ``<REGION>`` from ``tokenizer`` (the official runtime rule)."""
-        for token, name in ((checkpoint.IMAGE_TOKEN, "image_token_index"), (checkpoint.REGION_TOKEN, "region_token_index")):
+        for token, name in ((IMAGE_TOKEN, "image_token_index"), (REGION_TOKEN, "region_token_index")):
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is not None and token_id != getattr(tokenizer, "unk_token_id", None):
                 setattr(self.config, name, int(token_id))
@@ -919,6 +922,28 @@ class PixelReferFastLiteForCausalLM(PixelReferFastLitePreTrainedModel, PixelRefe
     model_class = PixelReferFastLiteModel
 
 
+def load_pretrained(source: str | os.PathLike, **kwargs) -> PixelReferFastForCausalLM:
+    """Load a PixelRefer or PixelRefer-Lite checkpoint with the class its ``model_type`` names.
+
+    Args:
+        source: a checkpoint directory (or hub id).
+        **kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ``attn_implementation``, ...).
+
+    Returns:
+        ``PixelReferFastForCausalLM`` or ``PixelReferFastLiteForCausalLM``, in eval mode.
+
+    Raises:
+        ValueError: a folder without config.json, an unknown model type, or missing / unexpected keys
+            (listed by name).
+    """
+    source = os.fspath(source)
+    checkpoint.check_checkpoint_folder(source)
+    model_type = checkpoint.read_model_type(source)
+    checkpoint.check_model_type(model_type, MODEL_TYPES, source)
+    cls = PixelReferFastLiteForCausalLM if model_type == LITE_MODEL_TYPE else PixelReferFastForCausalLM
+    return cls.from_pretrained(source, **kwargs)
+
+
 __all__ = [
     "MULTIMODAL_KEYS",
     "PixelReferFastBatch",
@@ -929,4 +954,5 @@ __all__ = [
     "PixelReferFastLitePreTrainedModel",
     "PixelReferFastModel",
     "PixelReferFastPreTrainedModel",
+    "load_pretrained",
 ]

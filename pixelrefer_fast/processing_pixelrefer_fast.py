@@ -2,9 +2,11 @@
 
 One call replaces the official `mm_infer` preprocessing (image/video loading, `resize_image_mask`,
 three image-processor calls, chat template, `<image>` expansion, tokenization) for a whole batch,
-with left padding. The output keys are fixed by `notes/CONTRACT.md` section C.
+with left padding. The output keys are the model's inputs: `input_ids`, `attention_mask` and the
+multimodal fields of `PixelReferFastInputs` (`modeling_pixelrefer_fast.py`), so `model(**batch)` takes
+the batch as it is.
 
-**Prompt (spec §7.2, rendered in Python, no system prompt):**
+**Prompt (docs/spec.md §7.2, rendered in Python, no system prompt):**
 
 - full, image: `<|im_start|>user\\n<image>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n`.
   A question without `<image>` gets it prepended (as the official `mm_infer`); a question may
@@ -19,7 +21,7 @@ Text chunks around the media token are stripped, empty ones dropped, as the offi
 Each `<region>` is replaced, in mask order, before that:
 
 - full: `[` + `<REGION>` x k + `]`, k = `min(mask_num, cells)` of the region's grid mask. A mask
-  that vanishes on the patch grid (thin or ring-shaped, spec §14.6) gets `[]` and 0 tokens, which
+  that vanishes on the patch grid (thin or ring-shaped, docs/spec.md §14.6) gets `[]` and 0 tokens, which
   is the official behaviour (a warning is logged);
 - Lite image: `[` + `<REGION>` x mask_num + `]`;
 - Lite video: one `<region>` per object, `[Time t1:<REGION> x 32,Time t2:<REGION> x 32]` over the
@@ -48,8 +50,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
-from .chat_template import CHAT_TEMPLATE, render_chat
-from .checkpoint import IMAGE_TOKEN, REGION_TOKEN
+from .chat_template import CHAT_TEMPLATE, render_chat, time_label
 from .crops import (
     RegionCrop,
     full_region_crop,
@@ -60,17 +61,12 @@ from .crops import (
 )
 from .image_processing_pixelrefer_fast import PixelReferFastImageProcessor, _read_json, load_image, to_rgb_array
 from .masks import is_box, to_binary_mask
+from .tokens import IMAGE_TOKEN, REGION_PLACEHOLDER, REGION_TOKEN, SPECIAL_TOKENS, VIDEO_TOKEN
 from .video import DEFAULT_MAX_FRAMES, DEFAULT_VIDEO_FPS, frame_token_keep, load_video, load_video_frames
 
 logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
-VIDEO_TOKEN = "<video>"
-REGION_PLACEHOLDER = "<region>"
-STREAM_START_TOKEN = "<|stream_start|>"
-STREAM_END_TOKEN = "<|stream_end|>"
-# Added in this order by the official code (the first three at inference, <REGION> at training).
-SPECIAL_TOKENS = (IMAGE_TOKEN, STREAM_START_TOKEN, STREAM_END_TOKEN, REGION_TOKEN)
 LITE_FRAME_LIST_FPS = 3.0  # the official frame rate of a video given as a folder of frames
 VARIANTS = ("full", "lite")
 
@@ -140,8 +136,8 @@ class PixelReferFastProcessor:
         variant: "full" or "lite".
         mask_num: K, the config's `mask_num` (32).
         video_fps, max_frames: full-model video sampling (official eval: 1 fps, 768 frames).
-        reuse_first_local_crop: Lite parity quirk (default True, D4): later masks on an image or
-            frame reuse the first mask's local view. False gives every mask its own.
+        reuse_first_local_crop: Lite parity quirk (default True, as the weights were trained): later
+            masks on an image or frame reuse the first mask's local view. False gives every mask its own.
         token_compression: full-model video frame-token pruning (the official code always prunes).
 
     Call: `processor(items)` with a list of `PixelReferItem` or dicts with the same keys, or
@@ -645,11 +641,6 @@ class PixelReferFastProcessor:
         return f"{type(self).__name__}({json.dumps(self.to_dict())}, image_processor={self.image_processor!r})"
 
 
-def _time_label(t: Any) -> str:
-    """A frame time as the official Jinja template prints it: `round(1)` on a NumPy float, then str."""
-    return str(np.round(np.float64(t), 1))
-
-
 def render_prompt(question: str, *, variant: str, media: str | None = None,
                   timestamps: Sequence[Any] | None = None) -> str:
     """Render the official chat template for one user turn plus the generation prompt.
@@ -681,7 +672,7 @@ def render_prompt(question: str, *, variant: str, media: str | None = None,
         rendered_media = IMAGE_TOKEN + "\n"
     else:
         stamps = list(timestamps or [])
-        rendered_media = "".join(f"Time {_time_label(t)}s:" + IMAGE_TOKEN + ("," if i < len(stamps) - 1 else "\n")
+        rendered_media = "".join(f"Time {time_label(t)}s:" + IMAGE_TOKEN + ("," if i < len(stamps) - 1 else "\n")
                                  for i, t in enumerate(stamps))
     before, after = question.split(marker)
     return ("<|im_start|>user\n" + before.strip() + rendered_media + after.strip()

@@ -48,7 +48,7 @@ def load_model(model_dir: str, *, device: str | None = None, dtype: str = "auto"
     """Load a checkpoint folder's model (eval mode, on ``device``: default cuda when present) and processor."""
     import torch
 
-    from ..checkpoint import load_pretrained
+    from ..modeling_pixelrefer_fast import load_pretrained
     from ..processing_pixelrefer_fast import PixelReferFastProcessor
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import pixelrefer_fast
-from pixelrefer_fast import checkpoint
+from pixelrefer_fast import modeling_pixelrefer_fast
 from pixelrefer_fast.cli import build_parser, check_describe_inputs, main
 from tests.model.fixtures import box_mask
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
@@ -36,7 +36,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(checkpoint, "load_pretrained", refuse)
+    monkeypatch.setattr(modeling_pixelrefer_fast, "load_pretrained", refuse)
 
 
 def _describe(model, image, *regions, question="What is <region>?", extra=()):
@@ -187,7 +187,7 @@ def test_unknown_model_type_exits_2(tmp_path, files, capsys, no_model_load):
 
 def test_load_pretrained_names_a_folder_without_config(tmp_path):
     with pytest.raises(ValueError, match="no config.json in this folder"):
-        checkpoint.load_pretrained(tmp_path)
+        modeling_pixelrefer_fast.load_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("variant", ["full", "lite"])
@@ -212,7 +212,7 @@ def test_auto_model_for_image_text_to_text(files):
     _, model_dir, _, _ = files
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir))
     assert isinstance(model, pixelrefer_fast.PixelReferFastForCausalLM)
-    reference = checkpoint.load_pretrained(model_dir)
+    reference = modeling_pixelrefer_fast.load_pretrained(model_dir)
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
         assert torch.equal(a, b), name
 
