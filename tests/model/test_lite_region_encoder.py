@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pixelrefer_fast.compat import FastLiteMaskExtractor, swap_region_encoder
-from pixelrefer_fast.modeling_infusion import PixelReferFastLiteRegionEncoder, _pack_maps
+from pixelrefer_fast.compat import FastLiteMaskExtractor, _pack_maps, swap_region_encoder
+from pixelrefer_fast.modeling_infusion import PixelReferFastLiteRegionEncoder
 from pixelrefer_fast.modeling_region import RegionInputs
 from pixelrefer_kernels import force, last_backend
 from tests.helpers import assert_close
