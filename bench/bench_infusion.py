@@ -9,7 +9,7 @@ from ``bench/shapes.py``):
   map shared by all regions, a distinct 16x16 local map per region. Baseline: upstream's two
   ``nn.MultiheadAttention`` calls (global keys repeated per region, ``need_weights=True``).
 - ``lite_encoder_cpu_fp32_1img_8reg`` (gate): the whole ``FastLiteMaskExtractor`` (pooling, k-means,
-  infusion, ``feat_linear`` to D=1536) vs the official Lite ``MaskExtractor`` (tests/official).
+  infusion, ``feat_linear`` to D=1536) vs the official Lite ``MaskExtractor`` (pixelrefer_fast/reference).
 - CUDA, bf16, 8 images x 8 regions: ``infusion_cuda_bf16_vs_official`` and
   ``infusion_cuda_bf16_vs_<sdpa|flash_attn|xformers>_shared_kv`` (flash-attn / xformers ones recorded
   as not measured when the package is missing).
@@ -126,7 +126,7 @@ def test_infusion_cpu(benchmark, role):
 @pytest.mark.parametrize("role", ["baseline", "fast"])
 def test_lite_encoder_cpu(benchmark, role):
     from pixelrefer_fast.compat import FastLiteMaskExtractor
-    from tests.official.region_lite import OfficialLiteMaskExtractor
+    from pixelrefer_fast.reference.region_lite import OfficialLiteMaskExtractor
 
     torch.manual_seed(0)
     official = OfficialLiteMaskExtractor(SimpleNamespace(hidden_size=D), C, num_heads=INFUSION_HEADS).eval()

@@ -3,7 +3,7 @@
 Pairs (``extra_info["pair"]``; ``ratio`` = baseline median / fast median, both entries):
 
 - ``region_cpu_fp32_8reg_vs_official`` (gate): the fast module's torch path vs
-  ``tests/official/region_full.py`` end to end (box position embedding, pooling, k-means with the
+  ``pixelrefer_fast/reference/region_full.py`` end to end (box position embedding, pooling, k-means with the
   parity init, ``feat_linear``), same weights and inputs; 8 regions of 10x12..22x22 grids with 36-100
   masked cells, C=1152, D=1536, K=32, fp32. Before timing, the two must give the same tokens (same
   seed, relative error < 1e-4), so the comparison is like for like. Issue floor: 6x with 2 threads
@@ -27,7 +27,7 @@ from bench.harness import run_pair
 from bench.shapes import C, D, K, REGION_CPU, REGION_CUDA, RegionCase
 from pixelrefer_fast.modeling_region import PixelReferFastRegionEncoder, RegionInputs
 from pixelrefer_kernels import force
-from tests.official.region_full import OfficialMaskExtractor
+from pixelrefer_fast.reference.region_full import OfficialMaskExtractor
 
 
 def ellipse_mask(h: int, w: int, cells: int) -> torch.Tensor:

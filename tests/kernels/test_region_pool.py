@@ -16,7 +16,7 @@ from pixelrefer_kernels.region_pool import (
     region_pool_triton,
 )
 from tests.helpers import REL_TOL, assert_close
-from tests.official.region_full import mask_pooling_official, position_grid
+from pixelrefer_fast.reference.region_full import mask_pooling_official, position_grid
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

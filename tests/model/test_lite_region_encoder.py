@@ -1,5 +1,5 @@
 """PixelReferFastLiteRegionEncoder and FastLiteMaskExtractor against the official Lite algorithm
-(tests/official/region_lite.py): parity after the same seed, shared feature maps, keys, swapping."""
+(pixelrefer_fast/reference/region_lite.py): parity after the same seed, shared feature maps, keys, swapping."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pixelrefer_fast.modeling_infusion import PixelReferFastLiteRegionEncoder
 from pixelrefer_fast.modeling_region import RegionInputs
 from pixelrefer_kernels import force, last_backend
 from tests.helpers import assert_close
-from tests.official.region_lite import OfficialLiteMaskExtractor
+from pixelrefer_fast.reference.region_lite import OfficialLiteMaskExtractor
 
 C, D, K, HEADS = 96, 40, 6, 2
 

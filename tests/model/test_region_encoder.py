@@ -1,4 +1,4 @@
-"""PixelReferFastRegionEncoder and the compat twin against the official algorithm (tests/official)."""
+"""PixelReferFastRegionEncoder and the compat twin against the official algorithm (pixelrefer_fast/reference)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pixelrefer_fast.compat import FastMaskExtractor, swap_region_encoder
 from pixelrefer_fast.modeling_region import PixelReferFastRegionEncoder, RegionInputs
 from pixelrefer_kernels import force, last_backend
 from tests.helpers import assert_close
-from tests.official.region_full import OfficialMaskExtractor
+from pixelrefer_fast.reference.region_full import OfficialMaskExtractor
 
 C, D, K = 72, 48, 32
 

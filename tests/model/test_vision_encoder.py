@@ -1,4 +1,4 @@
-"""The packed NaViT vision encoder against an eager float64 port of the official one (tests/official/vision.py)."""
+"""The packed NaViT vision encoder against an eager float64 port of the official one (pixelrefer_fast/reference/vision.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 import pixelrefer_kernels
 from tests.helpers import assert_close
-from tests.official.vision import _positions, official_spatial_downsampling, official_vision_forward
+from pixelrefer_fast.reference.vision import _positions, official_spatial_downsampling, official_vision_forward
 from pixelrefer_fast.configuration_pixelrefer_fast import PixelReferFastVisionConfig
 from pixelrefer_fast.modeling_vision import PixelReferFastVisionEncoder, merge_windows, pack_layout
 
@@ -64,7 +64,7 @@ def test_float64_matches_official_port(specs):
     ref = official_vision_forward(_state(enc), pixels, grid, strides, num_heads=2)
     assert out.dtype == torch.float64
     assert_close(out, ref, name="vision float64", rel_tol=1e-12, atol=1e-10)
-    # The float32 RoPE of upstream is the only gap to an all-float64 computation (spec §14.9).
+    # The float32 RoPE of upstream is the only gap to an all-float64 computation (docs/spec.md §14.9).
     full64 = official_vision_forward(_state(enc), pixels, grid, strides, num_heads=2, official_casts=False)
     assert_close(out, full64, name="vision vs all-float64", rel_tol=1e-5)
 

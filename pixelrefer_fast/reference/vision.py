@@ -1,6 +1,6 @@
-"""Eager float64 re-implementation of the official NaViT SigLIP vision encoder (spec §4, §14.9).
+"""Eager float64 re-implementation of the official NaViT SigLIP vision encoder (docs/spec.md §4, §14.9).
 
-Written from the spec for tests only: a Python loop per image builds the RoPE positions the way the
+Written from the specification as the oracle of the tests: a Python loop per image builds the RoPE positions the way the
 official ``rot_pos_emb`` does (reshape to ``(h/s, s, w/s, s)`` and permute), attention runs image by
 image with an explicit softmax, the patch embedding is a real convolution. Like the official code, q and
 k are rotated in float32 (``official_casts=True``) even when everything else is float64; with

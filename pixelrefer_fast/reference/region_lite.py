@@ -1,5 +1,5 @@
-"""Test oracle: the OFFICIAL PixelRefer-Lite region encoder (``MaskExtractor`` of
-``pixelreferlite/model/region_encoder.py``), re-implemented from the spec (§6, §5.3, §5.4, §14).
+"""The OFFICIAL PixelRefer-Lite region encoder (``MaskExtractor`` of
+``pixelreferlite/model/region_encoder.py``), re-implemented from docs/spec.md §6, §5.3, §5.4, §14.
 
 Behaviour reproduced, quirks included:
 
@@ -15,7 +15,8 @@ Behaviour reproduced, quirks included:
 - ``feat_linear`` on all tokens of all images.
 
 Upstream runs under CUDA bf16 autocast; this oracle runs in the module's dtype (float32 for parity
-tests), which is what upstream's code computes without autocast. Test code only: slow on purpose.
+tests), which is what upstream's code computes without autocast. Slow on purpose: the oracle of the
+tests and the baseline of the benchmarks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests.official.region_full import kmeans_official_lite, position_grid
+from .region_full import kmeans_official_lite, position_grid
 
 
 def mask_pooling_official_lite(x: torch.Tensor, mask: torch.Tensor, mask_token_num: int) -> torch.Tensor:

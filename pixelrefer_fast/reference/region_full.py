@@ -1,13 +1,14 @@
-"""Test oracle: the OFFICIAL PixelRefer region-encoder algorithm, re-implemented from the spec (§5.3, §5.4).
+"""The OFFICIAL PixelRefer region-encoder algorithm, re-implemented from docs/spec.md §5.3, §5.4.
 
-Written from ``pixelrefer-spec.md`` to behave like upstream ``pixelrefer/model/region_encoder.py`` (full
+Written from the specification to behave like upstream ``pixelrefer/model/region_encoder.py`` (full
 model) and the k-means of ``pixelreferlite/model/region_encoder.py``, including their quirks: one Python
 iteration per mask, the position grid built on the CPU in float32 with the box axes swapped, features
 resampled to the mask grid when the grids differ, the selection "any channel of x·mask is non-zero",
 ``torch.randperm`` from the global CPU generator, the ``[n, K, C]`` broadcast distances, the per-cluster
 list of means and the ``torch.allclose(atol=1e-6)`` early exit that keeps the old centroids.
 
-Test code only: slow on purpose (it is the baseline the fast paths are measured against).
+Slow on purpose: it is the oracle of the tests and the baseline the benchmarks measure the fast paths
+against.
 """
 
 from __future__ import annotations
