@@ -3,7 +3,7 @@
 Three classes:
 
 - ``PixelReferFastVisionConfig``: the NaViT SigLIP vision encoder (VL3-SigLIP-NaViT shape by default),
-  the ``vision_encoder_config`` sub-config of the released checkpoints (spec §4, §9.2).
+  the ``vision_encoder_config`` sub-config of the released checkpoints (docs/spec.md §4, §9.2).
 - ``PixelReferFastConfig`` (``model_type="pixelrefer_qwen2"``): Qwen2 fields plus the multimodal fields
   of the full model and our region-encoder options.
 - ``PixelReferFastLiteConfig`` (``model_type="pixelreferlite_qwen2"``): the same fields with the Lite
@@ -43,7 +43,7 @@ def projector_depth(projector_type: str) -> int:
 
 
 class PixelReferFastVisionConfig(PreTrainedConfig):
-    r"""The NaViT SigLIP vision encoder of PixelRefer (VL3-SigLIP-NaViT architecture, spec §4).
+    r"""The NaViT SigLIP vision encoder of PixelRefer (VL3-SigLIP-NaViT architecture, docs/spec.md §4).
 
     Read from the ``vision_encoder_config`` entry of a released ``config.json``; extra keys of that entry
     (``architectures``, ``_name_or_path``, ...) are kept as attributes, its ``model_type`` is dropped.
@@ -110,7 +110,7 @@ class PixelReferFastConfig(Qwen2Config):
     ``rope_parameters``, ``max_position_embeddings``, ``tie_word_embeddings``, ``dtype`` / ``torch_dtype``,
     ``bos_token_id``, ``eos_token_id``, ``pad_token_id``, ...).
 
-    Released fields (spec §9.2):
+    Released fields (docs/spec.md §9.2):
         vision_encoder_config (`dict` or `PixelReferFastVisionConfig`, optional): the vision encoder;
             VL3-SigLIP-NaViT defaults when absent.
         mm_vision_encoder (`str`, defaults to ``"DAMO-NLP-SG/VL3-SigLIP-NaViT"``): the vision repo the
@@ -126,14 +126,15 @@ class PixelReferFastConfig(Qwen2Config):
         image_token_index (`int`, optional): id of ``<image>``; set from the tokenizer at load time.
         region_token_index (`int`, optional): id of ``<REGION>``; set from the tokenizer at load time.
 
-    Our options (defaults reproduce the released weights' training behaviour, style D4):
+    Our options (the defaults reproduce the three quirks of the official code the released weights were
+    trained with; each option gives the corrected or deterministic behaviour):
         kmeans_init (`str`, defaults to ``"parity"``): k-means initialisation of the region tokenizer:
             ``"parity"`` draws ``randperm`` from the global CPU RNG per clustered region in region order
             (official behaviour, random token order); ``"deterministic"`` uses a fixed, batched init.
         swap_box_axes (`bool`, defaults to True): box position embedding with the official swapped axes
-            (spec §5.3); False gives the corrected layout (not what the weights were trained with).
+            (docs/spec.md §5.3); False gives the corrected layout (not what the weights were trained with).
         reuse_first_local_crop (`bool`, defaults to True): Lite only, read by the processor: later masks
-            on an image reuse the first mask's 224-px local view (official quirk, spec §3.2).
+            on an image reuse the first mask's 224-px local view (official quirk, docs/spec.md §3.2).
         region_kmeans_iters (`int`, defaults to 5 full / 3 Lite): k-means iterations.
 
     Example:

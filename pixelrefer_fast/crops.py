@@ -1,4 +1,4 @@
-"""Scale-adaptive region crops of PixelRefer (full) and PixelRefer-Lite (spec §3, §14).
+"""Scale-adaptive region crops of PixelRefer (full) and PixelRefer-Lite (docs/spec.md §3, §14).
 
 For each region mask (HxW uint8 {0, 1}, see `masks.py`) on its source image or video frame
 (HxWx3 uint8 RGB) this computes the crop the vision encoder sees, the mask on the crop's patch
@@ -10,7 +10,7 @@ Full model (`full_region_crop`, official `pixelrefer/mm_utils.resize_image_mask`
   box: the last row and column are dropped);
 - scale s = ceil(sqrt(196*K / A)) for small masks (A = mask area in pixels); if s == 1 and
   A/196 > 100 then s = 1/sqrt(A/19600). These run in **float32** as the official torch
-  arithmetic does (spec §14.4: a 25x1024 band gives an 84 px high crop, 70 in float64);
+  arithmetic does (docs/spec.md §14.4: a 25x1024 band gives an 84 px high crop, 70 in float64);
 - crop resized to ceil(h*s/14)*14 x ceil(w*s/14)*14 with cv2 INTER_LINEAR; the mask resized
   straight to the patch grid with torch bilinear on **uint8** (rounded, so binary);
 - tokens = min(K, cells); thin masks can vanish (0 cells -> 0 tokens, `[]` in the prompt);
@@ -23,12 +23,12 @@ Lite (`lite_region_crop`, official `pixelreferlite/mm_utils.resize_image_mask`):
   encoder takes > 0); tokens = K always;
 - views per source image/frame: a 336x336 global view (INTER_AREA, aspect squashed) and a 224x224
   local view (INTER_AREA) of the crop at original resolution;
-- **parity quirk (D4):** the local view is cached per source image: every later mask on the same
+- **parity quirk** (the released weights were trained with it): the local view is cached per source image: every later mask on the same
   image/frame gets the FIRST mask's local view (`plan_lite_views(reuse_first_local_crop=True)`);
   `reuse_first_local_crop=False` gives each mask its own;
 - empty mask: a 14x14 zero crop, a [1, 1] zero mask, box (0, 0, 0, 0), K tokens; its local view is
   the whole frame resized to 224 (with reuse: only when it is the first mask on its image, and
-  then every later mask there shares it; spec §14.2, §14.3).
+  then every later mask there shares it; docs/spec.md §14.2, §14.3).
 
 All arithmetic is per region on the CPU with OpenCV/NumPy; no Python loops over pixels.
 """
@@ -85,7 +85,7 @@ def full_scale(area: int, patch_size: int = 14, mask_num: int = 32) -> float:
     """Crop scale factor of the full model for a mask of `area` pixels (float32 arithmetic).
 
     The official code divides torch int64 sums, which yields float32 tensors; the same operations
-    on 0-d tensors reproduce its rounding exactly (spec §14.4).
+    on 0-d tensors reproduce its rounding exactly (docs/spec.md §14.4).
     """
     area_t = torch.tensor(int(area), dtype=torch.int64)
     patch_area = patch_size * patch_size

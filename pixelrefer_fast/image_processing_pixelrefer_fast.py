@@ -1,6 +1,6 @@
 """Image processor of PixelRefer / PixelRefer-Lite (CPU only): resize, normalise, patchify.
 
-Contract (spec §2.1, §14.5, §14.8); every number matches the official `DAMOVLImageProcessor`:
+Contract (docs/spec.md §2.1, §14.5, §14.8); every number matches the official `DAMOVLImageProcessor`:
 
 - **Size.** `smart_resize` is the Qwen2-VL rule with factor `patch_size * ds` (ds = the image's
   downsampling: 1 for still images, crops and Lite views, `merge_size` = 2 for video frames). The
@@ -35,7 +35,7 @@ from PIL import Image
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
-# Official defaults (spec §2.1): min_pixels is the class default 56*56; max_pixels comes from
+# Official defaults (docs/spec.md §2.1): min_pixels is the class default 56*56; max_pixels comes from
 # config.mm_max_length * spatial_merge_size**2 * patch_size**2 (8192 in the training scripts).
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_PATCH_SIZE = 14
@@ -57,7 +57,7 @@ def smart_resize(
     when shrinking, ceil when growing) and the aspect ratio is kept as well as the rounding allows.
     A side below `factor` is first scaled up so the short side equals `factor` (Python `round`);
     in that case the aspect-ratio check is skipped (the official check sits in an `elif`), so
-    (7, 2000) gives (14, 4004) without an error (spec §14.5).
+    (7, 2000) gives (14, 4004) without an error (docs/spec.md §14.5).
 
     Args:
         height, width: source size in pixels (positive ints).
@@ -320,7 +320,7 @@ class PixelReferFastImageProcessor:
     def _normalisation_table(self) -> np.ndarray:
         """(3, 256) float32: the normalised value of every byte, per channel."""
         # transformers' rescale multiplies in float64 then casts to float32; normalize then works in
-        # float32. u8 * (2/255) - 1 would differ in the last bit for 111 of 256 values (spec §14.8).
+        # float32. u8 * (2/255) - 1 would differ in the last bit for 111 of 256 values (docs/spec.md §14.8).
         scaled = (np.arange(256, dtype=np.float64) * self.rescale_factor).astype(np.float32)
         mean = np.asarray(self.image_mean, dtype=np.float32)
         std = np.asarray(self.image_std, dtype=np.float32)

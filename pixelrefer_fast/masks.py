@@ -17,7 +17,7 @@ threshold it yourself first (e.g. `prob > 0.5`). Negative, NaN or infinite value
 Why uint8 {0, 1}: the full model's official crop step tests `mask == 1` and resizes the uint8 mask
 with torch bilinear (which rounds, so the resized mask stays binary and the prompt's region-token
 count `min(K, sum)` equals the number of cells the encoder selects). Handing that step a float or
-0/255 mask breaks the count (spec §10.10, §14.7). Every mask leaves this module as uint8 {0, 1},
+0/255 mask breaks the count (docs/spec.md §10.10, §14.7). Every mask leaves this module as uint8 {0, 1},
 so the hazard cannot occur.
 """
 

@@ -1,4 +1,4 @@
-"""The ``mlp<N>x_gelu`` projector from vision channels C to the LLM hidden size D (spec §5.1).
+"""The ``mlp<N>x_gelu`` projector from vision channels C to the LLM hidden size D (docs/spec.md §5.1).
 
 ``readout = Linear(C, D) -> GELU(erf) -> Linear(D, D) [-> GELU -> Linear(D, D) ...]`` with N Linear layers;
 the released checkpoints use ``mlp2x_gelu`` (keys ``model.mm_projector.readout.{0,2}.{weight,bias}``).

@@ -168,7 +168,7 @@ class PixelReferFastRegionEncoder(nn.Module):
             ``torch.manual_seed`` the tokens equal upstream's; ``"deterministic"``: evenly spaced rows,
             the same tokens every run, no host sync.
         swap_box_axes: ``True`` (default, parity with the released weights): the official position
-            embedding with the box axes swapped (spec §5.3); ``False``: the corrected layout.
+            embedding with the box axes swapped (docs/spec.md §5.3); ``False``: the corrected layout.
         pad_to_mask_num: ``False`` (full model): a region with n <= K cells gives n tokens (0 for an
             all-zero mask); ``True`` (Lite): every region gives K tokens, zero-padded.
         check_finite: check features and masks for NaN/inf: ``None`` (default) only when they are on

@@ -1,4 +1,4 @@
-"""The NaViT SigLIP vision encoder of PixelRefer (VL3-SigLIP-NaViT architecture, spec §4 and §14.9).
+"""The NaViT SigLIP vision encoder of PixelRefer (VL3-SigLIP-NaViT architecture, docs/spec.md §4 and §14.9).
 
 Contract: every image, video frame, region crop and Lite view of a batch goes through ONE packed call,
 ``PixelReferFastVisionEncoder(pixel_values [N, 588], grid_thw [I, 3], merge_sizes [I]) -> [N, C]``.

@@ -1,6 +1,6 @@
 """Video input for PixelRefer: frame sampling, decoding, timestamps and frame-token pruning.
 
-Full model (spec §8, official `pixelrefer/mm_utils.load_video`):
+Full model (docs/spec.md §8, official `pixelrefer/mm_utils.load_video`):
 - **Sampling.** The official code pipes the file through ffmpeg's `fps` filter with
   `round=down`. That filter maps each decoded frame's time t (relative to the file start) to the
   output slot `floor(t * fps)` and emits, for every slot from the first frame's slot up to (not
@@ -13,7 +13,7 @@ Full model (spec §8, official `pixelrefer/mm_utils.load_video`):
 - **Region frames** (`frame_ids`): decoded separately at full resolution by index in
   presentation order (the official code uses decord).
 - **Token pruning** (`frame_token_keep`): differential pruning of merged 2x2 tokens between
-  consecutive frames, on bf16-rounded pixel values (official `pixelrefer_arch.py`).
+  consecutive frames, on bf16-rounded pixel values (official `pixelrefer/model/pixelrefer_arch.py`).
 
 Lite (official `load_video_from_specific_ids`): only the annotated frames are decoded; the
 timestamp of frame f is `f / avg_fps`.
@@ -276,7 +276,7 @@ def load_video_frames(path: str | os.PathLike, frame_ids: Sequence[int]
 
 def frame_token_keep(pixel_values: torch.Tensor, num_frames: int, grid_hw: tuple[int, int], *, merge_size: int = 2,
                      threshold: float = COMPRESSION_THRESHOLD) -> torch.Tensor:
-    """The full model's differential frame-token pruning (official `pixelrefer_arch.py`).
+    """The full model's differential frame-token pruning (official `pixelrefer/model/pixelrefer_arch.py`).
 
     Each merged token is the (merge x merge) window of patches, i.e. `merge**2` consecutive
     window-major rows of `pixel_values` (3*14*14*4 = 2352 values). On bf16-rounded values:
