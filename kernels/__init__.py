@@ -5,6 +5,7 @@ path) and a dispatcher that says why it picked a backend. See ``README.md`` in t
 shape vocabulary and the op table, and ``python -m pixelrefer_kernels.info`` for what runs here.
 
 Importing never touches CUDA: Triton (when installed) is imported, backends are probed on first use.
+Importing also registers the ops with ``torch.library`` (``torch.ops.pixelrefer.<op>``, see ``library.py``).
 The public names are bound here eagerly: an op's module shares the op's name (``region_pool``,
 ``kmeans``), and binding the function after the submodule import keeps ``pixelrefer_kernels.kmeans``
 the function whichever import runs first.
@@ -12,6 +13,7 @@ the function whichever import runs first.
 
 from __future__ import annotations
 
+from . import library  # registers torch.ops.pixelrefer.* (cheap, touches no device)
 from ._dispatch import Backend, BackendUnavailableError, last_backend
 from ._runtime import clear_probe_cache, current_mode, force, has_flash_attn, has_triton, has_xformers, interpret_mode
 from .attention import varlen_attention

@@ -22,6 +22,7 @@ def test_import_without_optional_backends_and_without_cuda_init():
         assert _runtime.triton_reasons(torch.device("cuda"))[0].startswith("triton is not installed")
         assert type(AutoConfig.for_model("pixelreferlite_qwen2")).__name__ == "PixelReferFastLiteConfig"
         assert type(AutoConfig.for_model("pixelrefer_qwen2")).__name__ == "PixelReferFastConfig"
+        assert all(hasattr(torch.ops.pixelrefer, op) for op in pixelrefer_kernels.library.OPS)  # registered at import
         assert not torch.cuda.is_initialized()
         print("ok")
         """
