@@ -44,7 +44,8 @@ def _sdpa_loop(q, k, v, lengths):
     start = 0
     for n in lengths:
         rows = slice(start, start + n)
-        out[rows] = F.scaled_dot_product_attention(q[rows].transpose(0, 1), k[rows].transpose(0, 1), v[rows].transpose(0, 1)).transpose(0, 1)
+        heads_first = (t[rows].transpose(0, 1) for t in (q, k, v))  # (nh, n, hd) each
+        out[rows] = F.scaled_dot_product_attention(*heads_first).transpose(0, 1)
         start += n
     return out
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.harness import run_pair, skip_pair
-from bench.shapes import C, CROP_GRID, D, GLOBAL_GRID, INFUSION_CPU, INFUSION_CUDA, INFUSION_HEADS, K, LITE_ENCODER_CPU, LOCAL_GRID
+from bench.shapes import CROP_GRID, GLOBAL_GRID, INFUSION_CPU, INFUSION_CUDA, INFUSION_HEADS, LITE_ENCODER_CPU, LOCAL_GRID, C, D, K
 from pixelrefer_kernels import InfusionWeights, has_flash_attn, has_xformers, object_infusion
 
 

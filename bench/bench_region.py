@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.harness import run_pair
-from bench.shapes import C, D, K, REGION_CPU, REGION_CUDA, RegionCase
+from bench.shapes import REGION_CPU, REGION_CUDA, C, D, K, RegionCase
 from pixelrefer_fast.modeling_region import PixelReferFastRegionEncoder, RegionInputs
-from pixelrefer_kernels import force
 from pixelrefer_fast.reference.region_full import OfficialMaskExtractor
+from pixelrefer_kernels import force
 
 
 def ellipse_mask(h: int, w: int, cells: int) -> torch.Tensor:

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in probes if p not in PROBES]
     if unknown or args.tokens < 1 or args.repeats < 1:
         parser.error(f"unknown probes {unknown} (known: {', '.join(PROBES)})" if unknown else "--tokens and --repeats must be >= 1")
-    result = probe(args.preset, torch.device(args.device), getattr(torch, args.dtype), tokens=args.tokens, repeats=args.repeats, probes=probes)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    result = probe(args.preset, device, dtype, tokens=args.tokens, repeats=args.repeats, probes=probes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     for name, row in result["probes"].items():

@@ -13,7 +13,7 @@ the function whichever import runs first.
 
 from __future__ import annotations
 
-from . import library  # registers torch.ops.pixelrefer.* (cheap, touches no device)
+from . import library  # noqa: F401  (registers torch.ops.pixelrefer.*; cheap, touches no device)
 from ._dispatch import Backend, BackendUnavailableError, last_backend
 from ._runtime import clear_probe_cache, current_mode, force, has_flash_attn, has_triton, has_xformers, interpret_mode
 from .attention import varlen_attention

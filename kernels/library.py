@@ -82,7 +82,8 @@ def _region_pool_op(
 
 
 @_region_pool_op.register_fake
-def _(features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, *, max_tokens=None, out_dtype=None, validate=True):
+def _(features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight, pos_bias, *,
+      max_tokens=None, out_dtype=None, validate=True):
     rows = torch.library.get_ctx().new_dynamic_size() if max_tokens is None else max_tokens
     tokens = features.new_empty(rows, features.shape[1], dtype=_pool_dtype(features, out_dtype))
     cu_tokens = features.new_empty(pos_params.shape[0] + 1, dtype=torch.int32)

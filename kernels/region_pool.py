@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from ._dispatch import Backend, dispatch, no_reasons
 from ._launch import MAX_GRID_YZ, device_guard, grad_reasons, refuse_grad, tile_configs
-from ._runtime import triton_reasons
 from ._packing import MASK_DTYPES, check_offsets_match, host_grid_sizes, pack_region_lists
+from ._runtime import triton_reasons
 from ._triton import tl, triton
 from ._validate import (
     FLOAT_DTYPES,

@@ -291,7 +291,9 @@ def check_describe_inputs(args: argparse.Namespace) -> DescribeInputs:
             raise CommandError("--video with regions needs --frame-ids (the frame of each region)")
         if args.frame_ids:
             if len(args.frame_ids) not in (1, len(regions)):
-                raise CommandError(f"--frame-ids has {len(args.frame_ids)} entries for {len(regions)} regions (give one, or one per region)")
+                raise CommandError(
+                    f"--frame-ids has {len(args.frame_ids)} entries for {len(regions)} regions (give one, or one per region)"
+                )
             frame_ids = args.frame_ids * len(regions) if len(args.frame_ids) == 1 else list(args.frame_ids)
             bad = [i for i in frame_ids if not 0 <= i < frames]
             if bad:
@@ -321,9 +323,10 @@ def run_describe(args: argparse.Namespace) -> int:
     inputs = check_describe_inputs(args)
     device = _resolve_device(args.device)
 
-    import pixelrefer_kernels
     from transformers import TextStreamer
     from transformers.utils import logging as hf_logging
+
+    import pixelrefer_kernels
 
     from .modeling_pixelrefer_fast import load_pretrained
     from .processing_pixelrefer_fast import PixelReferFastProcessor
@@ -427,8 +430,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     Evaluated only when an exception reaches ``main`` (cv2 and safetensors are imported then).
     """
     import torch
-    from pixelrefer_kernels import BackendUnavailableError
     from PIL import Image
+
+    from pixelrefer_kernels import BackendUnavailableError
 
     out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     errors: list[type[BaseException]] = [ValueError, TypeError, OSError, ImportError, MemoryError, out_of_memory,

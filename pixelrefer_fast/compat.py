@@ -107,7 +107,10 @@ def _pack_maps(maps: list[torch.Tensor], images: list[int]) -> tuple[torch.Tenso
     region_map: list[int] = []
     for flat, image in zip((m.reshape(-1, m.shape[-1]) for m in maps), images):
         match = next(
-            (i for i in range(len(distinct)) if owner[i] == image and (distinct[i] is flat or (distinct[i].shape == flat.shape and torch.equal(distinct[i], flat)))),
+            (
+                i for i in range(len(distinct))
+                if owner[i] == image and (distinct[i] is flat or (distinct[i].shape == flat.shape and torch.equal(distinct[i], flat)))
+            ),
             None,
         )
         if match is None:
@@ -139,7 +142,8 @@ class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
             if not hasattr(module, name):
                 raise TypeError(f"{type(module).__name__} has no {name}; expected an official Lite MaskExtractor")
         hidden = module.feat_linear[0].out_features
-        twin = cls(SimpleNamespace(hidden_size=hidden), module.pos_linear.out_features, num_heads=module.fusion_attention_local.num_heads, **kwargs)
+        heads = module.fusion_attention_local.num_heads
+        twin = cls(SimpleNamespace(hidden_size=hidden), module.pos_linear.out_features, num_heads=heads, **kwargs)
         weight = module.pos_linear.weight
         twin.to(device=weight.device, dtype=weight.dtype)
         twin.load_state_dict(module.state_dict())
@@ -173,7 +177,9 @@ class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
         inputs = RegionInputs.from_lists(list(feats), region_masks, torch.tensor(boxes), torch.tensor(image_hw))
         local_feats, cu_local, region_local = _pack_maps(list(local_feats_raw), images)
         global_feats, cu_global, region_global = _pack_maps(list(feats_raw), images)
-        embeddings, _ = super().forward(inputs, local_feats, cu_local, region_local, global_feats, cu_global, region_global, mask_num=mask_num)
+        embeddings, _ = super().forward(
+            inputs, local_feats, cu_local, region_local, global_feats, cu_global, region_global, mask_num=mask_num
+        )
         return embeddings
 
 

@@ -61,7 +61,9 @@ class PixelReferFastLiteRegionEncoder(PixelReferFastRegionEncoder):
         num_heads: int = 8,
         check_finite: bool | None = None,
     ):
-        super().__init__(mm_hidden_size, hidden_size, mask_num, num_iters, kmeans_init, swap_box_axes, pad_to_mask_num, check_finite=check_finite)
+        super().__init__(
+            mm_hidden_size, hidden_size, mask_num, num_iters, kmeans_init, swap_box_axes, pad_to_mask_num, check_finite=check_finite
+        )
         if mm_hidden_size % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide mm_hidden_size={mm_hidden_size}")
         self.num_heads = num_heads
@@ -95,7 +97,9 @@ class PixelReferFastLiteRegionEncoder(PixelReferFastRegionEncoder):
         for offsets already checked (the model's checked batch).
         """
         if self.ln_local.eps != self.ln_global.eps:
-            raise ValueError(f"ln_local.eps={self.ln_local.eps} and ln_global.eps={self.ln_global.eps} differ; the fused infusion takes one eps")
+            raise ValueError(
+                f"ln_local.eps={self.ln_local.eps} and ln_global.eps={self.ln_global.eps} differ; the fused infusion takes one eps"
+            )
         dtype = self.ln_local.weight.dtype
         return object_infusion(
             tokens.to(dtype),

@@ -425,10 +425,12 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
                 sources.append(("global", inputs.global_pixel_values, global_grid, torch.ones(global_grid.shape[0], dtype=torch.long)))
                 sources.append(("local", inputs.local_pixel_values, local_grid, torch.ones(local_grid.shape[0], dtype=torch.long)))
                 lite_views = LiteViews(
-                    _host_offsets(local_grid), _view_index(inputs.region_local, "region_local", local_grid.shape[0], crop_grid.shape[0]),
-                    _host_offsets(global_grid), _view_index(inputs.region_global, "region_global", global_grid.shape[0], crop_grid.shape[0]),
+                    _host_offsets(local_grid),
+                    _view_index(inputs.region_local, "region_local", local_grid.shape[0], crop_grid.shape[0]),
+                    _host_offsets(global_grid),
+                    _view_index(inputs.region_global, "region_global", global_grid.shape[0], crop_grid.shape[0]),
                 )
-        for name, pixels, grid, _ in sources:
+        for name, pixels, _, _ in sources:
             if pixels is None:
                 raise ValueError(f"{name} grid_thw was given without its pixels")
         pixels = torch.cat([p.to(device, non_blocking=True) for _, p, _, _ in sources]) if sources else None
@@ -575,7 +577,9 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
 
     def run_llm(self, inputs_embeds=None, attention_mask=None, position_ids=None, input_ids=None, **kwargs):
         """The Qwen2 decoder (prefill, or one decode step): transformers' own ``Qwen2Model.forward``."""
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
 
     def _prefill_mask(self, attention_mask, batch: PixelReferFastBatch):
         """The attention mask of the prefill (the only step with multimodal inputs) without reading it

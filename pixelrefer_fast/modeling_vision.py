@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from pixelrefer_kernels import varlen_attention
 from torch import nn
 from transformers.activations import ACT2FN
+
+from pixelrefer_kernels import varlen_attention
 
 from .configuration_pixelrefer_fast import PixelReferFastVisionConfig
 

@@ -203,8 +203,8 @@ def test_bare_section_in_markdown_refers_to_itself(resolver):
         pytest.param("upstream pixelrefer/model/region_encoder.py", "kernels", [], id="official"),
         pytest.param("reads config.json", "pixelrefer_fast", [], id="checkpoint-file"),
         pytest.param("https://example.org/a/b.py", "bench", [], id="url"),
-        pytest.param("fixed by notes/CONTRACT.md", "pixelrefer_fast", ["'notes/CONTRACT.md': no such file in the repository"], id="missing"),
-        pytest.param("as pixelrefer_arch.py does", "pixelrefer_fast", ["'pixelrefer_arch.py': no such file in the repository"], id="bare-missing"),
+        pytest.param("by notes/CONTRACT.md", "pixelrefer_fast", ["'notes/CONTRACT.md': no such file in the repository"], id="missing"),
+        pytest.param("as pixelrefer_arch.py", "kernels", ["'pixelrefer_arch.py': no such file in the repository"], id="bare-missing"),
     ],
 )
 def test_file_references(resolver, text, folder, expected):

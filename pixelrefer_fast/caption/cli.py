@@ -61,8 +61,9 @@ def add_caption_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_caption(args: argparse.Namespace) -> int:
     """Read the tasks, skip those already in ``--out``, run the engine, print the summary."""
-    import pixelrefer_kernels
     from transformers.utils import logging as hf_logging
+
+    import pixelrefer_kernels
 
     from .captioner import Captioner, checkpoint_config_hash, load_model, make_run_info
     from .job import pending_tasks, plan_units

@@ -25,7 +25,6 @@ from .presets import PRESETS, ArchPreset, LLMShape, ProfileInputError, RegionSha
 from .runner import ProfileResult, ProfileStopped, run_profile
 from .sweep import SweepPoint, SweepSpec
 
-
 __all__ = [
     "FLOP_CONVENTION",
     "PRESETS",

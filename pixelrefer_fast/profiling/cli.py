@@ -100,7 +100,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     run.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
                      help="kernel path (PIXELREFER_FAST_KERNELS); on CPU the interpreter is never timed")
     run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads for torch, at most the CPUs here (default: 1 on CPU, steady even on a busy machine; torch's default on CUDA)")
+                     help="CPU threads for torch, at most the CPUs here "
+                          "(default: 1 on CPU, steady even on a busy machine; torch's default on CUDA)")
     run.add_argument("--seed", type=int, default=0, help="seed of the sample layout and the random weights (0..2**32-1)")
     run.add_argument("--yes", action="store_true",
                      help="run even when the estimate is over a few minutes or over the free memory")

@@ -443,8 +443,9 @@ def build_figure(rows: Sequence[dict], *, title: str):
         ok = [(x, stages) for x, stages in values if stages[SUMMARY_STAGE]["status"] == "ok"]
         xs = [x for x, _ in ok]
         ax_lat.plot(xs, [stages[SUMMARY_STAGE]["latency_ms"] for _, stages in ok], **style)
-        low = [sum(r["latency_p20_ms"] or 0 for n, r in stages.items() if n not in (SUMMARY_STAGE, "decode") and r["status"] == "ok") for _, stages in ok]
-        high = [sum(r["latency_p80_ms"] or 0 for n, r in stages.items() if n not in (SUMMARY_STAGE, "decode") and r["status"] == "ok") for _, stages in ok]
+        timed = [[r for n, r in stages.items() if n not in (SUMMARY_STAGE, "decode") and r["status"] == "ok"] for _, stages in ok]
+        low = [sum(r["latency_p20_ms"] or 0 for r in rows) for rows in timed]
+        high = [sum(r["latency_p80_ms"] or 0 for r in rows) for rows in timed]
         if xs:
             ax_lat.fill_between(xs, low, high, color=style["color"], alpha=0.15, linewidth=0)
         flops = [(x, stages[SUMMARY_STAGE]["flops"]) for x, stages in values if stages[SUMMARY_STAGE]["flops"] is not None]

@@ -140,7 +140,9 @@ def _kernel_mode(kernels: str, device: torch.device) -> tuple[str, list[str]]:
     if device.type != "cpu":
         return kernels, []
     if kernels == "triton":
-        raise ProfileInputError("--kernels triton needs a CUDA device: on the CPU Triton only runs in its interpreter, which is far too slow to time")
+        raise ProfileInputError(
+            "--kernels triton needs a CUDA device: on the CPU Triton only runs in its interpreter, which is far too slow to time"
+        )
     if kernels == "auto" and interpret_mode():
         return "torch", ["Kernels: TRITON_INTERPRET is set; the CPU profile runs the torch paths (interpreter timings are meaningless)."]
     return kernels, []

@@ -63,7 +63,10 @@ def stage_methods(model) -> dict[str, tuple[str, ...]]:
     return stages
 
 
-KERNEL_OPS = {"full": ("varlen_attention", "region_pool", "kmeans"), "lite": ("varlen_attention", "region_pool", "kmeans", "object_infusion")}
+KERNEL_OPS = {
+    "full": ("varlen_attention", "region_pool", "kmeans"),
+    "lite": ("varlen_attention", "region_pool", "kmeans", "object_infusion"),
+}
 _CPU = torch.device("cpu")
 
 
@@ -408,7 +411,8 @@ class _PointRun:
         crop_grid = batch["crop_grid_thw"]
         cells = (crop_grid[:, 1] * crop_grid[:, 2]).tolist()
         selected = batch["region_mask_cells"].tolist()
-        grids = [g for g in (batch.get("image_grid_thw"), crop_grid, batch.get("global_grid_thw"), batch.get("local_grid_thw")) if g is not None]
+        candidates = (batch.get("image_grid_thw"), crop_grid, batch.get("global_grid_thw"), batch.get("local_grid_thw"))
+        grids = [g for g in candidates if g is not None]
         segments = [s for g in grids for s in _segments(g)]
         object_tokens = int(batch["region_token_counts"].sum())
         costs = {
@@ -529,4 +533,7 @@ def run_point(built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmu
     return run._finish(run.outcome)
 
 
-__all__ = ["DECODINGS", "STAGE_METHODS", "BuiltModel", "PointOutcome", "StageResult", "build_model", "make_items", "model_config", "run_point", "stage_methods"]
+__all__ = [
+    "DECODINGS", "STAGE_METHODS", "BuiltModel", "PointOutcome", "StageResult", "build_model", "make_items", "model_config", "run_point",
+    "stage_methods",
+]

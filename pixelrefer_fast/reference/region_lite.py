@@ -67,7 +67,10 @@ class OfficialLiteMaskExtractor(nn.Module):
         self.num_heads = num_heads
 
     def _infuse(self, queries: torch.Tensor, keys: torch.Tensor, stage: str) -> torch.Tensor:
-        norm, attention = (self.ln_local, self.fusion_attention_local) if stage == "local" else (self.ln_global, self.fusion_attention_global)
+        if stage == "local":
+            norm, attention = self.ln_local, self.fusion_attention_local
+        else:
+            norm, attention = self.ln_global, self.fusion_attention_global
         return queries + attention(norm(queries), keys, keys)[0]
 
     def forward(self, feats, masks, feats_raw, local_feats_raw, masks_raw, box_params, mask_num):

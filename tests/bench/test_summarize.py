@@ -43,7 +43,8 @@ def test_render_summary_tables(tmp_path):
     cpu = tmp_path / "cpu"
     cpu.mkdir()
     cpu_machine = {"gpu": "none", "cpu_threads": 1, "timestamp": "2025-03-05T00:00:00+00:00", "git_sha": "def5678"}
-    (cpu / "2025-03-05_def5678_bench.json").write_text(json.dumps(_results(cpu_machine, _bench("p", "fast", 0.1), _bench("p", "baseline", 0.3))))
+    cpu_results = _results(cpu_machine, _bench("p", "fast", 0.1), _bench("p", "baseline", 0.3))
+    (cpu / "2025-03-05_def5678_bench.json").write_text(json.dumps(cpu_results))
 
     text = summarize.render_summary(tmp_path)
     assert "## CPU (1 torch thread)" in text and "## NVIDIA H100 80GB HBM3" in text

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pixelrefer_fast.reference.region_full import kmeans_official
 from pixelrefer_kernels import BackendUnavailableError, force, last_backend
 from pixelrefer_kernels.kmeans import backend_report, kmeans, kmeans_init_indices, kmeans_ref, kmeans_triton
 from tests.helpers import REL_TOL, assert_close
-from pixelrefer_fast.reference.region_full import kmeans_official
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

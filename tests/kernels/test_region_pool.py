@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pixelrefer_fast.reference.region_full import mask_pooling_official, position_grid
 from pixelrefer_kernels import BackendUnavailableError, force, last_backend
 from pixelrefer_kernels.region_pool import (
     backend_report,
@@ -16,7 +17,6 @@ from pixelrefer_kernels.region_pool import (
     region_pool_triton,
 )
 from tests.helpers import REL_TOL, assert_close
-from pixelrefer_fast.reference.region_full import mask_pooling_official, position_grid
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -15,6 +15,7 @@ The kernel ops (``pixelrefer_kernels``) are opaque here: their CPU references ar
 from __future__ import annotations
 
 import contextlib
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary

@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 import pixelrefer_fast
 import pixelrefer_kernels
-from tests.model.fixtures import box_mask
 from pixelrefer_fast import PixelReferFastConfig, PixelReferFastForCausalLM, PixelReferFastLiteForCausalLM
 from pixelrefer_fast.checkpoint import special_token_ids
 from pixelrefer_fast.modeling_pixelrefer_fast import load_pretrained
+from tests.model.fixtures import box_mask
 from tests.model.tiny_checkpoint import FORMATS, official_key_shapes, random_state_dict
 from tests.model.tiny_checkpoint import make_tiny_checkpoint as make
-from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 CLASSES = {"full": PixelReferFastForCausalLM, "lite": PixelReferFastLiteForCausalLM}
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, ring_mask, thin_band_mask
 
 from pixelrefer_fast.crops import (
     full_region_crop,
@@ -20,6 +19,7 @@ from pixelrefer_fast.crops import (
 )
 from pixelrefer_fast.image_processing_pixelrefer_fast import load_image
 from pixelrefer_fast.masks import to_binary_mask
+from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, ring_mask, thin_band_mask
 
 needs_demo = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="shared demo media not available")
 

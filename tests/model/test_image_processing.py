@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tests.model.fixtures import DEMO_DIR, demo_path
 from PIL import Image
 
 from pixelrefer_fast.image_processing_pixelrefer_fast import (
@@ -16,6 +15,7 @@ from pixelrefer_fast.image_processing_pixelrefer_fast import (
     smart_resize,
     to_rgb_array,
 )
+from tests.model.fixtures import DEMO_DIR, demo_path
 
 needs_demo = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="shared demo media not available")
 IMAGE_BUDGET = 1_605_632  # 8192 * 196: one still image, downsampling 1

@@ -12,9 +12,9 @@ import torch.nn as nn
 from pixelrefer_fast.compat import FastLiteMaskExtractor, _pack_maps, swap_region_encoder
 from pixelrefer_fast.modeling_infusion import PixelReferFastLiteRegionEncoder
 from pixelrefer_fast.modeling_region import RegionInputs
+from pixelrefer_fast.reference.region_lite import OfficialLiteMaskExtractor
 from pixelrefer_kernels import force, last_backend
 from tests.helpers import assert_close
-from pixelrefer_fast.reference.region_lite import OfficialLiteMaskExtractor
 
 C, D, K, HEADS = 96, 40, 6, 2
 
@@ -97,16 +97,14 @@ def test_packed_forward_gives_k_tokens_per_region():
     feats, masks, feats_raw, local, _, boxes, _ = lite_call()
     flat_masks = masks[0] + masks[2]
     flat_boxes = [b for image in (boxes[0], boxes[2]) for b in image]
-    inputs = RegionInputs.from_lists(feats, flat_masks, torch.tensor([b for b, _, _ in flat_boxes]), torch.tensor([[h, w] for _, h, w in flat_boxes]))
+    boxes, image_hw = torch.tensor([b for b, _, _ in flat_boxes]), torch.tensor([[h, w] for _, h, w in flat_boxes])
+    inputs = RegionInputs.from_lists(feats, flat_masks, boxes, image_hw)
     local_feats = torch.cat([m.reshape(-1, C) for m in local])
     global_feats = torch.cat([feats_raw[0].reshape(-1, C), feats_raw[3].reshape(-1, C)])
+    maps = (local_feats, torch.arange(6) * 16, torch.arange(5), global_feats, torch.tensor([0, 36, 61]), torch.tensor([0, 0, 0, 1, 1]))
     with torch.no_grad(), force("torch"):
-        embeddings, counts = encoder(
-            inputs, local_feats, torch.arange(6) * 16, torch.arange(5), global_feats, torch.tensor([0, 36, 61]), torch.tensor([0, 0, 0, 1, 1])
-        )
-        again, _ = encoder(
-            inputs, local_feats, torch.arange(6) * 16, torch.arange(5), global_feats, torch.tensor([0, 36, 61]), torch.tensor([0, 0, 0, 1, 1])
-        )
+        embeddings, counts = encoder(inputs, *maps)
+        again, _ = encoder(inputs, *maps)
     assert embeddings.shape == (5 * K, D) and counts.tolist() == [K] * 5
     assert torch.isfinite(embeddings).all()
     assert torch.equal(embeddings, again), "deterministic k-means init: the same tokens every call"

@@ -3,17 +3,16 @@ batch vs item-by-item, placeholder/feature count errors, the generation plumbing
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import pixelrefer_kernels
-from tests.model.fixtures import box_mask, disc_mask
 from pixelrefer_fast import PixelReferFastProcessor
 from pixelrefer_fast.modeling_pixelrefer_fast import MULTIMODAL_KEYS
+from tests.model.fixtures import box_mask, disc_mask
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
-from transformers import AutoModelForCausalLM
 
 MAX_NEW = 6
 

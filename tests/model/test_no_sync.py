@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
@@ -18,7 +19,6 @@ from pixelrefer_fast.modeling_pixelrefer_fast import PixelReferFastModel
 from tests.model.fixtures import box_mask, disc_mask
 from tests.model.no_sync import DeviceRead, forbid_device_reads
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
-from transformers import AutoModelForCausalLM
 
 
 def _image(h, w, seed):

@@ -8,11 +8,11 @@ import logging
 import numpy as np
 import pytest
 import torch
-from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, make_tiny_tokenizer, ring_mask, threshold_mask
 
 from pixelrefer_fast.crops import full_region_crop
 from pixelrefer_fast.image_processing_pixelrefer_fast import load_image
 from pixelrefer_fast.processing_pixelrefer_fast import PixelReferFastProcessor, PixelReferItem, render_prompt
+from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, make_tiny_tokenizer, ring_mask, threshold_mask
 
 needs_demo = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="shared demo media not available")
 R = "<REGION>"

@@ -9,9 +9,9 @@ import torch.nn as nn
 from pixelrefer_fast import compat
 from pixelrefer_fast.compat import FastMaskExtractor, swap_region_encoder
 from pixelrefer_fast.modeling_region import PixelReferFastRegionEncoder, RegionInputs
+from pixelrefer_fast.reference.region_full import OfficialMaskExtractor
 from pixelrefer_kernels import force, last_backend
 from tests.helpers import assert_close
-from pixelrefer_fast.reference.region_full import OfficialMaskExtractor
 
 C, D, K = 72, 48, 32
 

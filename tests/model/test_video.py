@@ -7,7 +7,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from tests.model.fixtures import DEMO_DIR, demo_path
 
 from pixelrefer_fast.image_processing_pixelrefer_fast import PixelReferFastImageProcessor
 from pixelrefer_fast.video import (
@@ -20,6 +19,7 @@ from pixelrefer_fast.video import (
     probe_video,
     uniform_subsample,
 )
+from tests.model.fixtures import DEMO_DIR, demo_path
 
 av = pytest.importorskip("av")
 needs_demo = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="shared demo media not available")

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import pixelrefer_kernels
-from tests.helpers import assert_close
-from pixelrefer_fast.reference.vision import _positions, official_spatial_downsampling, official_vision_forward
 from pixelrefer_fast.configuration_pixelrefer_fast import PixelReferFastVisionConfig
 from pixelrefer_fast.modeling_vision import PixelReferFastVisionEncoder, merge_windows, pack_layout
+from pixelrefer_fast.reference.vision import _positions, official_spatial_downsampling, official_vision_forward
+from tests.helpers import assert_close
+
 
 def tiny_vision_config(**overrides) -> PixelReferFastVisionConfig:
     fields = dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2)

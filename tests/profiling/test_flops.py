@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 
-import pixelrefer_kernels
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import pixelrefer_kernels
 from pixelrefer_fast.profiling import flops
 from pixelrefer_fast.profiling.presets import LLMShape, VisionShape
 from pixelrefer_fast.profiling.stages import cache_keyword, output_cache

@@ -105,7 +105,8 @@ def test_names_carry_the_sweep_and_never_overwrite(capsys, tiny_model, tmp_path)
 def test_sweep_name_of_the_default_is_the_preset():
     preset = get_preset("cpu-default")
     assert sweep.sweep_name("cpu-default", SweepSpec(), preset.default_variants) == "cpu-default"
-    assert sweep.sweep_name("cpu-default", SweepSpec(variants=("lite",), batches=(1, 4)), preset.default_variants) == "cpu-default_lite_B1-4"
+    name = sweep.sweep_name("cpu-default", SweepSpec(variants=("lite",), batches=(1, 4)), preset.default_variants)
+    assert name == "cpu-default_lite_B1-4"
     long = SweepSpec(regions=tuple(range(1, 40)))
     assert sweep.sweep_name("2b", long, ("full",)).startswith("2b_sweep-")
 

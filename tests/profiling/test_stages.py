@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModelForCausalLM
 
 import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
@@ -17,7 +18,6 @@ from pixelrefer_fast.profiling.measure import StageTimer
 from pixelrefer_fast.profiling.stages import stage_methods
 from tests.model.fixtures import box_mask, disc_mask
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
-from transformers import AutoModelForCausalLM
 
 ITEM = dict(image=np.random.default_rng(2).integers(0, 256, (56, 70, 3), dtype=np.uint8),
             masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)], question="Compare <region> with <region>.")
@@ -57,7 +57,7 @@ def test_stage_methods_cover_the_forward(setup):
     with torch.inference_mode(), pixelrefer_kernels.force("torch"):
         placed = model.place_inputs(raw)
         with StageTimer(torch.device("cpu"), _targets(model)) as timer:
-            for stage, methods in _targets(model).items():  # track "inside a stage" around the timed wrappers
+            for methods in _targets(model).values():  # track "inside a stage" around the timed wrappers
                 for owner, name in methods:
                     timed = getattr(owner, name)
 
