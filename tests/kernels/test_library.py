@@ -148,3 +148,21 @@ def test_kmeans_index_init():
     tokens, cu_tokens, k = kmeans_args()
     init = torch.stack([torch.arange(k), torch.arange(k) * 2, torch.arange(k)])  # rows of regions with n > K
     assert_same(op("kmeans")(tokens, cu_tokens, k, init, num_iters=3), kmeans(tokens, cu_tokens, k, num_iters=3, init=init))
+
+
+@pytest.mark.gpu
+def test_compile_fullgraph_inductor_on_cuda():
+    """On a GPU the Triton backends run inside the compiled graph (Inductor), with the eager result."""
+    torch._dynamo.reset()
+    pool = [t if i in (2, 5) else t.cuda() for i, t in enumerate(pool_args())]  # feature_hw, mask_hw stay on the host
+    infusion = [t.cuda() if isinstance(t, torch.Tensor) else [w.cuda() for w in t] for t in infusion_args()]
+
+    def encode(pool_inputs, infusion_inputs):
+        tokens, cu_tokens = op("region_pool")(*pool_inputs)
+        centroids, counts = op("kmeans")(tokens, cu_tokens, 4, num_iters=3, pad_to_clusters=True)
+        fused = op("object_infusion")(centroids, *infusion_inputs[1:], num_heads=2)
+        return tokens.sum(0), centroids, counts, fused
+
+    expected = encode(pool, infusion)
+    assert pixelrefer_kernels.last_backend("region_pool") == "triton"
+    assert_same(torch.compile(encode, fullgraph=True)(pool, infusion), expected)
