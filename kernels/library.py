@@ -1,24 +1,28 @@
-"""The ops registered with ``torch.library``, so ``torch.compile(fullgraph=True)`` traces through them.
+"""The ops registered with `torch.library`, so `torch.compile(fullgraph=True)` traces through them.
 
-Each public dispatcher is a custom op of the ``pixelrefer`` namespace, callable as
-``torch.ops.pixelrefer.<op>`` once ``pixelrefer_kernels`` is imported:
+Each public dispatcher is a custom op of the `pixelrefer` namespace, callable as
+`torch.ops.pixelrefer.<op>` once `pixelrefer_kernels` is imported:
 
-- ``region_pool(features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight,
-  pos_bias, *, max_tokens=None, out_dtype=None, validate=True) -> (tokens, cu_tokens)``;
-- ``kmeans(tokens, cu_tokens, num_clusters, init_indices=None, *, num_iters=5, init="deterministic",
+- `region_pool(features, cu_features, feature_hw, masks, cu_masks, mask_hw, pos_params, pos_weight,
+  pos_bias, *, max_tokens=None, out_dtype=None, validate=True) -> (tokens, cu_tokens)`;
+- `kmeans(tokens, cu_tokens, num_clusters, init_indices=None, *, num_iters=5, init="deterministic",
   pad_to_clusters=False, max_region_tokens=None, atol=1e-6, rtol=1e-5, validate=True)
-  -> (centroids, counts)``; an index init goes in ``init_indices`` (a schema has no str-or-tensor
-  argument), and ``"parity"`` draws from the global CPU generator, as upstream;
-- ``varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, *,
-  softmax_scale=None, validate=True) -> out``;
-- ``object_infusion(queries, local_feats, cu_local, region_local, global_feats, cu_global,
-  region_global, local_weights, global_weights, *, num_heads=8, eps=1e-5, validate=True) -> out``;
-  the weights are the six tensors of ``InfusionWeights`` as a list.
+  -> (centroids, counts)`; an index init goes in `init_indices` (a schema has no str-or-tensor
+  argument), and `"parity"` draws from the global CPU generator, as upstream;
+- `varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, *,
+  softmax_scale=None, validate=True) -> out`;
+- `object_infusion(queries, local_feats, cu_local, region_local, global_feats, cu_global,
+  region_global, local_weights, global_weights, *, num_heads=8, eps=1e-5, validate=True) -> out`;
+  the weights are the six tensors of `InfusionWeights` as a list.
 
-Arguments, results and errors are the dispatchers' (same backends, same ``last_backend``). The graph
+They are `custom_op`s around the dispatchers rather than `triton_op`s around the launchers: a
+`triton_op` body is traced, and ours read offsets and region sizes on the host, validate values and
+choose a backend at run time, none of which a trace can hold.
+
+Arguments, results and errors are the dispatchers' (same backends, same `last_backend`). The graph
 holds each op as one node; its fake implementation gives the output shapes from the input shapes
-alone. ``region_pool`` without ``max_tokens`` returns as many rows as the masks select, a number only
-the data knows: its fake declares that size dynamic (``new_dynamic_size``), so ``fullgraph=True``
+alone. `region_pool` without `max_tokens` returns as many rows as the masks select, a number only
+the data knows: its fake declares that size dynamic (`new_dynamic_size`), so `fullgraph=True`
 still holds. Outputs are fresh, contiguous tensors (never views of the inputs), as custom ops must
 return. Inference only, like the launchers: no autograd formula is registered.
 
@@ -43,7 +47,7 @@ __all__ = ["NAMESPACE", "OPS"]
 
 
 def _fresh(result: torch.Tensor, inputs: Sequence[object]) -> torch.Tensor:
-    """``result``, contiguous and sharing no storage with ``inputs`` (copied only when it would)."""
+    """`result`, contiguous and sharing no storage with `inputs` (copied only when it would)."""
     result = result.contiguous()
     storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
     return result.clone() if result.untyped_storage().data_ptr() in storages else result
