@@ -12,7 +12,8 @@ with ``min_new_tokens``). The image and masks are the package's drawn sample (``
 Pairs (``extra_info``: ``ms_per_call``, ``peak_gb`` (CUDA ``max_memory_allocated`` after the warm-up, weights included,
 1 GB = 1e9 bytes), ``regions_per_s``, the kernels and attention used; cases in ``bench/shapes.py``):
 
-- CUDA, bf16, the real 2B architectures (issue #4 targets, checked by ``bench/gate.py --machine cuda``):
+- CUDA, bf16, the real 2B architectures (targets in ``bench/thresholds.json``, checked by
+  ``bench/gate.py --machine cuda``):
   ``model_cuda_bf16_lite2b_1img_1reg_32tok_vs_eager`` (< 100 ms, < 4.5 GB),
   ``model_cuda_bf16_2b_1img_1reg_32tok_vs_eager`` (640x480 image, < 150 ms, < 6 GB),
   ``model_cuda_bf16_lite2b_16img_4reg_16tok_vs_eager_items`` (batch decode, >= 100 regions/s).
