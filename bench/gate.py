@@ -6,7 +6,7 @@ with ``extra_info = {"pair": NAME, "role": "fast" | "baseline"}``; for every pai
 ``bench/thresholds.json`` for the machine class (``cpu`` or ``cuda``), the gate computes
 ``ratio = median(baseline) / median(fast)`` and fails when it is below ``min_ratio``. An entry may
 also hold ``limits`` on values the fast benchmark recorded in its ``extra_info`` (``{"peak_gb":
-{"max": 4.5}, "regions_per_s": {"min": 100}}``): the issue's absolute targets, for the CUDA class.
+{"max": 4.5}, "regions_per_s": {"min": 100}}``): absolute targets, for the CUDA class.
 
 A pair whose benchmarks were skipped on this machine (``bench/harness.skip_pair``: flash-attn not
 installed, ...) is reported as "not measured"; any other missing pair is an error. Every floor is at

@@ -53,7 +53,7 @@ def _cuda_region_case(count: int = 64, cell_range: tuple[int, int] = (30, 150), 
 REGION_CPU = RegionCase(
     "8reg",
     grids=((10, 12), (12, 14), (14, 14), (16, 16), (14, 20), (18, 18), (20, 20), (22, 22)),
-    cells=(40, 48, 60, 72, 84, 96, 100, 36),  # spec section 3.1: 32..~100 patches per region
+    cells=(40, 48, 60, 72, 84, 96, 100, 36),  # docs/spec.md §3.1: 32..~100 patches per region
 )
 REGION_CUDA = _cuda_region_case()
 

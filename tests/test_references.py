@@ -3,7 +3,9 @@
 - A section reference names its document: `docs/spec.md §5.3`, `docs/spec.md §4 and §14.9`,
   `docs/spec.md §2.1, §14.5`. It resolves when the document exists and has that section: a heading
   numbered `5.3` (`### 5.3 ...`), or item `9` of the numbered list under the heading `## 14.`. In a
-  Markdown file a bare `§N` means a section of that file.
+  Markdown file a bare `§N` means a section of that file. An informal citation of the specification
+  (`spec section 6`, `spec 14.2`, `Spec 10.10/14.7`, `spec §5.3`) is read as `docs/spec.md` and its
+  sections must exist there too.
 - A file reference is a path with a folder (`bench/gate.py`, `pixelrefer_fast/reference/vision.py`)
   or a bare `.py` / `.md` / `.sh` name (`varlen.py`, `README.md`). It resolves when a file of the
   repository has that path: from the repository root, from the citing file's folder, or as the tail
@@ -35,6 +37,12 @@ SECTION = r"§\s?(\d+(?:\.\d+)*)"
 SECTION_RE = re.compile(SECTION)
 # `docs/spec.md §5.3`, `docs/spec.md §4 and §14.9`, `docs/spec.md §2.1, §14.5, §14.8`
 CITATION_RE = re.compile(r"(?P<doc>[\w./-]+\.md)\s*(?P<sections>" + SECTION + r"(?:(?:\s*,\s*and\s+|\s*,\s*|\s+and\s+)" + SECTION + r")*)")
+SPEC_DOCUMENT = "docs/spec.md"
+NUMBER = r"(?:§\s?)?\d+(?:\.\d+)*"
+# `spec section 6`, `spec 14.2`, `Spec 10.10/14.7`, `spec §5.3`, `spec section 1 and 4`
+INFORMAL_RE = re.compile(
+    r"\b[Ss]pec(?:ification)?\s+(?:section\s+)?(?P<sections>" + NUMBER + r"(?:(?:\s*[/,]\s*|\s+and\s+)" + NUMBER + r")*)"
+)
 PATH_RE = re.compile(r"(?<![\w./-])(?:[\w.-]*\w/)*[\w.-]*\w\.(?:py|md|sh|toml|json|jsonl|csv|png|txt|yaml|yml)\b")
 CHECKED_BARE_SUFFIXES = (".py", ".md", ".sh")
 
@@ -105,6 +113,13 @@ class Resolver:
         """Unresolvable `§` references of `text`. `own_markdown`: the Markdown file `text` comes from."""
         problems = []
         cited = set()
+        for citation in INFORMAL_RE.finditer(text):
+            cited.update(m.start() for m in SECTION_RE.finditer(text, citation.start("sections"), citation.end("sections")))
+            for number in re.findall(r"\d+(?:\.\d+)*", citation.group("sections")):
+                if SPEC_DOCUMENT in self.files and number not in self.sections(SPEC_DOCUMENT):
+                    problems.append(f"{citation.group(0)!r}: {SPEC_DOCUMENT} has no section {number}")
+                elif SPEC_DOCUMENT not in self.files:
+                    problems.append(f"{citation.group(0)!r}: no file {SPEC_DOCUMENT} in the repository")
         for citation in CITATION_RE.finditer(text):
             cited.update(m.start() for m in SECTION_RE.finditer(text, citation.start("sections"), citation.end("sections")))
             document = self.find_file(citation.group("doc"), folder)
@@ -180,7 +195,9 @@ def test_sections_of():
         pytest.param("(docs/spec.md §14.3)", ["'docs/spec.md §14.3': docs/spec.md has no section 14.3"], id="no-item"),
         pytest.param("(spec.md §3)", [], id="tail-of-path"),
         pytest.param("(notes/CONTRACT.md §3)", ["'notes/CONTRACT.md §3': no file notes/CONTRACT.md in the repository"], id="no-file"),
-        pytest.param("the spec §5.3", ["'§5.3' does not name its document (write e.g. 'docs/spec.md §5.3')"], id="bare"),
+        pytest.param("as in §3.2", ["'§3.2' does not name its document (write e.g. 'docs/spec.md §3.2')"], id="bare"),
+        pytest.param("the spec §3.2, spec section 14.1 and spec 3/15", [], id="informal"),
+        pytest.param("(Spec 14.1/14.5)", ["'Spec 14.1/14.5': docs/spec.md has no section 14.5"], id="informal-no-section"),
     ],
 )
 def test_section_references(resolver, text, expected):

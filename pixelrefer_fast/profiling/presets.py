@@ -11,12 +11,12 @@ Presets (``PRESETS``):
   in a few minutes on two CPU cores: vision 2 layers x 144 channels (2 heads of 72, the real head
   size), LLM 2 layers x 256 (2 query heads of 128, 1 KV head), a 32768-token vocabulary (the
   real 151669 would make ``lm_head`` 90% of this tiny LLM's decode step).
-- ``2b``, ``7b``: PixelRefer-2B / 7B (spec section 1 and 4): VL3-SigLIP-NaViT (27 x 1152, 16 heads,
+- ``2b``, ``7b``: PixelRefer-2B / 7B (docs/spec.md §1 and §4): VL3-SigLIP-NaViT (27 x 1152, 16 heads,
   MLP 4304) and Qwen2.5-1.5B (28 x 1536, 12/2 heads, MLP 8960, tied) or Qwen2.5-7B (28 x 3584,
   28/4 heads, MLP 18944).
 - ``lite-2b``, ``lite-7b``: the same sizes; their default variant is Lite.
 
-``preset_from_model_dir(path)`` reads a local checkpoint's ``config.json`` (spec section 9.2) into a
+``preset_from_model_dir(path)`` reads a local checkpoint's ``config.json`` (docs/spec.md §9.2) into a
 preset; nothing else in the directory is read.
 """
 

@@ -3,7 +3,7 @@
 Nothing is downloaded or shipped as a photo: ``sample_scene`` draws a deterministic scene with PIL
 (a shaded background with a fine texture, so crops are not flat, and filled shapes) and one binary
 mask per object. The objects cycle through three sizes chosen around the crop-scale thresholds of
-spec section 3 (areas in pixels of the full-resolution mask):
+docs/spec.md §3 (areas in pixels of the full-resolution mask):
 
 - ``medium``: a 90 x 110 rounded rectangle, about 9,700 px (between 32 and 100 patches): the crop
   keeps its native resolution (full model); Lite shrinks it slightly (its threshold is 50 patches);
@@ -12,7 +12,7 @@ spec section 3 (areas in pixels of the full-resolution mask):
 - ``large``: a 260 x 200 ellipse, about 40,800 px (> 19,600 px = 100 patches): the crop is shrunk.
 
 ``sample_video`` moves the same objects a few pixels per frame over a static background, so the
-video token pruner (spec section 8) finds both static and changing blocks.
+video token pruner (docs/spec.md §8) finds both static and changing blocks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scale-adaptive crops: spec worked examples, parity quirks, empty and vanishing masks."""
+"""Scale-adaptive crops: the worked examples of docs/spec.md §3.1, parity quirks, empty and vanishing masks."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def photo2() -> np.ndarray:
     return load_image(demo_path("2.jpg"))
 
 
-# ------------------------------------------------------------------------ spec 3.1 worked examples
+# ------------------------------------------------------------------------ docs/spec.md §3.1 worked examples
 def test_rectangle_100x80_on_640x480():
     image = textured(480, 640)
     crop = full_region_crop(image, box_mask(480, 640, 200, 250, 80, 100))
@@ -61,7 +61,7 @@ def test_large_object_400x300_shrinks():
 
 
 def test_float32_scale_band_25x1024():
-    """Spec 14.4: the float32 scale makes a 25 x 1024 band's crop 84 px high (70 in float64)."""
+    """docs/spec.md §14.4: the float32 scale makes a 25 x 1024 band's crop 84 px high (70 in float64)."""
     image = textured(480, 1200)
     crop = full_region_crop(image, box_mask(480, 1200, 200, 80, 25, 1024))
     assert crop.image.shape[0] == 84
@@ -139,7 +139,7 @@ def test_lite_grid_mask_and_interpolation_choice():
 
 @pytest.mark.parametrize("form", ["float", "bool", "u8-255"])
 def test_mask_dtype_cannot_change_the_token_count(form):
-    """Spec 10.10/14.7: the official count breaks for float masks; we binarise to uint8 first."""
+    """docs/spec.md §10.10, §14.7: the official count breaks for float masks; we binarise to uint8 first."""
     image = textured(480, 640, seed=6)
     base = thin_band_mask(480, 640, 200, thickness=5, left=40, length=560)
     given = {"float": base.astype(np.float32), "bool": base.astype(bool), "u8-255": base * 255}[form]
@@ -171,7 +171,7 @@ def test_lite_empty_mask_placeholder():
 
 @needs_demo
 def test_ring_mask_vanishes(photo2):
-    """Spec 14.6: a 20 px border ring around the photo keeps no grid cell in either variant."""
+    """docs/spec.md §14.6: a 20 px border ring around the photo keeps no grid cell in either variant."""
     mask = ring_mask(*photo2.shape[:2], border=20)
     full = full_region_crop(photo2, mask)
     lite = lite_region_crop(photo2, mask)
@@ -180,7 +180,7 @@ def test_ring_mask_vanishes(photo2):
 
 
 def test_thin_band_flips_with_a_distant_pixel():
-    """Spec 14.6: one far-away pixel moves the sampling grid; a 5 px band goes between 0 and many cells."""
+    """docs/spec.md §14.6: one far-away pixel moves the sampling grid; a 5 px band goes between 0 and many cells."""
     image = textured(600, 1500, seed=7)
     counts = set()
     for extra_row in range(230, 262):
@@ -219,7 +219,7 @@ def test_reuse_first_local_crop_parity_and_corrected():
 def test_empty_mask_local_view_rules():
     image = textured(200, 300, seed=9)
     empty, full = np.zeros((200, 300), np.uint8), box_mask(200, 300, 50, 50, 40, 40)
-    # Empty first: the whole frame is the local view of every mask on that image (spec 14.2).
+    # Empty first: the whole frame is the local view of every mask on that image (docs/spec.md §14.2).
     plan = plan_lite_views([0, 0], _crops(image, [empty, full]), {0: image})
     assert plan.region_local == [0, 0] and plan.local_sources[0][1] is image
     # Empty second: it reuses the first mask's crop (parity) or gets the whole frame (corrected).

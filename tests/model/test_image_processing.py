@@ -87,7 +87,7 @@ def test_normalisation_bit_exact_for_every_byte():
     assert grid == (1, 4, 4) and out.dtype == np.float32
     np.testing.assert_array_equal(out, reference_pixels(image, (56, 56), 1))
     # transformers rescales in float64 then casts; the float32 shortcut u8*(2/255)-1 differs for 111 bytes
-    # (spec 14.8), so the table must not be built that way.
+    # (docs/spec.md §14.8), so the table must not be built that way.
     table = np.unique(out)
     shortcut = values.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
     assert table.size == 256 and int((shortcut != table).sum()) == 111

@@ -1,4 +1,4 @@
-"""PixelReferFastProcessor: prompts (spec 7.1/7.2/8), output keys, batching, loading, errors."""
+"""PixelReferFastProcessor: prompts (docs/spec.md §7.1, §7.2, §8), output keys, batching, loading, errors."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def text_of(processor, batch, row=0):
     return processor.decode(ids)
 
 
-# ------------------------------------------------------------------------ chat template (spec 7.2)
+# ------------------------------------------------------------------------ chat template (docs/spec.md §7.2)
 def test_render_prompt_exact_strings():
     assert render_prompt("What is [x]?", variant="full", media="image") == f"{USER}<image>\nWhat is [x]?{END}"
     assert render_prompt("<image>\n  What is [x]? ", variant="full", media="image") == f"{USER}<image>\nWhat is [x]?{END}"
@@ -95,7 +95,7 @@ def test_lite_reuse_option_and_empty_mask():
     fixed = PixelReferFastProcessor(make_tiny_tokenizer(), variant="lite", reuse_first_local_crop=False)(item)
     assert parity["region_local"].tolist() == [0, 0, 0] and parity["local_grid_thw"].shape[0] == 1
     assert fixed["region_local"].tolist() == [0, 1, 2] and fixed["local_grid_thw"].shape[0] == 3
-    # The empty mask: 14x14 zero crop enlarged to 4x4 patches, 1x1 zero mask, box 0, 32 tokens (spec 14.3).
+    # The empty mask: 14x14 zero crop enlarged to 4x4 patches, 1x1 zero mask, box 0, 32 tokens (docs/spec.md §14.3).
     assert parity["crop_grid_thw"][1].tolist() == [1, 4, 4] and parity["region_mask_hw"][1].tolist() == [1, 1]
     assert parity["region_boxes"][1].tolist() == [0, 0, 0, 0] and parity["region_token_counts"][1] == 32
 

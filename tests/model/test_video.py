@@ -144,7 +144,7 @@ def _frames_pixels(frames):
 
 
 def reference_keep(pixel_values, n, grid_hw):
-    """Straight from the spec: bf16 pixels, mean|diff|*255 > 0.1, frame 0 whole, >= 1 token per frame."""
+    """Straight from docs/spec.md §8: bf16 pixels, mean|diff|*255 > 0.1, frame 0 whole, >= 1 token per frame."""
     gh, gw = grid_hw
     p = pixel_values.to(torch.bfloat16).reshape(n, (gh // 2) * (gw // 2), -1)
     keep = torch.ones(n, p.shape[1], dtype=torch.bool)
