@@ -6,13 +6,13 @@
   Markdown file a bare `§N` means a section of that file. An informal citation of the specification
   (`spec section 6`, `spec 14.2`, `Spec 10.10/14.7`, `spec §5.3`) is read as `docs/spec.md` and its
   sections must exist there too.
-- A file reference is a path with a folder (`bench/gate.py`, `pixelrefer_fast/reference/vision.py`)
-  or a bare `.py` / `.md` / `.sh` name (`varlen.py`, `README.md`). It resolves when a file of the
-  repository has that path: from the repository root, from the citing file's folder, or as the tail
-  of a longer path (`profiling/sample.py`). Paths into the official PixelRefer repository
+- A file reference is a path to a source or document file (`.py`, `.md`, `.sh`, `.toml`) with a
+  folder (`bench/gate.py`, `docs/spec.md`) or without (`varlen.py`, `README.md`). It resolves when a
+  file of the repository has that path: from the repository root, from the citing file's folder, or
+  as the tail of a longer path (`profiling/sample.py`). Paths into the official PixelRefer repository
   (`pixelrefer/...`, `pixelreferlite/...`, `PixelRefer/...`, described in docs/spec.md §0) are
-  references to that repository and are not looked up here. Bare data-file names (`config.json`)
-  name files of a checkpoint, not of this repository, and are not checked.
+  references to that repository and are not looked up here. Data files (`config.json`,
+  `OUT/results.json`) are mostly files of a checkpoint or outputs of a run, and are not checked.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ NUMBER = r"(?:§\s?)?\d+(?:\.\d+)*"
 INFORMAL_RE = re.compile(
     r"\b[Ss]pec(?:ification)?\s+(?:section\s+)?(?P<sections>" + NUMBER + r"(?:(?:\s*[/,]\s*|\s+and\s+)" + NUMBER + r")*)"
 )
-PATH_RE = re.compile(r"(?<![\w./-])(?:[\w.-]*\w/)*[\w.-]*\w\.(?:py|md|sh|toml|json|jsonl|csv|png|txt|yaml|yml)\b")
-CHECKED_BARE_SUFFIXES = (".py", ".md", ".sh")
+PATH_RE = re.compile(r"(?<![\w./-])(?:[\w.-]*\w/)*[\w.-]*\w\.(?:py|md|sh|toml)\b")
 
 
 def repository_files() -> list[str]:
@@ -143,8 +142,6 @@ class Resolver:
         problems = []
         for match in PATH_RE.finditer(text):
             reference = match.group(0)
-            if "/" not in reference and not reference.endswith(CHECKED_BARE_SUFFIXES):
-                continue
             if reference.split("/", 1)[0] in OFFICIAL_ROOTS and "/" in reference:
                 continue
             if self.find_file(reference, folder) is None:
@@ -219,6 +216,7 @@ def test_bare_section_in_markdown_refers_to_itself(resolver):
         pytest.param("see profiling/sample.py", "bench", [], id="tail"),
         pytest.param("upstream pixelrefer/model/region_encoder.py", "kernels", [], id="official"),
         pytest.param("reads config.json", "pixelrefer_fast", [], id="checkpoint-file"),
+        pytest.param("writes OUT/results.json", "bench", [], id="output-file"),
         pytest.param("https://example.org/a/b.py", "bench", [], id="url"),
         pytest.param("by notes/CONTRACT.md", "pixelrefer_fast", ["'notes/CONTRACT.md': no such file in the repository"], id="missing"),
         pytest.param("as pixelrefer_arch.py", "kernels", ["'pixelrefer_arch.py': no such file in the repository"], id="bare-missing"),
