@@ -117,3 +117,15 @@ def test_function_level_import_is_an_edge(tmp_path):
     edges = {name: imported_modules(name, path, known) for name, path in known.items()}
     assert edges == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}}
     assert find_cycles(edges) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
+def test_bench_never_imports_the_tests():
+    """`bench/` measures against the package (`pixelrefer_fast.reference` holds the official ports)."""
+    offending = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            offending += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert not offending, "bench/ imports tests/:\n" + "\n".join(offending)
