@@ -29,19 +29,22 @@ def package_modules() -> dict[str, Path]:
     return modules
 
 
+def import_source(name: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a `from ... import` statement of module `name` (file `path`) imports from."""
+    if not node.level:
+        return node.module
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    return ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+
+
 def imported_modules(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The modules of `known` that `name` (the module in `path`) imports anywhere in its body."""
-    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - node.level + 1]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module
+            source = import_source(name, path, node)
             submodules = {f"{source}.{alias.name}" for alias in node.names} & known.keys()
             found.update(submodules)
             if len(submodules) < len(node.names):
@@ -80,6 +83,45 @@ def import_graph() -> dict[str, set[str]]:
 def test_packages_have_no_import_cycle():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def defined_names(path: Path) -> set[str] | None:
+    """Names a module defines at its top level (None when it has a module `__getattr__`: any name may exist)."""
+    names: set[str] = set()
+    body = list(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body)
+    while body:
+        node = body.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == "__getattr__":
+                return None
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            body += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            body += [stmt for handler in getattr(node, "handlers", []) for stmt in handler.body]
+    return names
+
+
+def test_imported_names_exist():
+    """`from pixelrefer_fast.x import name` (anywhere, lazy imports included) names something `x` defines."""
+    modules = package_modules()
+    missing = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            source = import_source(name, path, node)
+            if source not in modules:
+                continue
+            defined = defined_names(modules[source])
+            for alias in node.names:
+                if defined is not None and alias.name != "*" and alias.name not in defined and f"{source}.{alias.name}" not in modules:
+                    missing.append(f"{name}:{node.lineno}: {source} defines no {alias.name}")
+    assert not missing, "\n".join(missing)
 
 
 def test_kernels_never_import_the_model_package():
