@@ -1,19 +1,19 @@
 """Varlen (block-diagonal) attention: our Triton kernel against a per-image SDPA loop and flash-attn.
 
-Pairs (``extra_info["pair"]``; ``ratio`` = baseline median / fast median, in both entries; shapes
-from ``bench/shapes.py``):
+Pairs (`extra_info["pair"]`; `ratio` = baseline median / fast median, in both entries; shapes
+from `bench/shapes.py`):
 
-- ``varlen_vit_cuda_bf16_vs_sdpa_loop``: the vision encoder's shape, 64 packed crops of 100-600 tokens,
+- `varlen_vit_cuda_bf16_vs_sdpa_loop`: the vision encoder's shape, 64 packed crops of 100-600 tokens,
   16 heads of 72, bf16; baseline: one SDPA call per crop (what a flash-attn-free port does).
-- ``varlen_vit_cuda_bf16_vs_flash_attn``: the same against ``flash_attn_varlen_func`` (when installed;
-  else recorded as not measured, ``bench/harness.skip_pair``).
-- ``varlen_infusion_cuda_bf16_vs_sdpa``: the infusion's shape, 8 images x (8 regions x 32 queries)
+- `varlen_vit_cuda_bf16_vs_flash_attn`: the same against `flash_attn_varlen_func` (when installed;
+  else recorded as not measured, `bench/harness.skip_pair`).
+- `varlen_infusion_cuda_bf16_vs_sdpa`: the infusion's shape, 8 images x (8 regions x 32 queries)
   against 576 keys, 8 heads of 144; baseline: one batched SDPA call (segments of equal length).
-- ``varlen_vit_cpu_fp32_vs_sdpa_loop`` (not gated): the dispatcher on the CPU (it runs the same SDPA
+- `varlen_vit_cpu_fp32_vs_sdpa_loop` (not gated): the dispatcher on the CPU (it runs the same SDPA
   loop there) against the loop itself over 8 crops: the dispatch overhead, about 1x (0.89-1.2x). No
   faster varlen path exists on the CPU, so it is not a gated speed-up (gate floors are >= 1).
 
-Run: ``pytest bench/bench_attention.py --benchmark-enable``.
+Run: `pytest bench/bench_attention.py --benchmark-enable`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pixelrefer_kernels import force, has_flash_attn, varlen_attention
 
 
 def _packed(case: VarlenCase, device, dtype):
-    """Random packed ``q [Nq, H, hd]``, ``k``, ``v [Nk, H, hd]`` and int32 offsets of a case."""
+    """Random packed `q [Nq, H, hd]`, `k`, `v [Nk, H, hd]` and int32 offsets of a case."""
     lengths_q, lengths_k, heads, head_dim = case.lengths_q, case.lengths_k, case.heads, case.head_dim
     q = torch.randn(sum(lengths_q), heads, head_dim, device=device, dtype=dtype)
     k = torch.randn(sum(lengths_k), heads, head_dim, device=device, dtype=dtype)

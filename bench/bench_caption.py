@@ -1,23 +1,23 @@
-"""Dataset captioning: the local engine (``pixelrefer_fast.caption``) against a plain loop of ``describe()``
+"""Dataset captioning: the local engine (`pixelrefer_fast.caption`) against a plain loop of `describe()`
 over the same records, measured in the same run.
 
-Records: 4 images of the package's drawn sample scene (``profiling/sample.py``, 336x252 JPEG files, four
+Records: 4 images of the package's drawn sample scene (`profiling/sample.py`, 336x252 JPEG files, four
 layouts) x 4 objects each, written as a COCO file with compressed-RLE segmentations: 16 annotations.
-Both sides read the JPEGs and decode the RLEs; generation always runs ``new_tokens`` steps (eos
-suppressed with ``min_new_tokens``), greedy, full model, fp32, random weights of the preset:
+Both sides read the JPEGs and decode the RLEs; generation always runs `new_tokens` steps (eos
+suppressed with `min_new_tokens`), greedy, full model, fp32, random weights of the preset:
 
-- fast: ``run_local`` (one worker process prepares batches ahead: image + mask decoding and the
-  processor), batches of 8 regions grouped by image (2 images each), one ``describe`` per batch, Parquet
+- fast: `run_local` (one worker process prepares batches ahead: image + mask decoding and the
+  processor), batches of 8 regions grouped by image (2 images each), one `describe` per batch, Parquet
   shards written. 8, not the CLI's 16: on CPU the prefill costs more per token at 16 items of 513 tokens
   than at fewer (forward measured 4.4 s for 16 items vs 0.65 s for 4, cpu-default, 1 thread);
-- baseline: ``describe(processor, images=[path], masks=[[mask]], ...)`` once per annotation.
+- baseline: `describe(processor, images=[path], masks=[[mask]], ...)` once per annotation.
 
-Pairs (``extra_info``: ``regions_per_s``, the shapes): ``caption_cpu_fp32_<preset>_16reg_8tok_vs_describe_loop``
-for the ``tiny`` preset (the tests' tiny sizes: ViT 2x48, LLM 2x64, K=4) and ``cpu-default``. Not gated:
+Pairs (`extra_info`: `regions_per_s`, the shapes): `caption_cpu_fp32_<preset>_16reg_8tok_vs_describe_loop`
+for the `tiny` preset (the tests' tiny sizes: ViT 2x48, LLM 2x64, K=4) and `cpu-default`. Not gated:
 the fast side uses a second process, so on a shared 2-core machine its ratio swings with the neighbours'
 load (1 torch thread, load average 9-15: tiny 1.2-2.0x, cpu-default 1.3-1.6x over five runs).
 
-Run: ``python -m pytest bench/bench_caption.py --benchmark-enable`` (~1 min).
+Run: `python -m pytest bench/bench_caption.py --benchmark-enable` (~1 min).
 """
 
 from __future__ import annotations

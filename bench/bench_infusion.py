@@ -1,20 +1,20 @@
-"""Object-Centric Infusion (PixelRefer-Lite): ``object_infusion`` and the Lite region encoder against
+"""Object-Centric Infusion (PixelRefer-Lite): `object_infusion` and the Lite region encoder against
 upstream's semantics, and on CUDA against the best composition of SDPA / flash-attn / xformers that
 already shares the K/V projections. Every fast result runs beside its baseline in the same session.
 
-Pairs (``extra_info["pair"]``; ``ratio`` = baseline median / fast median, in both entries; shapes
-from ``bench/shapes.py``):
+Pairs (`extra_info["pair"]`; `ratio` = baseline median / fast median, in both entries; shapes
+from `bench/shapes.py`):
 
-- ``infusion_cpu_fp32_1img_8reg`` (gate): one image, 8 regions, K=32, C=1152, 8 heads; one 24x24 global
+- `infusion_cpu_fp32_1img_8reg` (gate): one image, 8 regions, K=32, C=1152, 8 heads; one 24x24 global
   map shared by all regions, a distinct 16x16 local map per region. Baseline: upstream's two
-  ``nn.MultiheadAttention`` calls (global keys repeated per region, ``need_weights=True``).
-- ``lite_encoder_cpu_fp32_1img_8reg`` (gate): the whole ``FastLiteMaskExtractor`` (pooling, k-means,
-  infusion, ``feat_linear`` to D=1536) vs the official Lite ``MaskExtractor`` (pixelrefer_fast/reference).
-- CUDA, bf16, 8 images x 8 regions: ``infusion_cuda_bf16_vs_official`` and
-  ``infusion_cuda_bf16_vs_<sdpa|flash_attn|xformers>_shared_kv`` (flash-attn / xformers ones recorded
+  `nn.MultiheadAttention` calls (global keys repeated per region, `need_weights=True`).
+- `lite_encoder_cpu_fp32_1img_8reg` (gate): the whole `FastLiteMaskExtractor` (pooling, k-means,
+  infusion, `feat_linear` to D=1536) vs the official Lite `MaskExtractor` (pixelrefer_fast/reference).
+- CUDA, bf16, 8 images x 8 regions: `infusion_cuda_bf16_vs_official` and
+  `infusion_cuda_bf16_vs_<sdpa|flash_attn|xformers>_shared_kv` (flash-attn / xformers ones recorded
   as not measured when the package is missing).
 
-Run: ``pytest bench/bench_infusion.py --benchmark-enable`` (CPU pairs take ~20 s on 2 cores).
+Run: `pytest bench/bench_infusion.py --benchmark-enable` (CPU pairs take ~20 s on 2 cores).
 """
 
 from __future__ import annotations

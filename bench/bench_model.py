@@ -1,27 +1,27 @@
-"""The whole model: ``describe()`` end to end (processor + packed vision encoder + region encoder +
+"""The whole model: `describe()` end to end (processor + packed vision encoder + region encoder +
 LLM prefill + greedy decode) on random-weight models built from the profiling presets
-(``pixelrefer_fast.profiling``: speed does not depend on weight values), against our own eager
+(`pixelrefer_fast.profiling`: speed does not depend on weight values), against our own eager
 single-item path measured in the same run.
 
-Fast: the batch in one ``describe()`` call, kernels on ``auto`` (Triton on CUDA) and the LLM attention
-``from_pretrained`` picks (SDPA without flash-attn). Baseline: the same model and items, one
-``describe()`` per item, kernels forced to torch (``pixelrefer_kernels.force("torch")``) and the LLM
-attention switched to ``eager``. Generation always runs exactly ``new_tokens`` steps (eos suppressed
-with ``min_new_tokens``). The image and masks are the package's drawn sample (``profiling/sample.py``).
+Fast: the batch in one `describe()` call, kernels on `auto` (Triton on CUDA) and the LLM attention
+`from_pretrained` picks (SDPA without flash-attn). Baseline: the same model and items, one
+`describe()` per item, kernels forced to torch (`pixelrefer_kernels.force("torch")`) and the LLM
+attention switched to `eager`. Generation always runs exactly `new_tokens` steps (eos suppressed
+with `min_new_tokens`). The image and masks are the package's drawn sample (`profiling/sample.py`).
 
-Pairs (``extra_info``: ``ms_per_call``, ``peak_gb`` (CUDA ``max_memory_allocated`` after the warm-up, weights included,
-1 GB = 1e9 bytes), ``regions_per_s``, the kernels and attention used; cases in ``bench/shapes.py``):
+Pairs (`extra_info`: `ms_per_call`, `peak_gb` (CUDA `max_memory_allocated` after the warm-up, weights included,
+1 GB = 1e9 bytes), `regions_per_s`, the kernels and attention used; cases in `bench/shapes.py`):
 
-- CUDA, bf16, the real 2B architectures (targets in ``bench/thresholds.json``, checked by
-  ``bench/gate.py --machine cuda``):
-  ``model_cuda_bf16_lite2b_1img_1reg_32tok_vs_eager`` (< 100 ms, < 4.5 GB),
-  ``model_cuda_bf16_2b_1img_1reg_32tok_vs_eager`` (640x480 image, < 150 ms, < 6 GB),
-  ``model_cuda_bf16_lite2b_16img_4reg_16tok_vs_eager_items`` (batch decode, >= 100 regions/s).
-- CPU, fp32, the ``cpu-default`` preset (gate: a regression check of the model path):
-  ``model_cpu_fp32_<lite|full>_4img_2reg_16tok_vs_eager_items``, 4 images of 336x252 x 2 regions,
+- CUDA, bf16, the real 2B architectures (targets in `bench/thresholds.json`, checked by
+  `bench/gate.py --machine cuda`):
+  `model_cuda_bf16_lite2b_1img_1reg_32tok_vs_eager` (< 100 ms, < 4.5 GB),
+  `model_cuda_bf16_2b_1img_1reg_32tok_vs_eager` (640x480 image, < 150 ms, < 6 GB),
+  `model_cuda_bf16_lite2b_16img_4reg_16tok_vs_eager_items` (batch decode, >= 100 regions/s).
+- CPU, fp32, the `cpu-default` preset (gate: a regression check of the model path):
+  `model_cpu_fp32_<lite|full>_4img_2reg_16tok_vs_eager_items`, 4 images of 336x252 x 2 regions,
   16 new tokens (a small image, so the decode steps that batching saves weigh as they do on a GPU).
 
-Run: ``python -m pytest bench/bench_model.py --benchmark-enable`` (the CPU pairs take ~15 s).
+Run: `python -m pytest bench/bench_model.py --benchmark-enable` (the CPU pairs take ~15 s).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _free_models():
 
 
 def _model(case: ModelCase, device: torch.device, dtype: torch.dtype):
-    """The built model and processor of ``case``, reusing the previous one when the preset matches."""
+    """The built model and processor of `case`, reusing the previous one when the preset matches."""
     key = (case.preset, case.variant, str(device), dtype)
     if _built.get("key") != key:
         _built.clear()
@@ -74,7 +74,7 @@ def _model(case: ModelCase, device: torch.device, dtype: torch.dtype):
 
 @contextmanager
 def _llm_attention(model, implementation: str):
-    """The LLM attention switched to ``implementation`` (``eager``, ``sdpa``) for the block."""
+    """The LLM attention switched to `implementation` (`eager`, `sdpa`) for the block."""
     previous = model.config._attn_implementation
     model.set_attn_implementation(implementation)
     try:
@@ -84,7 +84,7 @@ def _llm_attention(model, implementation: str):
 
 
 def _describe_calls(model, processor, case: ModelCase, role: str):
-    """The timed callable: one batched ``describe()`` (fast) or one per item with torch kernels (baseline)."""
+    """The timed callable: one batched `describe()` (fast) or one per item with torch kernels (baseline)."""
     scene = sample_scene(case.regions, *case.image_size)
     image, masks = scene.image, list(scene.masks)
     question = "Describe " + ", ".join(["<region>"] * case.regions) + " in detail."

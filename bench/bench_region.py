@@ -1,20 +1,20 @@
-"""Region tokenizer: ``PixelReferFastRegionEncoder`` against the official per-region algorithm.
+"""Region tokenizer: `PixelReferFastRegionEncoder` against the official per-region algorithm.
 
-Pairs (``extra_info["pair"]``; ``ratio`` = baseline median / fast median, both entries):
+Pairs (`extra_info["pair"]`; `ratio` = baseline median / fast median, both entries):
 
-- ``region_cpu_fp32_8reg_vs_official`` (gate): the fast module's torch path vs
-  ``pixelrefer_fast/reference/region_full.py`` end to end (box position embedding, pooling, k-means with the
-  parity init, ``feat_linear``), same weights and inputs; 8 regions of 10x12..22x22 grids with 36-100
+- `region_cpu_fp32_8reg_vs_official` (gate): the fast module's torch path vs
+  `pixelrefer_fast/reference/region_full.py` end to end (box position embedding, pooling, k-means with the
+  parity init, `feat_linear`), same weights and inputs; 8 regions of 10x12..22x22 grids with 36-100
   masked cells, C=1152, D=1536, K=32, fp32. Before timing, the two must give the same tokens (same
   seed, relative error < 1e-4), so the comparison is like for like. Issue floor: 6x with 2 threads
   (measured 6.2-7.6x on a quiet 2-core machine, 4-7x under load); the gate runs one thread (about
-  4x) and its floor in ``thresholds.json`` sits well below that, for noise.
+  4x) and its floor in `thresholds.json` sits well below that, for noise.
 - CUDA, bf16, 64 regions of 30-150 masked cells (deterministic k-means init), skipped without a GPU:
-  ``region_cuda_bf16_64reg_vs_official`` (Triton vs the official algorithm, target >= 100x) and
-  ``region_cuda_bf16_64reg_vs_torch`` (Triton vs our vectorised PyTorch path: padded batched
+  `region_cuda_bf16_64reg_vs_official` (Triton vs the official algorithm, target >= 100x) and
+  `region_cuda_bf16_64reg_vs_torch` (Triton vs our vectorised PyTorch path: padded batched
   k-means with matmul distances, target >= 5x).
 
-Run: ``python -m pytest bench/bench_region.py --benchmark-enable`` (add ``-k cpu`` or ``-k cuda``).
+Run: `python -m pytest bench/bench_region.py --benchmark-enable` (add `-k cpu` or `-k cuda`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pixelrefer_kernels import force
 
 
 def ellipse_mask(h: int, w: int, cells: int) -> torch.Tensor:
-    """A uint8 ``[h, w]`` mask: the ``cells`` grid cells nearest the centre in an elliptic metric
+    """A uint8 `[h, w]` mask: the `cells` grid cells nearest the centre in an elliptic metric
     (an object in the middle of its crop, as the processor's bbox + 28 px margin makes it)."""
     y = (torch.arange(h, dtype=torch.float32) + 0.5 - h / 2) / h
     x = (torch.arange(w, dtype=torch.float32) + 0.5 - w / 2) / w
@@ -43,14 +43,14 @@ def ellipse_mask(h: int, w: int, cells: int) -> torch.Tensor:
 
 
 def smooth_features(h: int, w: int, dtype, device) -> torch.Tensor:
-    """``[h, w, C]`` spatially correlated features (a coarse random field upsampled, plus noise)."""
+    """`[h, w, C]` spatially correlated features (a coarse random field upsampled, plus noise)."""
     coarse = torch.randn(1, C, max(2, h // 4), max(2, w // 4))
     field = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
     return (field + 0.3 * torch.randn(h, w, C)).to(device=device, dtype=dtype)
 
 
 def make_regions(case: RegionCase, dtype, device):
-    """Features, masks, boxes ``[R, 4]`` and image sizes ``[R, 2]`` of a case (480x640 source images)."""
+    """Features, masks, boxes `[R, 4]` and image sizes `[R, 2]` of a case (480x640 source images)."""
     torch.manual_seed(0)
     feats = [smooth_features(h, w, dtype, device) for h, w in case.grids]
     masks = [ellipse_mask(h, w, n) for (h, w), n in zip(case.grids, case.cells)]

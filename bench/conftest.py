@@ -1,6 +1,6 @@
-"""pytest-benchmark hooks: every saved result records the machine (``bench/machine.py``) and the pairs
-skipped on it (``bench/harness.skip_pair``). Benchmarks marked ``gpu`` skip without a CUDA device, and
-every benchmark skips under ``TRITON_INTERPRET=1`` (the interpreter's timings mean nothing)."""
+"""pytest-benchmark hooks: every saved result records the machine (`bench/machine.py`) and the pairs
+skipped on it (`bench/harness.skip_pair`). Benchmarks marked `gpu` skip without a CUDA device, and
+every benchmark skips under `TRITON_INTERPRET=1` (the interpreter's timings mean nothing)."""
 
 from __future__ import annotations
 

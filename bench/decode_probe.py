@@ -1,10 +1,10 @@
-"""Decode probes: ms per generated token of ``describe`` for each decoding, one JSON file.
+"""Decode probes: ms per generated token of `describe` for each decoding, one JSON file.
 
-Probes: ``hf-dynamic`` (transformers' ``generate``, dynamic KV cache), ``hf-static``
-(``static_cache=True``: a static cache, compiled decoding step on CUDA) and ``fast`` (the package's own
-decode loop, ``describe(decoding="fast")``). A probe this checkout cannot run (``describe`` without
-``decoding``) is recorded as skipped with the reason. Per token = (time of ``1 + n`` new tokens - time of
-1 new token) / n, medians over ``--repeats`` calls after one warm-up, both with ``min_new_tokens`` so the
+Probes: `hf-dynamic` (transformers' `generate`, dynamic KV cache), `hf-static`
+(`static_cache=True`: a static cache, compiled decoding step on CUDA) and `fast` (the package's own
+decode loop, `describe(decoding="fast")`). A probe this checkout cannot run (`describe` without
+`decoding`) is recorded as skipped with the reason. Per token = (time of `1 + n` new tokens - time of
+1 new token) / n, medians over `--repeats` calls after one warm-up, both with `min_new_tokens` so the
 length is fixed; the model is a random-weight preset (greedy decoding of random weights runs to the end).
 
     python -m bench.decode_probe --preset lite-2b --device cuda --dtype bfloat16 --out OUT/decode_probes.json
@@ -44,8 +44,8 @@ def _describe(model, processor, item, device, new_tokens: int, options: dict) ->
 
 
 def probe_options(model, name: str) -> tuple[dict, str | None]:
-    """``describe`` options of probe ``name`` for this checkout, or why it cannot run. Before
-    ``describe`` had ``decoding``, it always decoded with transformers' ``generate`` ("hf")."""
+    """`describe` options of probe `name` for this checkout, or why it cannot run. Before
+    `describe` had `decoding`, it always decoded with transformers' `generate` ("hf")."""
     options = dict(PROBES[name])
     parameters = inspect.signature(model.describe).parameters
     if "decoding" not in parameters and options.get("decoding") == "hf":

@@ -1,27 +1,27 @@
 """Regression gate: fast/baseline speed ratios measured in the same run vs committed floors.
 
 Absolute times on a shared CI machine are noise; the ratio of a fast path to its baseline measured
-seconds apart on the same machine is not. Each benchmark tags itself (``bench/harness.run_pair``)
-with ``extra_info = {"pair": NAME, "role": "fast" | "baseline"}``; for every pair listed in
-``bench/thresholds.json`` for the machine class (``cpu`` or ``cuda``), the gate computes
-``ratio = median(baseline) / median(fast)`` and fails when it is below ``min_ratio``. An entry may
-also hold ``limits`` on values the fast benchmark recorded in its ``extra_info`` (``{"peak_gb":
-{"max": 4.5}, "regions_per_s": {"min": 100}}``): absolute targets, for the CUDA class.
+seconds apart on the same machine is not. Each benchmark tags itself (`bench/harness.run_pair`)
+with `extra_info = {"pair": NAME, "role": "fast" | "baseline"}`; for every pair listed in
+`bench/thresholds.json` for the machine class (`cpu` or `cuda`), the gate computes
+`ratio = median(baseline) / median(fast)` and fails when it is below `min_ratio`. An entry may
+also hold `limits` on values the fast benchmark recorded in its `extra_info` (`{"peak_gb":
+{"max": 4.5}, "regions_per_s": {"min": 100}}`): absolute targets, for the CUDA class.
 
-A pair whose benchmarks were skipped on this machine (``bench/harness.skip_pair``: flash-attn not
+A pair whose benchmarks were skipped on this machine (`bench/harness.skip_pair`: flash-attn not
 installed, ...) is reported as "not measured"; any other missing pair is an error. Every floor is at
-least ``MIN_FLOOR`` (1.0): a gated pair claims its fast path is faster than its baseline, so a path
-that is not (on that machine class) is not gated there, and ``auto`` must not pick it.
+least `MIN_FLOOR` (1.0): a gated pair claims its fast path is faster than its baseline, so a path
+that is not (on that machine class) is not gated there, and `auto` must not pick it.
 
-The benchmark JSON of a gated run is kept (``--save``, default ``.benchmarks/gate/<UTC time>.json``,
+The benchmark JSON of a gated run is kept (`--save`, default `.benchmarks/gate/<UTC time>.json`,
 git-ignored) and its path printed under the table.
 
-The gated CPU benchmarks run with one torch thread (``--threads``): on a shared 2-core machine a
+The gated CPU benchmarks run with one torch thread (`--threads`): on a shared 2-core machine a
 second busy process stalls every parallel region of a 2-thread run, and the fast and the baseline
 benchmark, measured seconds apart, would see different load; single-threaded ratios stay steady.
 
 Usage:
-    python -m bench.gate                                  # run the CPU benchmarks marked ``gate``, check them
+    python -m bench.gate                                  # run the CPU benchmarks marked `gate`, check them
     python -m bench.gate --save results.json              # the same, keeping the JSON at results.json
     python -m bench.gate --json results.json              # check an existing pytest-benchmark JSON
     python -m bench.gate --json bench.json --machine cuda # the GPU check's results (bench/gpu_check.sh)
@@ -56,7 +56,7 @@ class GateError(ValueError):
 
 @dataclass(frozen=True)
 class Threshold:
-    """One gated pair: the lowest accepted ratio and optional limits on the fast entry's ``extra_info``."""
+    """One gated pair: the lowest accepted ratio and optional limits on the fast entry's `extra_info`."""
 
     min_ratio: float
     limits: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -65,7 +65,7 @@ class Threshold:
 
 @dataclass(frozen=True)
 class PairResult:
-    """The verdict on one pair; ``fast_ms``/``baseline_ms`` are None when it was not measured."""
+    """The verdict on one pair; `fast_ms`/`baseline_ms` are None when it was not measured."""
 
     pair: str
     floor: float
@@ -98,7 +98,7 @@ class PairResult:
 
 
 def load_thresholds(path: Path = THRESHOLDS, machine: str = "cpu") -> dict[str, Threshold]:
-    """``{pair: Threshold}`` for one machine class from the committed thresholds file."""
+    """`{pair: Threshold}` for one machine class from the committed thresholds file."""
     data = json.loads(Path(path).read_text())
     if machine not in data:
         raise GateError(f"{path} has no thresholds for machine class {machine!r}; present: {sorted(data)}")
@@ -120,7 +120,7 @@ def load_thresholds(path: Path = THRESHOLDS, machine: str = "cpu") -> dict[str, 
 
 
 def pair_entries(results: dict) -> dict[str, dict[str, dict]]:
-    """``{pair: {role: benchmark entry}}`` from a pytest-benchmark JSON document."""
+    """`{pair: {role: benchmark entry}}` from a pytest-benchmark JSON document."""
     pairs: dict[str, dict[str, dict]] = {}
     for bench in results.get("benchmarks", []):
         info = bench.get("extra_info", {})
@@ -149,7 +149,7 @@ def _limit_violations(pair: str, info: dict, limits: dict[str, dict[str, float]]
 
 
 def check(results: dict, floors: dict[str, Threshold]) -> list[PairResult]:
-    """Judge every gated pair; ``GateError`` on a pair that is neither measured nor recorded as skipped."""
+    """Judge every gated pair; `GateError` on a pair that is neither measured nor recorded as skipped."""
     entries = pair_entries(results)
     skipped = results.get("skipped_pairs", {})
     checked = []
@@ -181,8 +181,8 @@ def format_table(checked: list[PairResult]) -> str:
 
 
 def run_gated_benchmarks(json_path: Path, threads: int = 1) -> None:
-    """Run the benchmarks marked ``gate`` with timing enabled and ``threads`` torch threads
-    (``OMP_NUM_THREADS``), saving pytest-benchmark JSON to ``json_path``. ``TRITON_INTERPRET`` is
+    """Run the benchmarks marked `gate` with timing enabled and `threads` torch threads
+    (`OMP_NUM_THREADS`), saving pytest-benchmark JSON to `json_path`. `TRITON_INTERPRET` is
     dropped from the environment: the CPU benchmarks time the torch paths, never the interpreter."""
     cmd = [
         sys.executable, "-m", "pytest", str(BENCH_DIR), "-m", "gate", "-q", "-p", "no:cacheprovider",

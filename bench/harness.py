@@ -1,14 +1,14 @@
-"""Timing helpers shared by the pytest-benchmark suites in ``bench/``.
+"""Timing helpers shared by the pytest-benchmark suites in `bench/`.
 
-- ``run_pair(benchmark, fn, *, pair, role, device, ...)``: warms up, times ``fn`` (synchronised)
-  with pytest-benchmark and tags the result for the regression gate (``bench/gate.py``): every
-  fast/baseline pair shares a ``pair`` name and differs in ``role``. Once both roles of a pair have
-  run, both entries get ``ratio`` (baseline median / fast median) in ``extra_info``; every entry gets
+- `run_pair(benchmark, fn, *, pair, role, device, ...)`: warms up, times `fn` (synchronised)
+  with pytest-benchmark and tags the result for the regression gate (`bench/gate.py`): every
+  fast/baseline pair shares a `pair` name and differs in `role`. Once both roles of a pair have
+  run, both entries get `ratio` (baseline median / fast median) in `extra_info`; every entry gets
   the 20/50/80th percentiles of its rounds in ms.
-- ``skip_pair(pair, reason)``: skips a benchmark whose pair cannot run on this machine (flash-attn
+- `skip_pair(pair, reason)`: skips a benchmark whose pair cannot run on this machine (flash-attn
   not installed, ...) and records it, so the gate reports the pair as "not measured" instead of
-  missing (``skipped_pairs`` in the saved JSON, written by ``bench/conftest.py``).
-- ``synced(fn, device)``: ``fn`` followed by a device synchronisation.
+  missing (`skipped_pairs` in the saved JSON, written by `bench/conftest.py`).
+- `synced(fn, device)`: `fn` followed by a device synchronisation.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def synced(fn: Callable[[], object], device: torch.device | str) -> Callable[[], object]:
-    """``fn`` followed by a device synchronisation, so timers see the finished work."""
+    """`fn` followed by a device synchronisation, so timers see the finished work."""
 
     def call():
         out = fn()
@@ -65,23 +65,23 @@ def _record(benchmark, pair: str, role: str) -> None:
 
 def run_pair(benchmark, fn: Callable[[], object], *, pair: str, role: str, device, warmup: int = 2,
              rounds: int | None = None, after_warmup: Callable[[], object] | None = None, **info):
-    """Time ``fn`` (synchronised) under pytest-benchmark and tag it for the regression gate.
+    """Time `fn` (synchronised) under pytest-benchmark and tag it for the regression gate.
 
     Args:
         benchmark: the pytest-benchmark fixture.
         fn: the callable to time (no arguments); its device work is synchronised inside the timed call.
-        pair: the name the fast and the baseline benchmark share (the key in ``thresholds.json``).
-        role: ``"fast"`` or ``"baseline"``.
-        device: where ``fn`` runs (CUDA is synchronised after each call).
+        pair: the name the fast and the baseline benchmark share (the key in `thresholds.json`).
+        role: `"fast"` or `"baseline"`.
+        device: where `fn` runs (CUDA is synchronised after each call).
         warmup: untimed calls first (compilation, autotuning, allocator warm-up).
-        rounds: a fixed number of timed calls (``benchmark.pedantic``), for calls of a second or
-            more; None lets pytest-benchmark calibrate (``--benchmark-min-rounds``/``max-time``).
+        rounds: a fixed number of timed calls (`benchmark.pedantic`), for calls of a second or
+            more; None lets pytest-benchmark calibrate (`--benchmark-min-rounds`/`max-time`).
         after_warmup: called once between the warm-up and the timed calls (e.g. resetting the CUDA
             peak memory, so autotuning buffers do not count).
-        **info: recorded in ``extra_info`` (shapes, dtype, ...).
+        **info: recorded in `extra_info` (shapes, dtype, ...).
 
     Returns:
-        ``fn``'s result of the last call. Raises ``ValueError`` for an unknown role.
+        `fn`'s result of the last call. Raises `ValueError` for an unknown role.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -100,6 +100,6 @@ def run_pair(benchmark, fn: Callable[[], object], *, pair: str, role: str, devic
 
 
 def skip_pair(pair: str, reason: str) -> None:
-    """Skip the current benchmark and record that ``pair`` was not measured on this machine, and why."""
+    """Skip the current benchmark and record that `pair` was not measured on this machine, and why."""
     SKIPPED_PAIRS[pair] = reason
     pytest.skip(reason)

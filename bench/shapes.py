@@ -3,7 +3,7 @@
 Constants are the released PixelRefer-2B sizes: K = 32 object tokens per region, C = 1152 vision
 channels, D = 1536 LLM hidden size, 16 x 16 region crops and local maps, 24 x 24 Lite global maps.
 Each suite has a CPU case (small enough for a 2-core CI machine; the gated ones) and a CUDA case
-(bf16, the size of a real batch). ``describe()`` of a case is the text saved in ``extra_info``.
+(bf16, the size of a real batch). `describe()` of a case is the text saved in `extra_info`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ VIT_HEADS, VIT_HEAD_DIM = 16, 72  # vision encoder attention
 
 @dataclass(frozen=True)
 class RegionCase:
-    """Regions of one call: a feature grid ``(h, w)`` per region and the masked cells of each."""
+    """Regions of one call: a feature grid `(h, w)` per region and the masked cells of each."""
 
     name: str
     grids: tuple[tuple[int, int], ...]
@@ -40,7 +40,7 @@ class RegionCase:
 
 
 def _cuda_region_case(count: int = 64, cell_range: tuple[int, int] = (30, 150), seed: int = 2) -> RegionCase:
-    """``count`` regions of 30-150 masked cells, each mask covering 30-60% of a roughly 5:6 grid."""
+    """`count` regions of 30-150 masked cells, each mask covering 30-60% of a roughly 5:6 grid."""
     generator = torch.Generator().manual_seed(seed)
     cells = torch.randint(cell_range[0], cell_range[1] + 1, (count,), generator=generator).tolist()
     grids = []
@@ -80,7 +80,7 @@ class VarlenCase:
 
 
 def _crop_lengths(count: int, seed: int = 0) -> tuple[int, ...]:
-    """Token counts of ``count`` vision-encoder crops, 100-600 patches each."""
+    """Token counts of `count` vision-encoder crops, 100-600 patches each."""
     generator = torch.Generator().manual_seed(seed)
     return tuple(torch.randint(100, 601, (count,), generator=generator).tolist())
 
@@ -122,12 +122,12 @@ LITE_ENCODER_CPU = InfusionCase("1img_8reg", images=1, regions_per_image=8)  # m
 
 @dataclass(frozen=True)
 class ModelCase:
-    """One ``describe()`` workload on a random-weight model of a profiling preset.
+    """One `describe()` workload on a random-weight model of a profiling preset.
 
     Attributes:
         name: the pair name's shape part.
-        preset: ``pixelrefer_fast.profiling.presets`` name (``cpu-default``, ``2b``, ``lite-2b``).
-        variant: ``"full"`` or ``"lite"``.
+        preset: `pixelrefer_fast.profiling.presets` name (`cpu-default`, `2b`, `lite-2b`).
+        variant: `"full"` or `"lite"`.
         items: images per batched call (the baseline describes them one at a time).
         regions: masks per image (the drawn sample's objects).
         new_tokens: tokens generated per item (eos suppressed, so exactly this many).

@@ -1,12 +1,12 @@
-"""Keep measured results as data: import a GPU check's output and regenerate ``profiles/SUMMARY.md``.
+"""Keep measured results as data: import a GPU check's output and regenerate `profiles/SUMMARY.md`.
 
     python -m bench.summarize --import OUTDIR   # copy a bench/gpu_check.sh OUTDIR (bench.json, logs,
                                                 # the profile files in profile.tar.gz) to
                                                 # profiles/<gpu-slug>/<date>_<sha>_<name>
     python -m bench.summarize                   # regenerate profiles/SUMMARY.md (and README's copy)
 
-``SUMMARY.md`` is generated, never edited by hand: one speedup table per machine from the newest
-benchmark file in each ``profiles/<slug>/`` folder (pairs tagged by ``bench/harness.run_pair``; pairs
+`SUMMARY.md` is generated, never edited by hand: one speedup table per machine from the newest
+benchmark file in each `profiles/<slug>/` folder (pairs tagged by `bench/harness.run_pair`; pairs
 skipped on that machine listed as not measured).
 """
 
@@ -37,7 +37,7 @@ def _machine_of(results: dict) -> dict:
 
 
 def import_outdir(outdir: Path, profiles: Path = PROFILES) -> list[Path]:
-    """Copy a ``bench/gpu_check.sh`` output folder into ``profiles/<slug>/``; returns the new files."""
+    """Copy a `bench/gpu_check.sh` output folder into `profiles/<slug>/`; returns the new files."""
     bench_json = outdir / "bench.json"
     if not bench_json.is_file():
         raise FileNotFoundError(f"{bench_json} not found: run bench/gpu_check.sh OUTDIR first")
@@ -106,7 +106,7 @@ def _pair_tables(results: dict) -> list[str]:
 
 
 def render_summary(profiles: Path = PROFILES) -> str:
-    """The text of ``SUMMARY.md`` from the newest benchmark file of every machine folder."""
+    """The text of `SUMMARY.md` from the newest benchmark file of every machine folder."""
     lines = [
         "# Measured speedups",
         "",
@@ -139,7 +139,7 @@ def render_summary(profiles: Path = PROFILES) -> str:
 
 
 def embed_in_readme(summary: str, readme_text: str) -> str:
-    """``readme_text`` with the machine tables of ``summary`` between the README's summary markers."""
+    """`readme_text` with the machine tables of `summary` between the README's summary markers."""
     start, end = readme_text.find(README_START), readme_text.find(README_END)
     if start < 0 or end < start:
         raise ValueError(f"README.md needs the markers {README_START} and {README_END} (in that order)")

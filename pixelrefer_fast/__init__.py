@@ -1,8 +1,8 @@
 """pixelrefer_fast: PixelRefer and PixelRefer-Lite as fast drop-in Hugging Face models.
 
 Importing the package registers both model types with transformers' auto classes, so
-``AutoConfig``, ``AutoModelForCausalLM``, ``AutoModelForImageTextToText`` and ``AutoProcessor`` load
-the released checkpoints without ``trust_remote_code``::
+`AutoConfig`, `AutoModelForCausalLM`, `AutoModelForImageTextToText` and `AutoProcessor` load
+the released checkpoints without `trust_remote_code`:
 
     import pixelrefer_fast
     from transformers import AutoModelForCausalLM

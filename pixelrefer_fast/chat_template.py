@@ -1,12 +1,12 @@
-"""The PixelRefer chat template as a Jinja template, for ``processor.apply_chat_template``.
+"""The PixelRefer chat template as a Jinja template, for `processor.apply_chat_template`.
 
-It renders what the processor builds for a question (``processing_pixelrefer_fast.render_prompt``):
-Qwen2 turns ``<|im_start|>{role}\\n{content}<|im_end|>\\n``, no system prompt unless given, then the
-generation prompt ``<|im_start|>assistant\\n``. Content is a string or a list of items:
-``{"type": "image"}`` renders ``<image>\\n``; ``{"type": "video", "timestamps": [...]}`` renders
-``Time {t}s:<image>`` per frame joined by ``,`` and ending in ``\\n`` (times rounded to one decimal as
-the official template, with NumPy rounding); ``{"type": "text", "text": ...}`` its text, stripped.
-``<region>`` placeholders stay in the text; the processor expands them with the masks.
+It renders what the processor builds for a question (`processing_pixelrefer_fast.render_prompt`):
+Qwen2 turns `<|im_start|>{role}\\n{content}<|im_end|>\\n`, no system prompt unless given, then the
+generation prompt `<|im_start|>assistant\\n`. Content is a string or a list of items:
+`{"type": "image"}` renders `<image>\\n`; `{"type": "video", "timestamps": [...]}` renders
+`Time {t}s:<image>` per frame joined by `,` and ending in `\\n` (times rounded to one decimal as
+the official template, with NumPy rounding); `{"type": "text", "text": ...}` its text, stripped.
+`<region>` placeholders stay in the text; the processor expands them with the masks.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ CHAT_TEMPLATE = (
 
 
 def time_label(t: Any) -> str:
-    """A frame time as the official Jinja template prints it: ``round(1)`` on a NumPy float, then str."""
+    """A frame time as the official Jinja template prints it: `round(1)` on a NumPy float, then str."""
     return str(np.round(np.float64(t), 1))
 
 
 def _prepared(conversation: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """The conversation with each video item's ``time_labels`` (official one-decimal rounding)."""
+    """The conversation with each video item's `time_labels` (official one-decimal rounding)."""
     if isinstance(conversation, (str, bytes)) or not isinstance(conversation, Sequence):
         raise TypeError(f"conversation must be a list of {{'role', 'content'}} messages, got {type(conversation).__name__}")
     messages = []
@@ -62,7 +62,7 @@ def _prepared(conversation: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 def render_chat(conversation: Sequence[Mapping[str, Any]], *, template: str = CHAT_TEMPLATE,
                 add_generation_prompt: bool = True) -> str:
-    """Render ``conversation`` with the Jinja ``template`` (sandboxed, as transformers does)."""
+    """Render `conversation` with the Jinja `template` (sandboxed, as transformers does)."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

@@ -1,24 +1,24 @@
 """Loading the released PixelRefer / PixelRefer-Lite checkpoint directories, strictly.
 
-Loading goes through transformers' own ``from_pretrained`` (``AutoModelForCausalLM.from_pretrained(DIR)``
-works once ``pixelrefer_fast`` is imported, without ``trust_remote_code``). transformers builds the model
-on the ``meta`` device and assigns the (memory-mapped) tensors, so nothing is allocated twice; it reads
-single or sharded safetensors (with ``model.safetensors.index.json``) and ``pytorch_model*.bin``
-(``torch.load(weights_only=True)``), and ties ``lm_head`` to ``model.embed_tokens`` when
-``tie_word_embeddings`` is true (the 2B checkpoints store no ``lm_head.weight``).
+Loading goes through transformers' own `from_pretrained` (`AutoModelForCausalLM.from_pretrained(DIR)`
+works once `pixelrefer_fast` is imported, without `trust_remote_code`). transformers builds the model
+on the `meta` device and assigns the (memory-mapped) tensors, so nothing is allocated twice; it reads
+single or sharded safetensors (with `model.safetensors.index.json`) and `pytorch_model*.bin`
+(`torch.load(weights_only=True)`), and ties `lm_head` to `model.embed_tokens` when
+`tie_word_embeddings` is true (the 2B checkpoints store no `lm_head.weight`).
 
-On top of that this module adds (called from ``PixelReferFastPreTrainedModel.from_pretrained``):
+On top of that this module adds (called from `PixelReferFastPreTrainedModel.from_pretrained`):
 
-- a model-type check before anything is built (``check_model_type``): an unknown type, or a Lite
-  checkpoint given to the full class, is a ``ValueError`` naming the accepted types;
-- a strict key check after loading (``check_loading_info``): every missing, unexpected or
-  shape-mismatched key is a ``ValueError`` that lists them by name, except the allow-list below;
-- the runtime token ids (``special_token_ids``): like the official ``mm_infer``, the ids of ``<image>``
-  and ``<REGION>`` come from the checkpoint's tokenizer files, not from ``config.json``.
+- a model-type check before anything is built (`check_model_type`): an unknown type, or a Lite
+  checkpoint given to the full class, is a `ValueError` naming the accepted types;
+- a strict key check after loading (`check_loading_info`): every missing, unexpected or
+  shape-mismatched key is a `ValueError` that lists them by name, except the allow-list below;
+- the runtime token ids (`special_token_ids`): like the official `mm_infer`, the ids of `<image>`
+  and `<REGION>` come from the checkpoint's tokenizer files, not from `config.json`.
 
 Key names: our module tree is the official one (docs/spec.md §9.1), so the released keys load without renaming
-and ``save_pretrained`` writes them back unchanged. The allow-list covers Lite's unused weights: the
-projector (``model.mm_projector.*``, not built for Lite) and ``model.region_encoder.mask_embedding.*``
+and `save_pretrained` writes them back unchanged. The allow-list covers Lite's unused weights: the
+projector (`model.mm_projector.*`, not built for Lite) and `model.region_encoder.mask_embedding.*`
 (built, never used; a checkpoint without it still loads).
 """
 
@@ -47,10 +47,10 @@ _MAX_LISTED = 40
 
 
 def check_model_type(model_type: str | None, accepted: Iterable[str], source: str) -> None:
-    """Refuse a checkpoint whose ``model_type`` this class cannot load.
+    """Refuse a checkpoint whose `model_type` this class cannot load.
 
     Args:
-        model_type: the ``model_type`` of the checkpoint's ``config.json``.
+        model_type: the `model_type` of the checkpoint's `config.json`.
         accepted: the types the loading class takes.
         source: the directory or id, for the message.
 
@@ -86,9 +86,9 @@ def check_loading_info(info: Mapping[str, object], model_type: str, source: str)
     """Raise if the load left keys missing, unexpected or mismatched (beyond the allow-list).
 
     Args:
-        info: transformers' loading info (``from_pretrained(..., output_loading_info=True)``): sets
-            ``missing_keys``, ``unexpected_keys``, ``mismatched_keys`` and the list ``error_msgs``.
-        model_type: selects the allow-list (``ALLOWED_MISSING_KEYS`` / ``ALLOWED_UNEXPECTED_KEYS``).
+        info: transformers' loading info (`from_pretrained(..., output_loading_info=True)`): sets
+            `missing_keys`, `unexpected_keys`, `mismatched_keys` and the list `error_msgs`.
+        model_type: selects the allow-list (`ALLOWED_MISSING_KEYS` / `ALLOWED_UNEXPECTED_KEYS`).
         source: the directory or id, for the message.
 
     Raises:
@@ -125,7 +125,7 @@ def _read_json(source: str, filename: str, **hub_kwargs) -> dict | None:
 
 
 def read_model_type(source: str, **hub_kwargs) -> str | None:
-    """The ``model_type`` in ``source``'s ``config.json`` (None when there is no such file or field)."""
+    """The `model_type` in `source`'s `config.json` (None when there is no such file or field)."""
     config = _read_json(source, "config.json", **hub_kwargs)
     return None if config is None else config.get("model_type")
 
@@ -133,11 +133,11 @@ def read_model_type(source: str, **hub_kwargs) -> str | None:
 def special_token_ids(source: str, tokens: Iterable[str] = (IMAGE_TOKEN, REGION_TOKEN), **hub_kwargs) -> dict[str, int]:
     """Ids of added tokens read from the tokenizer files of a checkpoint (without loading the tokenizer).
 
-    Looks in ``tokenizer_config.json`` (``added_tokens_decoder``), ``added_tokens.json`` and
-    ``tokenizer.json`` (``added_tokens``), in that order; tokens found nowhere are left out.
+    Looks in `tokenizer_config.json` (`added_tokens_decoder`), `added_tokens.json` and
+    `tokenizer.json` (`added_tokens`), in that order; tokens found nowhere are left out.
 
     Returns:
-        ``{token: id}``, e.g. ``{"<image>": 151665, "<REGION>": 151668}``.
+        `{token: id}`, e.g. `{"<image>": 151665, "<REGION>": 151668}`.
     """
     wanted = set(tokens)
     found: dict[str, int] = {}
@@ -160,7 +160,7 @@ def special_token_ids(source: str, tokens: Iterable[str] = (IMAGE_TOKEN, REGION_
 
 
 def check_checkpoint_folder(source: str | os.PathLike) -> None:
-    """Refuse a local folder that is not a checkpoint: missing, or without ``config.json``.
+    """Refuse a local folder that is not a checkpoint: missing, or without `config.json`.
 
     Hub ids (anything that is not an existing local path) are left to transformers.
 

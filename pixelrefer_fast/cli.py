@@ -1,18 +1,18 @@
-"""The ``pixelrefer-fast`` command line.
+"""The `pixelrefer-fast` command line.
 
-``main()`` builds one ``argparse`` parser with a subcommand per entry of ``SUBCOMMANDS``; each entry
-names a module and the function there that adds the subcommand's parser (``add_<name>_parser(subparsers)``,
-which sets ``handler`` to the function running it). ``describe``, ``init-random`` and ``env`` live
-here; ``profile`` in ``pixelrefer_fast.profiling.cli``. A new subcommand is one more entry.
-``pixelrefer-fast --version`` prints the package version.
+`main()` builds one `argparse` parser with a subcommand per entry of `SUBCOMMANDS`; each entry
+names a module and the function there that adds the subcommand's parser (`add_<name>_parser(subparsers)`,
+which sets `handler` to the function running it). `describe`, `init-random` and `env` live
+here; `profile` in `pixelrefer_fast.profiling.cli`. A new subcommand is one more entry.
+`pixelrefer-fast --version` prints the package version.
 
 Exit codes: 0 success; 2 an expected failure (missing file, malformed argument, an image or video that
 does not decode, a checkpoint folder that is not one or does not load, a missing optional package,
 inputs the model refuses, out of memory), reported as one line on stderr; 130 interrupted (Ctrl-C).
-``describe`` checks every input (files, the image or video, masks and boxes against its size, the
-question's ``<region>`` count, the checkpoint folder and its weight files) before the model loads.
+`describe` checks every input (files, the image or video, masks and boxes against its size, the
+question's `<region>` count, the checkpoint folder and its weight files) before the model loads.
 
-Example::
+Example:
 
     pixelrefer-fast describe --model PixelRefer-2B --image dog.jpg --mask dog.png --box 10,20,200,220 \\
         --question "What is <region> doing next to <region>?"
@@ -54,7 +54,7 @@ class CommandError(ValueError):
 
 
 class _RegionAction(argparse.Action):
-    """``--mask`` and ``--box`` append ``(kind, value)`` to one list, so their order is kept."""
+    """`--mask` and `--box` append `(kind, value)` to one list, so their order is kept."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         regions = list(getattr(namespace, self.dest, None) or [])
@@ -63,7 +63,7 @@ class _RegionAction(argparse.Action):
 
 
 def add_describe_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``describe``: answer a question about regions of an image or a video."""
+    """Add `describe`: answer a question about regions of an image or a video."""
     parser = subparsers.add_parser(
         "describe",
         help="describe regions (masks or boxes) of an image or video with a PixelRefer checkpoint",
@@ -104,7 +104,7 @@ def add_describe_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_init_random_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``init-random``: write a random-weight checkpoint in the official layout."""
+    """Add `init-random`: write a random-weight checkpoint in the official layout."""
     from .random_checkpoint import FORMATS, SIZES, VARIANTS
 
     parser = subparsers.add_parser(
@@ -126,7 +126,7 @@ def add_init_random_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_env_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``env``: versions, device and kernel backend choices, for a bug report."""
+    """Add `env`: versions, device and kernel backend choices, for a bug report."""
     parser = subparsers.add_parser(
         "env", help="print versions, the device and the kernel backends (paste it into a bug report)",
         description="Print pixelrefer-fast's version, Python, torch, triton, transformers and the optional "
@@ -139,12 +139,12 @@ def add_env_parser(subparsers) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- describe: input checks
 @dataclass
 class DescribeInputs:
-    """What ``describe`` runs on, checked before the model loads.
+    """What `describe` runs on, checked before the model loads.
 
     Attributes:
-        masks: per region in order, a uint8 {0, 1} mask or a box tuple ``(x0, y0, x1, y1)``.
+        masks: per region in order, a uint8 {0, 1} mask or a box tuple `(x0, y0, x1, y1)`.
         frame_ids: video: the frame of each region, else None.
-        generate_kwargs: sampling options for ``describe``.
+        generate_kwargs: sampling options for `describe`.
     """
 
     masks: list
@@ -268,7 +268,7 @@ def _generate_kwargs(args: argparse.Namespace) -> dict:
 
 
 def check_describe_inputs(args: argparse.Namespace) -> DescribeInputs:
-    """Check every ``describe`` input without loading the model; ``CommandError`` (exit 2) on the first problem."""
+    """Check every `describe` input without loading the model; `CommandError` (exit 2) on the first problem."""
     if args.max_new_tokens < 1:
         raise CommandError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
@@ -319,7 +319,7 @@ def _resolve_device(name: str | None):
 
 
 def run_describe(args: argparse.Namespace) -> int:
-    """Check the inputs, load the checkpoint and processor, run ``describe`` and print the answer."""
+    """Check the inputs, load the checkpoint and processor, run `describe` and print the answer."""
     inputs = check_describe_inputs(args)
     device = _resolve_device(args.device)
 
@@ -383,7 +383,7 @@ def run_init_random(args: argparse.Namespace) -> int:
 
 
 def env_report() -> str:
-    """The ``pixelrefer-fast env`` text: versions, optional packages, devices, kernel choices."""
+    """The `pixelrefer-fast env` text: versions, optional packages, devices, kernel choices."""
     from pixelrefer_kernels.info import report as kernel_report
 
     from .profiling.measure import git_sha
@@ -415,7 +415,7 @@ def run_env(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand of ``SUBCOMMANDS``."""
+    """The top-level parser with every subcommand of `SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(prog=PROG, description="Fast PixelRefer / PixelRefer-Lite inference.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a missing package, not a bug: reported as one line, exit 2.
 
-    Evaluated only when an exception reaches ``main`` (cv2 and safetensors are imported then).
+    Evaluated only when an exception reaches `main` (cv2 and safetensors are imported then).
     """
     import torch
     from PIL import Image
@@ -453,7 +453,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pixelrefer-fast`` console script; returns the exit code."""
+    """Entry point of the `pixelrefer-fast` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -1,18 +1,18 @@
 """Drop-in twins of the official region encoders, with the official call convention.
 
-- ``FastMaskExtractor(config, mm_hidden_size)``: the full model's ``MaskExtractor``; same parameters
-  (``pos_linear``, ``feat_linear.0``, ``feat_linear.2``), same ``forward(feats, masks, box_params,
-  mask_num)`` and output, computed by ``PixelReferFastRegionEncoder`` (batched, Triton on GPUs).
-- ``FastLiteMaskExtractor(config, mm_hidden_size)``: Lite's ``MaskExtractor``; same parameters, same
-  ``forward(feats, masks, feats_raw, local_feats_raw, masks_raw, box_params, mask_num)`` and output,
-  computed by ``PixelReferFastLiteRegionEncoder``. Feature maps repeated for the masks of one image
+- `FastMaskExtractor(config, mm_hidden_size)`: the full model's `MaskExtractor`; same parameters
+  (`pos_linear`, `feat_linear.0`, `feat_linear.2`), same `forward(feats, masks, box_params,
+  mask_num)` and output, computed by `PixelReferFastRegionEncoder` (batched, Triton on GPUs).
+- `FastLiteMaskExtractor(config, mm_hidden_size)`: Lite's `MaskExtractor`; same parameters, same
+  `forward(feats, masks, feats_raw, local_feats_raw, masks_raw, box_params, mask_num)` and output,
+  computed by `PixelReferFastLiteRegionEncoder`. Feature maps repeated for the masks of one image
   (the same global view, or the same local crop under the parity reuse quirk) are detected and
   projected once.
-- ``swap_region_encoder(model)``: replaces the region encoder of an official model instance in place
-  (``model.get_model().region_encoder``), choosing the twin by variant.
+- `swap_region_encoder(model)`: replaces the region encoder of an official model instance in place
+  (`model.get_model().region_encoder`), choosing the twin by variant.
 
 With the default parity settings (random k-means init from the global CPU generator, swapped box
-axes) the twins give the official tokens for the same ``torch.manual_seed``, to float rounding.
+axes) the twins give the official tokens for the same `torch.manual_seed`, to float rounding.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ OFFICIAL_ITERATIONS = 5
 
 
 class FastMaskExtractor(PixelReferFastRegionEncoder):
-    """Twin of the official full ``MaskExtractor`` (``pixelrefer/model/region_encoder.py``).
+    """Twin of the official full `MaskExtractor` (`pixelrefer/model/region_encoder.py`).
 
     Args:
-        config: any object with ``hidden_size`` (D) and optionally ``mask_num`` (default 32).
+        config: any object with `hidden_size` (D) and optionally `mask_num` (default 32).
         mm_hidden_size: C (1152).
-        kwargs: ``PixelReferFastRegionEncoder`` options (``kmeans_init``, ``swap_box_axes``, ...);
+        kwargs: `PixelReferFastRegionEncoder` options (`kmeans_init`, `swap_box_axes`, ...);
             the defaults reproduce upstream.
     """
 
@@ -50,7 +50,7 @@ class FastMaskExtractor(PixelReferFastRegionEncoder):
 
     @classmethod
     def from_official(cls, module: nn.Module, **kwargs) -> "FastMaskExtractor":
-        """A twin holding ``module``'s weights (copied), on its device and dtype, in its train/eval mode."""
+        """A twin holding `module`'s weights (copied), on its device and dtype, in its train/eval mode."""
         for name in ("pos_linear", "feat_linear"):
             if not hasattr(module, name):
                 raise TypeError(f"{type(module).__name__} has no {name}; expected an official MaskExtractor")
@@ -65,15 +65,15 @@ class FastMaskExtractor(PixelReferFastRegionEncoder):
         """Official convention.
 
         Args:
-            feats: crop features, one ``[h, w, C]`` per mask in order (a list, or a ``[M, h, w, C]``
+            feats: crop features, one `[h, w, C]` per mask in order (a list, or a `[M, h, w, C]`
                 tensor).
-            masks: a list over images of ``[M_i, mh, mw]`` masks (or None entries, skipped), or None.
-            box_params: a list over images of per-mask ``((top, left, bottom, right), H, W)``.
+            masks: a list over images of `[M_i, mh, mw]` masks (or None entries, skipped), or None.
+            box_params: a list over images of per-mask `((top, left, bottom, right), H, W)`.
             mask_num: K.
 
         Returns:
-            ``[sum(k_i), D]`` in the features' dtype (``k_i = min(K, cells > 0)``), or None when
-            ``masks`` is None or holds no mask, as upstream. Unlike upstream, a number of feature
+            `[sum(k_i), D]` in the features' dtype (`k_i = min(K, cells > 0)`), or None when
+            `masks` is None or holds no mask, as upstream. Unlike upstream, a number of feature
             maps that differs from the number of masks is an error (upstream ignores extra maps).
         """
         if masks is None:
@@ -94,11 +94,11 @@ def _pack_maps(maps: list[torch.Tensor], images: list[int]) -> tuple[torch.Tenso
     """Deduplicate the per-mask feature maps of each image and pack them.
 
     Args:
-        maps: one ``[h, w, C]`` (or ``[n, C]``) map per mask.
+        maps: one `[h, w, C]` (or `[n, C]`) map per mask.
         images: the image of each mask.
 
     Returns:
-        ``(feats [N, C], cu [M+1] int64 CPU, region_map [R] int64 CPU)``. A map equal (same tensor, or
+        `(feats [N, C], cu [M+1] int64 CPU, region_map [R] int64 CPU)`. A map equal (same tensor, or
         same values) to an earlier map of the same image is not stored again: the regions share it,
         which gives exactly the same result with one projection instead of several.
     """
@@ -123,12 +123,12 @@ def _pack_maps(maps: list[torch.Tensor], images: list[int]) -> tuple[torch.Tenso
 
 
 class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
-    """Twin of upstream's Lite ``MaskExtractor`` (``pixelreferlite/model/region_encoder.py``).
+    """Twin of upstream's Lite `MaskExtractor` (`pixelreferlite/model/region_encoder.py`).
 
     Args:
-        config: any object with ``hidden_size`` (D) and optionally ``mask_num`` (default 32).
+        config: any object with `hidden_size` (D) and optionally `mask_num` (default 32).
         mm_hidden_size: C (1152). num_heads: infusion heads (8).
-        kwargs: ``PixelReferFastLiteRegionEncoder`` options; the defaults reproduce upstream.
+        kwargs: `PixelReferFastLiteRegionEncoder` options; the defaults reproduce upstream.
     """
 
     def __init__(self, config, mm_hidden_size: int, num_heads: int = 8, **kwargs):
@@ -137,7 +137,7 @@ class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
 
     @classmethod
     def from_official(cls, module: nn.Module, **kwargs) -> "FastLiteMaskExtractor":
-        """A twin holding ``module``'s weights (copied), on its device and dtype, in its train/eval mode."""
+        """A twin holding `module`'s weights (copied), on its device and dtype, in its train/eval mode."""
         for name in ("pos_linear", "feat_linear", "fusion_attention_local", "fusion_attention_global", "ln_local", "ln_global"):
             if not hasattr(module, name):
                 raise TypeError(f"{type(module).__name__} has no {name}; expected an official Lite MaskExtractor")
@@ -153,16 +153,16 @@ class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
         """Official convention.
 
         Args:
-            feats: crop features, one ``[h, w, C]`` per mask in order over images.
-            masks: a list over images of ``[M_i, mh, mw]`` masks (None entries are skipped), or None.
-            feats_raw: the global (336-px) features, one ``[h, w, C]`` per mask (repeated per image).
-            local_feats_raw: the local (224-px) features, one ``[h, w, C]`` per mask.
+            feats: crop features, one `[h, w, C]` per mask in order over images.
+            masks: a list over images of `[M_i, mh, mw]` masks (None entries are skipped), or None.
+            feats_raw: the global (336-px) features, one `[h, w, C]` per mask (repeated per image).
+            local_feats_raw: the local (224-px) features, one `[h, w, C]` per mask.
             masks_raw: accepted and unused, as upstream.
-            box_params: a list over images of per-mask ``((top, left, bottom, right), H, W)``.
+            box_params: a list over images of per-mask `((top, left, bottom, right), H, W)`.
             mask_num: K.
 
         Returns:
-            ``[sum(M_i) * K, D]`` in the features' dtype, or None when ``masks`` is None or holds no
+            `[sum(M_i) * K, D]` in the features' dtype, or None when `masks` is None or holds no
             mask.
         """
         if masks is None:
@@ -184,7 +184,7 @@ class FastLiteMaskExtractor(PixelReferFastLiteRegionEncoder):
 
 
 def _region_encoder_owner(model: nn.Module) -> nn.Module:
-    """The module holding ``region_encoder``: ``model.get_model()``, ``model.model`` or ``model``."""
+    """The module holding `region_encoder`: `model.get_model()`, `model.model` or `model`."""
     candidates = []
     if hasattr(model, "get_model"):
         candidates.append(model.get_model())
@@ -202,8 +202,8 @@ def _is_lite(encoder: nn.Module) -> bool:
 def swap_region_encoder(model: nn.Module) -> nn.Module:
     """Replace the region encoder of an official PixelRefer / PixelRefer-Lite model in place.
 
-    The full model's ``MaskExtractor`` becomes ``FastMaskExtractor``; Lite's becomes
-    ``FastLiteMaskExtractor``. Weights, device, dtype and train/eval mode carry over. Returns the new
+    The full model's `MaskExtractor` becomes `FastMaskExtractor`; Lite's becomes
+    `FastLiteMaskExtractor`. Weights, device, dtype and train/eval mode carry over. Returns the new
     encoder (the old one unchanged if it already is a fast twin).
     """
     owner = _region_encoder_owner(model)

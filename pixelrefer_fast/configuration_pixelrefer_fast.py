@@ -1,19 +1,19 @@
-"""Configurations of PixelRefer and PixelRefer-Lite, read from the released ``config.json`` unchanged.
+"""Configurations of PixelRefer and PixelRefer-Lite, read from the released `config.json` unchanged.
 
 Three classes:
 
-- ``PixelReferFastVisionConfig``: the NaViT SigLIP vision encoder (VL3-SigLIP-NaViT shape by default),
-  the ``vision_encoder_config`` sub-config of the released checkpoints (docs/spec.md §4, §9.2).
-- ``PixelReferFastConfig`` (``model_type="pixelrefer_qwen2"``): Qwen2 fields plus the multimodal fields
+- `PixelReferFastVisionConfig`: the NaViT SigLIP vision encoder (VL3-SigLIP-NaViT shape by default),
+  the `vision_encoder_config` sub-config of the released checkpoints (docs/spec.md §4, §9.2).
+- `PixelReferFastConfig` (`model_type="pixelrefer_qwen2"`): Qwen2 fields plus the multimodal fields
   of the full model and our region-encoder options.
-- ``PixelReferFastLiteConfig`` (``model_type="pixelreferlite_qwen2"``): the same fields with the Lite
+- `PixelReferFastLiteConfig` (`model_type="pixelreferlite_qwen2"`): the same fields with the Lite
   defaults (3 k-means iterations, first-local-crop reuse).
 
-Both top-level configs subclass transformers' own ``Qwen2Config`` so every LLM field (``hidden_size``,
-``num_key_value_heads``, ``rope_theta`` / ``rope_parameters``, ``tie_word_embeddings``, ...) keeps its
-meaning. Fields of the released file that inference does not use (``mm_vision_select_layer``,
-``image_aspect_ratio``, ``tokenizer_model_max_length``, learning rates, Lite's ``cross_attn_*`` /
-``fast_token_*``, ...) are kept as plain attributes and written back by ``save_pretrained``.
+Both top-level configs subclass transformers' own `Qwen2Config` so every LLM field (`hidden_size`,
+`num_key_value_heads`, `rope_theta` / `rope_parameters`, `tie_word_embeddings`, ...) keeps its
+meaning. Fields of the released file that inference does not use (`mm_vision_select_layer`,
+`image_aspect_ratio`, `tokenizer_model_max_length`, learning rates, Lite's `cross_attn_*` /
+`fast_token_*`, ...) are kept as plain attributes and written back by `save_pretrained`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _PROJECTOR_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
 
 
 def projector_depth(projector_type: str) -> int:
-    """Number of Linear layers of an ``mlp{N}x_gelu`` projector; ``ValueError`` for any other type."""
+    """Number of Linear layers of an `mlp{N}x_gelu` projector; `ValueError` for any other type."""
     match = _PROJECTOR_PATTERN.match(projector_type) if isinstance(projector_type, str) else None
     if match is None or int(match.group(1)) < 1:
         raise ValueError(
@@ -45,23 +45,23 @@ def projector_depth(projector_type: str) -> int:
 class PixelReferFastVisionConfig(PreTrainedConfig):
     r"""The NaViT SigLIP vision encoder of PixelRefer (VL3-SigLIP-NaViT architecture, docs/spec.md §4).
 
-    Read from the ``vision_encoder_config`` entry of a released ``config.json``; extra keys of that entry
-    (``architectures``, ``_name_or_path``, ...) are kept as attributes, its ``model_type`` is dropped.
+    Read from the `vision_encoder_config` entry of a released `config.json`; extra keys of that entry
+    (`architectures`, `_name_or_path`, ...) are kept as attributes, its `model_type` is dropped.
 
     Args:
         hidden_size (`int`, defaults to 1152): channels C of the patch tokens.
         intermediate_size (`int`, defaults to 4304): MLP width.
         num_hidden_layers (`int`, defaults to 27): pre-norm transformer blocks.
-        num_attention_heads (`int`, defaults to 16): heads; ``hidden_size / heads`` must be a multiple of
+        num_attention_heads (`int`, defaults to 16): heads; `hidden_size / heads` must be a multiple of
             4 (2-D RoPE splits each head's half into a row and a column part).
         num_channels (`int`, defaults to 3): image channels.
         patch_size (`int`, defaults to 14): patch side; a packed row holds
-            ``num_channels * patch_size**2`` (588) values.
-        hidden_act (`str`, defaults to ``"gelu_pytorch_tanh"``): MLP activation.
+            `num_channels * patch_size**2` (588) values.
+        hidden_act (`str`, defaults to `"gelu_pytorch_tanh"`): MLP activation.
         layer_norm_eps (`float`, defaults to 1e-6): eps of every LayerNorm.
         attention_dropout (`float`, defaults to 0.0): unused at inference.
         spatial_merge_size (`int`, defaults to 2): video frames' window size (read from the checkpoint;
-            the encoder takes the per-image stride from its ``merge_sizes`` input).
+            the encoder takes the per-image stride from its `merge_sizes` input).
         rope_theta (`float`, defaults to 10000.0): base of the 2-D rotary frequencies.
     """
 
@@ -97,40 +97,40 @@ class PixelReferFastVisionConfig(PreTrainedConfig):
 
     @property
     def patch_dim(self) -> int:
-        """Values per packed patch row: ``num_channels * patch_size**2`` (588)."""
+        """Values per packed patch row: `num_channels * patch_size**2` (588)."""
         return self.num_channels * self.patch_size * self.patch_size
 
 
 class PixelReferFastConfig(Qwen2Config):
     r"""PixelRefer (Vision-Object framework): Qwen2 + NaViT vision encoder + projector + region encoder.
 
-    Reads the released ``config.json`` unchanged. All Qwen2 fields are inherited from ``Qwen2Config``
-    (``vocab_size``, ``hidden_size`` D, ``intermediate_size``, ``num_hidden_layers``,
-    ``num_attention_heads``, ``num_key_value_heads``, ``rms_norm_eps``, ``rope_theta`` /
-    ``rope_parameters``, ``max_position_embeddings``, ``tie_word_embeddings``, ``dtype`` / ``torch_dtype``,
-    ``bos_token_id``, ``eos_token_id``, ``pad_token_id``, ...).
+    Reads the released `config.json` unchanged. All Qwen2 fields are inherited from `Qwen2Config`
+    (`vocab_size`, `hidden_size` D, `intermediate_size`, `num_hidden_layers`,
+    `num_attention_heads`, `num_key_value_heads`, `rms_norm_eps`, `rope_theta` /
+    `rope_parameters`, `max_position_embeddings`, `tie_word_embeddings`, `dtype` / `torch_dtype`,
+    `bos_token_id`, `eos_token_id`, `pad_token_id`, ...).
 
     Released fields (docs/spec.md §9.2):
         vision_encoder_config (`dict` or `PixelReferFastVisionConfig`, optional): the vision encoder;
             VL3-SigLIP-NaViT defaults when absent.
-        mm_vision_encoder (`str`, defaults to ``"DAMO-NLP-SG/VL3-SigLIP-NaViT"``): the vision repo the
+        mm_vision_encoder (`str`, defaults to `"DAMO-NLP-SG/VL3-SigLIP-NaViT"`): the vision repo the
             official code took the image processor from; informational here.
-        mm_hidden_size (`int`, defaults to 1152): vision channels C; must equal the vision ``hidden_size``.
-        mm_projector_type (`str`, defaults to ``"mlp2x_gelu"``): ``mlp<N>x_gelu`` (N Linear layers, GELU
+        mm_hidden_size (`int`, defaults to 1152): vision channels C; must equal the vision `hidden_size`.
+        mm_projector_type (`str`, defaults to `"mlp2x_gelu"`): `mlp<N>x_gelu` (N Linear layers, GELU
             between).
         spatial_merge_size (`int`, defaults to 2): stride of video frames (2x2 average of features).
         mm_max_length (`int`, optional): vision-token budget of the processor; absent means the official
-            fallback ``9477 // spatial_merge_size**2``.
+            fallback `9477 // spatial_merge_size**2`.
         use_token_compression (`bool`, defaults to True): video frame pruning (the processor applies it).
         mask_num (`int`, defaults to 32): K, region tokens per mask (k-means clusters).
-        image_token_index (`int`, optional): id of ``<image>``; set from the tokenizer at load time.
-        region_token_index (`int`, optional): id of ``<REGION>``; set from the tokenizer at load time.
+        image_token_index (`int`, optional): id of `<image>`; set from the tokenizer at load time.
+        region_token_index (`int`, optional): id of `<REGION>`; set from the tokenizer at load time.
 
     Our options (the defaults reproduce the three quirks of the official code the released weights were
     trained with; each option gives the corrected or deterministic behaviour):
-        kmeans_init (`str`, defaults to ``"parity"``): k-means initialisation of the region tokenizer:
-            ``"parity"`` draws ``randperm`` from the global CPU RNG per clustered region in region order
-            (official behaviour, random token order); ``"deterministic"`` uses a fixed, batched init.
+        kmeans_init (`str`, defaults to `"parity"`): k-means initialisation of the region tokenizer:
+            `"parity"` draws `randperm` from the global CPU RNG per clustered region in region order
+            (official behaviour, random token order); `"deterministic"` uses a fixed, batched init.
         swap_box_axes (`bool`, defaults to True): box position embedding with the official swapped axes
             (docs/spec.md §5.3); False gives the corrected layout (not what the weights were trained with).
         reuse_first_local_crop (`bool`, defaults to True): Lite only, read by the processor: later masks
@@ -196,10 +196,10 @@ class PixelReferFastConfig(Qwen2Config):
 
 
 class PixelReferFastLiteConfig(PixelReferFastConfig):
-    r"""PixelRefer-Lite (Object-Only framework): the fields of ``PixelReferFastConfig`` with Lite defaults.
+    r"""PixelRefer-Lite (Object-Only framework): the fields of `PixelReferFastConfig` with Lite defaults.
 
-    Differences from the full model's defaults: ``region_kmeans_iters=3`` (official Lite k-means), and
-    the processor option ``reuse_first_local_crop=True`` matters here. ``mm_projector_type`` is still
+    Differences from the full model's defaults: `region_kmeans_iters=3` (official Lite k-means), and
+    the processor option `reuse_first_local_crop=True` matters here. `mm_projector_type` is still
     read (the released Lite checkpoints carry projector weights) but the projector is not built.
     """
 

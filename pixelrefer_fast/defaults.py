@@ -1,6 +1,6 @@
 """Defaults shared by the API and the command line, defined once.
 
-``DEFAULT_MAX_NEW_TOKENS``: the generation budget of ``describe()`` and ``pixelrefer-fast describe``
+`DEFAULT_MAX_NEW_TOKENS`: the generation budget of `describe()` and `pixelrefer-fast describe`
 (2048, the official inference scripts' value; generation stops earlier at the end-of-sequence token).
 """
 

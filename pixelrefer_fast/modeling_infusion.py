@@ -1,21 +1,21 @@
-"""PixelRefer-Lite's region encoder: object tokens, Object-Centric Infusion, ``feat_linear``.
+"""PixelRefer-Lite's region encoder: object tokens, Object-Centric Infusion, `feat_linear`.
 
-``PixelReferFastLiteRegionEncoder`` extends the full model's tokenizer (``modeling_region``):
+`PixelReferFastLiteRegionEncoder` extends the full model's tokenizer (`modeling_region`):
 
-1. ``tokenize``: crop features + box position embedding, mask pooling, k-means (3 iterations) and
-   zero padding to exactly K tokens per region (``pad_to_mask_num=True``);
-2. ``pixelrefer_kernels.object_infusion``: the tokens attend to their region's local-crop features,
+1. `tokenize`: crop features + box position embedding, mask pooling, k-means (3 iterations) and
+   zero padding to exactly K tokens per region (`pad_to_mask_num=True`);
+2. `pixelrefer_kernels.object_infusion`: the tokens attend to their region's local-crop features,
    then to their image's global features (LayerNorm on the queries, residuals), with each feature
    map's projections computed once for all regions that use it;
-3. ``feat_linear`` to the LLM width: K embeddings per region.
+3. `feat_linear` to the LLM width: K embeddings per region.
 
-Its drop-in twin with upstream's call convention, ``FastLiteMaskExtractor``, lives in ``compat.py``.
+Its drop-in twin with upstream's call convention, `FastLiteMaskExtractor`, lives in `compat.py`.
 
 Dtypes follow upstream Lite, which runs everything in the model dtype (bf16 autocast): pooling and
 k-means in the features' dtype, the infusion in the parameters' dtype (LayerNorm statistics and the
-softmax in float32 inside the kernels), ``feat_linear`` in the features' dtype. Parameter names match
-upstream (``pos_linear``, ``feat_linear.{0,2}``, ``fusion_attention_{local,global}.*``,
-``ln_{local,global}.*``, the unused ``mask_embedding.*``), so released state dicts load unchanged.
+softmax in float32 inside the kernels), `feat_linear` in the features' dtype. Parameter names match
+upstream (`pos_linear`, `feat_linear.{0,2}`, `fusion_attention_{local,global}.*`,
+`ln_{local,global}.*`, the unused `mask_embedding.*`), so released state dicts load unchanged.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ LITE_ITERATIONS = 3
 
 
 class PixelReferFastLiteRegionEncoder(PixelReferFastRegionEncoder):
-    """Lite region encoder (upstream ``pixelreferlite`` ``MaskExtractor``), batched over regions.
+    """Lite region encoder (upstream `pixelreferlite` `MaskExtractor`), batched over regions.
 
     Args:
         mm_hidden_size: C (1152). hidden_size: D (LLM width).
         mask_num: K (32). num_iters: k-means iterations (3 in Lite).
-        kmeans_init, swap_box_axes, check_finite: as ``PixelReferFastRegionEncoder`` (defaults reproduce
+        kmeans_init, swap_box_axes, check_finite: as `PixelReferFastRegionEncoder` (defaults reproduce
             upstream).
         pad_to_mask_num: True (Lite): every region gives exactly K tokens.
         num_heads: infusion attention heads (8).
@@ -89,11 +89,11 @@ class PixelReferFastLiteRegionEncoder(PixelReferFastRegionEncoder):
         *,
         validate: bool = True,
     ) -> torch.Tensor:
-        """Object-Centric Infusion of ``tokens [R, K, C]`` (before ``feat_linear``), in the parameters' dtype.
+        """Object-Centric Infusion of `tokens [R, K, C]` (before `feat_linear`), in the parameters' dtype.
 
-        ``local_feats [N_l, C]`` / ``global_feats [N_g, C]``: packed feature maps with offsets
-        ``cu_local [L+1]`` / ``cu_global [G+1]``; ``region_local`` / ``region_global`` ``[R]``: the map of
-        each region. Keep the offsets and maps on the CPU to avoid a device sync. ``validate=False``
+        `local_feats [N_l, C]` / `global_feats [N_g, C]`: packed feature maps with offsets
+        `cu_local [L+1]` / `cu_global [G+1]`; `region_local` / `region_global` `[R]`: the map of
+        each region. Keep the offsets and maps on the CPU to avoid a device sync. `validate=False`
         for offsets already checked (the model's checked batch).
         """
         if self.ln_local.eps != self.ln_global.eps:
@@ -137,10 +137,10 @@ class PixelReferFastLiteRegionEncoder(PixelReferFastRegionEncoder):
                 view; several regions may share one), their offsets and each region's map.
             global_feats, cu_global, region_global: the same for the whole-image views.
             generator: CPU generator of the parity k-means init (default: the global RNG, as upstream).
-            mask_num: K for this call (default ``self.mask_num``).
+            mask_num: K for this call (default `self.mask_num`).
 
         Returns:
-            ``(embeddings [R*K, D] in the features' dtype, counts [R] int32)``; every count is K
+            `(embeddings [R*K, D] in the features' dtype, counts [R] int32)`; every count is K
             (zero-padded tokens are infused and projected too, as upstream).
         """
         tokens, counts, _ = self._tokenize(inputs, generator, self.mask_num if mask_num is None else mask_num)

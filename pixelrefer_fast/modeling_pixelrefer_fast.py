@@ -2,33 +2,33 @@
 
 Classes (the Lite twins share every piece and differ in configuration only):
 
-- ``PixelReferFastPreTrainedModel`` / ``PixelReferFastLitePreTrainedModel``: HF plumbing, strict loading;
-- ``PixelReferFastModel`` / ``PixelReferFastLiteModel``: transformers' own ``Qwen2Model`` plus the children
-  ``vision_encoder``, ``mm_projector`` (full only) and ``region_encoder``, so the released keys load as they
-  are (``model.embed_tokens``, ``model.layers.*``, ``model.vision_encoder.vision_encoder.*``, ...);
-- ``PixelReferFastForCausalLM`` / ``PixelReferFastLiteForCausalLM``: ``lm_head`` (tied when
-  ``tie_word_embeddings``) and ``GenerationMixin``; ``describe()`` is the one-call API.
+- `PixelReferFastPreTrainedModel` / `PixelReferFastLitePreTrainedModel`: HF plumbing, strict loading;
+- `PixelReferFastModel` / `PixelReferFastLiteModel`: transformers' own `Qwen2Model` plus the children
+  `vision_encoder`, `mm_projector` (full only) and `region_encoder`, so the released keys load as they
+  are (`model.embed_tokens`, `model.layers.*`, `model.vision_encoder.vision_encoder.*`, ...);
+- `PixelReferFastForCausalLM` / `PixelReferFastLiteForCausalLM`: `lm_head` (tied when
+  `tie_word_embeddings`) and `GenerationMixin`; `describe()` is the one-call API.
 
-Forward of one batch (``B`` items, left padded, any mix of images, videos and regions):
+Forward of one batch (`B` items, left padded, any mix of images, videos and regions):
 
-0. ``pack_inputs`` (run by ``place_inputs``, or by ``forward`` for the processor's fields as they are)
+0. `pack_inputs` (run by `place_inputs`, or by `forward` for the processor's fields as they are)
    checks the batch ONCE on the host: placeholders against the announced and the mask-given counts
-   (``ValueError`` with both numbers), masks thresholded to uint8, every size, offset and placeholder
-   row computed (``PixelReferFastBatch``). From there to the logits nothing is read back from the device
-   (SDPA/eager attention, deterministic k-means init). The stages below are methods ``forward`` calls,
+   (`ValueError` with both numbers), masks thresholded to uint8, every size, offset and placeholder
+   row computed (`PixelReferFastBatch`). From there to the logits nothing is read back from the device
+   (SDPA/eager attention, deterministic k-means init). The stages below are methods `forward` calls,
    which the profiler times;
-1. ``encode_pixels``: every pixel source of the batch (global images and video frames, region crops,
+1. `encode_pixels`: every pixel source of the batch (global images and video frames, region crops,
    Lite's 336 global and 224 local views) goes through ONE packed vision-encoder call;
-2. ``project_images`` (full model, ``get_image_features``): stride-2 frames are 2x2 averaged, tokens
-   pruned by the video compression are dropped (``image_token_keep``), then the projector;
-3. ``tokenize_regions``, ``infuse_regions`` (Lite), ``project_regions`` (``get_region_features``): pool +
-   k-means, Lite's object-centric infusion into the views, ``feat_linear``;
-4. ``splice``: the features are written over their placeholders (rows found on the host);
-5. ``run_llm``: Qwen2 on ``inputs_embeds`` with 1-D positions per item (from the attention mask, so left
-   padding gives the official unpadded positions), logits only where asked (``logits_to_keep``).
+2. `project_images` (full model, `get_image_features`): stride-2 frames are 2x2 averaged, tokens
+   pruned by the video compression are dropped (`image_token_keep`), then the projector;
+3. `tokenize_regions`, `infuse_regions` (Lite), `project_regions` (`get_region_features`): pool +
+   k-means, Lite's object-centric infusion into the views, `feat_linear`;
+4. `splice`: the features are written over their placeholders (rows found on the host);
+5. `run_llm`: Qwen2 on `inputs_embeds` with 1-D positions per item (from the attention mask, so left
+   padding gives the official unpadded positions), logits only where asked (`logits_to_keep`).
 
-Upstream differences: batched (upstream asserts batch 1), no ``.cuda()``/autocast (device and dtype come
-from the parameters), the prefill computes logits only for the last position under ``generate``.
+Upstream differences: batched (upstream asserts batch 1), no `.cuda()`/autocast (device and dtype come
+from the parameters), the prefill computes logits only for the last position under `generate`.
 """
 
 from __future__ import annotations
@@ -67,20 +67,20 @@ class PixelReferFastInputs:
     """The multimodal inputs of one batch (the processor's output keys; all optional).
 
     Full model, global images and video frames (packed in item order):
-        pixel_values ``[N_img, 588]`` float; image_grid_thw ``[I, 3]`` long (t=1 per image/frame);
-        image_merge_sizes ``[I]`` long (1 images, 2 video frames; default all 1);
-        image_token_keep ``[sum(h*w/s**2)]`` bool (video token compression; absent keeps all).
+        pixel_values `[N_img, 588]` float; image_grid_thw `[I, 3]` long (t=1 per image/frame);
+        image_merge_sizes `[I]` long (1 images, 2 video frames; default all 1);
+        image_token_keep `[sum(h*w/s**2)]` bool (video token compression; absent keeps all).
     Regions (one crop per region, regions of all items in placeholder order):
-        crop_pixel_values ``[N_crop, 588]``; crop_grid_thw ``[R, 3]``; region_masks ``[N_m]`` packed mask
-        grids; region_mask_hw ``[R, 2]``; region_boxes ``[R, 4]`` (top, left, bottom, right);
-        region_image_hw ``[R, 2]`` (H, W of the source image); region_token_counts ``[R]`` (tokens the
-        prompt reserved per region, checked against the encoder); region_item ``[R]`` (batch index);
-        region_mask_cells ``[R]`` (mask cells > 0 per region; optional, checked against the masks).
+        crop_pixel_values `[N_crop, 588]`; crop_grid_thw `[R, 3]`; region_masks `[N_m]` packed mask
+        grids; region_mask_hw `[R, 2]`; region_boxes `[R, 4]` (top, left, bottom, right);
+        region_image_hw `[R, 2]` (H, W of the source image); region_token_counts `[R]` (tokens the
+        prompt reserved per region, checked against the encoder); region_item `[R]` (batch index);
+        region_mask_cells `[R]` (mask cells > 0 per region; optional, checked against the masks).
     Lite only (each view encoded once, regions index them):
-        global_pixel_values, global_grid_thw ``[G, 3]``, region_global ``[R]``;
-        local_pixel_values, local_grid_thw ``[L, 3]``, region_local ``[R]``.
+        global_pixel_values, global_grid_thw `[G, 3]`, region_global `[R]`;
+        local_pixel_values, local_grid_thw `[L, 3]`, region_local `[R]`.
     Other:
-        kmeans_generator: ``torch.Generator`` for the k-means init (default: the global CPU RNG).
+        kmeans_generator: `torch.Generator` for the k-means init (default: the global CPU RNG).
     """
 
     pixel_values: torch.Tensor | None = None
@@ -128,7 +128,7 @@ PACKED_KEY = "multimodal_inputs"  # the checked PixelReferFastBatch in place_inp
 
 @dataclass(frozen=True)
 class LiteViews:
-    """Lite's view offsets (``[V+1]`` int32) and each region's view (``[R]`` int64), on the host (the
+    """Lite's view offsets (`[V+1]` int32) and each region's view (`[R]` int64), on the host (the
     infusion plans its gathers from them without reading the device)."""
 
     cu_local: torch.Tensor
@@ -139,16 +139,16 @@ class LiteViews:
 
 @dataclass(frozen=True)
 class PixelReferFastBatch:
-    """One batch's multimodal inputs, checked once on the host and placed (``PixelReferFastModel.pack_inputs``).
+    """One batch's multimodal inputs, checked once on the host and placed (`PixelReferFastModel.pack_inputs`).
 
-    Device tensors: ``pixel_values`` (every pixel source of the batch concatenated: images, crops, Lite
-    global then local views), ``image_keep_rows``, ``image_slots`` / ``region_slots`` (rows of the
-    flattened ``[B*T]`` prompt holding ``<image>`` / ``<REGION>``) and the device parts of ``regions``
+    Device tensors: `pixel_values` (every pixel source of the batch concatenated: images, crops, Lite
+    global then local views), `image_keep_rows`, `image_slots` / `region_slots` (rows of the
+    flattened `[B*T]` prompt holding `<image>` / `<REGION>`) and the device parts of `regions`
     (masks as uint8, offsets, box coefficients, kept token rows). Host facts: the vision grids, merge
-    sizes and layout (``vision_packing``), ``vision_rows`` (rows per source), the image grids, the
-    region sizes and counts (``regions``), Lite's view offsets (``lite_views``), ``has_padding`` (the
-    attention mask holds a 0) and ``sequence_shape`` (B, T). The encoders take it as checked: nothing
-    is read back from the device between ``place_inputs`` and the first logits (SDPA/eager attention,
+    sizes and layout (`vision_packing`), `vision_rows` (rows per source), the image grids, the
+    region sizes and counts (`regions`), Lite's view offsets (`lite_views`), `has_padding` (the
+    attention mask holds a 0) and `sequence_shape` (B, T). The encoders take it as checked: nothing
+    is read back from the device between `place_inputs` and the first logits (SDPA/eager attention,
     deterministic k-means init; the parity init draws from its CPU generator, on the host).
     """
 
@@ -191,7 +191,7 @@ _LITE_VIEW_KEYS = ("global_pixel_values", "global_grid_thw", "region_global", "l
 
 
 def _host_offsets(grid_thw: torch.Tensor) -> torch.Tensor:
-    """CPU int32 ``[V+1]`` row offsets of the views of a packed call (kept on the host: no device sync)."""
+    """CPU int32 `[V+1]` row offsets of the views of a packed call (kept on the host: no device sync)."""
     return F.pad(grid_thw.to("cpu", torch.long).prod(-1).cumsum(0), (1, 0)).to(torch.int32)
 
 
@@ -209,7 +209,7 @@ def _check_count(token: str, slots: int, features: int, source: str) -> None:
 
 
 def _check_per_item(slots: torch.Tensor, counts: torch.Tensor, region_item: torch.Tensor | None) -> None:
-    """``<REGION>`` placeholders per item (``[B]``) against the region token counts summed per item."""
+    """`<REGION>` placeholders per item (`[B]`) against the region token counts summed per item."""
     if region_item is None:
         return
     item = region_item.to("cpu", torch.long)
@@ -224,7 +224,7 @@ def _check_per_item(slots: torch.Tensor, counts: torch.Tensor, region_item: torc
 
 
 def _view_index(value, name: str, views: int, regions: int) -> torch.Tensor:
-    """Lite's view of each region, checked once: ``[R]`` CPU int64 in ``0..views-1``."""
+    """Lite's view of each region, checked once: `[R]` CPU int64 in `0..views-1`."""
     index = _host_long(value, name)
     if index.shape != (regions,) or (regions and (int(index.min()) < 0 or int(index.max()) >= views)):
         raise ValueError(f"{name} must hold one view index (0..{views - 1}) per region ({regions}), got {index.tolist()}")
@@ -232,7 +232,7 @@ def _view_index(value, name: str, views: int, regions: int) -> torch.Tensor:
 
 
 def _image_merge_sizes(inputs: PixelReferFastInputs) -> torch.Tensor:
-    """Per-image stride (``image_merge_sizes``; all 1 when absent), CPU int64."""
+    """Per-image stride (`image_merge_sizes`; all 1 when absent), CPU int64."""
     if inputs.image_merge_sizes is not None:
         return _host_long(inputs.image_merge_sizes, "image_merge_sizes")
     return torch.ones(inputs.image_grid_thw.shape[0], dtype=torch.long)
@@ -250,7 +250,7 @@ def _announced_image_tokens(inputs: PixelReferFastInputs) -> int:
 
 
 def default_llm_attention(dtype) -> str:
-    """``"flash_attention_2"`` when flash-attn is installed, CUDA is there and ``dtype`` is fp16/bf16; else ``"sdpa"``."""
+    """`"flash_attention_2"` when flash-attn is installed, CUDA is there and `dtype` is fp16/bf16; else `"sdpa"`."""
     from pixelrefer_kernels import has_flash_attn
 
     if isinstance(dtype, str):
@@ -261,7 +261,7 @@ def default_llm_attention(dtype) -> str:
 
 
 class PixelReferFastPreTrainedModel(PreTrainedModel):
-    """Shared HF plumbing of the PixelRefer models; ``from_pretrained`` adds the strict checks of ``checkpoint.py``."""
+    """Shared HF plumbing of the PixelRefer models; `from_pretrained` adds the strict checks of `checkpoint.py`."""
 
     config_class = PixelReferFastConfig
     base_model_prefix = "model"
@@ -276,15 +276,15 @@ class PixelReferFastPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """transformers' ``from_pretrained`` plus the model-type check, the strict key check and the token ids.
+        """transformers' `from_pretrained` plus the model-type check, the strict key check and the token ids.
 
-        Besides the usual arguments (``dtype``, ``device_map``, ``attn_implementation``, ...):
+        Besides the usual arguments (`dtype`, `device_map`, `attn_implementation`, ...):
         the LLM attention defaults to flash-attn when installed (CUDA, fp16/bf16), else SDPA; the ids of
-        ``<image>`` / ``<REGION>`` are taken from the checkpoint's tokenizer files when present.
+        `<image>` / `<REGION>` are taken from the checkpoint's tokenizer files when present.
 
         Raises:
-            ValueError: a ``model_type`` this class cannot load, or keys missing from / foreign to the
-                checkpoint (listed by name; see ``checkpoint.ALLOWED_*_KEYS`` for the exceptions).
+            ValueError: a `model_type` this class cannot load, or keys missing from / foreign to the
+                checkpoint (listed by name; see `checkpoint.ALLOWED_*_KEYS` for the exceptions).
         """
         source = str(pretrained_model_name_or_path)
         model_type = cls.config_class.model_type
@@ -331,10 +331,10 @@ def build_region_encoder(config: PixelReferFastConfig) -> nn.Module:
 
 
 class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
-    """Qwen2 decoder plus the multimodal encoders; ``forward`` splices image and region features in.
+    """Qwen2 decoder plus the multimodal encoders; `forward` splices image and region features in.
 
-    Keys: ``embed_tokens``, ``layers.*``, ``norm`` (Qwen2), ``vision_encoder.vision_encoder.*``,
-    ``mm_projector.readout.*`` (full only), ``region_encoder.*``.
+    Keys: `embed_tokens`, `layers.*`, `norm` (Qwen2), `vision_encoder.vision_encoder.*`,
+    `mm_projector.readout.*` (full only), `region_encoder.*`.
     """
 
     def __init__(self, config: PixelReferFastConfig):
@@ -362,12 +362,12 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
     ) -> PixelReferFastBatch:
         """Validate the multimodal inputs of a batch ONCE, on the host, and place them for the forward.
 
-        Placeholders are counted on the host ``input_ids`` (a device ``input_ids`` costs one sync) and
+        Placeholders are counted on the host `input_ids` (a device `input_ids` costs one sync) and
         checked against the counts the inputs announce and the regions' masks give; region masks are
         thresholded once to uint8; every size, offset and row index the encoders and the splice need
-        is computed here. ``mask_num``: K for this batch (default ``config.mask_num``; the official
+        is computed here. `mask_num`: K for this batch (default `config.mask_num`; the official
         forward takes it per call), which the processor must have used too. The forward then reads
-        nothing back from the device (see ``PixelReferFastBatch``).
+        nothing back from the device (see `PixelReferFastBatch`).
 
         Raises:
             ValueError: placeholders and features disagree (both numbers given), incomplete region
@@ -466,7 +466,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             raise ValueError(f"region inputs are incomplete: missing {', '.join(missing)}")
 
     def _check_region_counts(self, n_region_slots: int, regions, inputs: PixelReferFastInputs, slots_per_item) -> None:
-        """``<REGION>`` placeholders against the announced counts and the counts the masks give."""
+        """`<REGION>` placeholders against the announced counts and the counts the masks give."""
         announced = None
         if inputs.region_token_counts is not None:
             announced = _host_long(inputs.region_token_counts, "region_token_counts")
@@ -489,7 +489,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         """Every pixel source of the batch through ONE packed vision-encoder call.
 
         Returns:
-            ``{"images", "crops", "global", "local"}`` -> ``[rows, C]`` features, for the sources present.
+            `{"images", "crops", "global", "local"}` -> `[rows, C]` features, for the sources present.
         """
         if batch.pixel_values is None:
             return {}
@@ -498,18 +498,18 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
 
     def project_images(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]) -> torch.Tensor:
         """Global image / video-frame tokens for the LLM (full model): 2x2 merge of stride-2 frames,
-        compressed tokens dropped, the projector: ``[n_image_tokens, D]``."""
+        compressed tokens dropped, the projector: `[n_image_tokens, D]`."""
         tokens = merge_windows(vision["images"], batch.image_grid_thw, batch.image_merge_sizes)  # (n_tokens, C)
         if batch.image_keep_rows is not None:
             tokens = tokens.index_select(0, batch.image_keep_rows)
         return self.mm_projector(tokens)
 
     def tokenize_regions(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]):
-        """Box position embedding, mask pooling and k-means: ``(tokens [R, K, C], counts [R])``."""
+        """Box position embedding, mask pooling and k-means: `(tokens [R, K, C], counts [R])`."""
         return self.region_encoder.tokenize_packed(vision["crops"], batch.regions, batch.kmeans_generator)
 
     def infuse_regions(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """Lite's object-centric infusion of the tokens into their local and global views: ``[R, K, C]``."""
+        """Lite's object-centric infusion of the tokens into their local and global views: `[R, K, C]`."""
         views = batch.lite_views
         return self.region_encoder.infuse(
             tokens, vision["local"], views.cu_local, views.region_local, vision["global"], views.cu_global, views.region_global,
@@ -517,16 +517,16 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         )
 
     def project_regions(self, batch: PixelReferFastBatch, tokens: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The kept region tokens through ``feat_linear``: ``[sum(counts), D]``."""
+        """The kept region tokens through `feat_linear`: `[sum(counts), D]`."""
         encoder = self.region_encoder
         return encoder.project(encoder.select_tokens(tokens, counts, batch.regions), dtype)
 
     def get_image_features(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Global image / video-frame tokens for the LLM: ``[n_image_tokens, D]`` (full model).
+        """Global image / video-frame tokens for the LLM: `[n_image_tokens, D]` (full model).
 
         Args:
-            batch: the checked batch (``pack_inputs`` / ``place_inputs``).
-            vision: the output of ``encode_pixels`` when already computed (else it is run here).
+            batch: the checked batch (`pack_inputs` / `place_inputs`).
+            vision: the output of `encode_pixels` when already computed (else it is run here).
         """
         _check_packed(batch)
         if batch.image_grid_thw is None:
@@ -536,9 +536,9 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
     def get_region_features(
         self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Region tokens for the LLM: ``(embeddings [sum(counts), D], counts [R] int32 on the device)``;
-        counts are ``min(K, cells)`` (full) or K (Lite). Stages: ``tokenize_regions``, ``infuse_regions``
-        (Lite), ``project_regions``."""
+        """Region tokens for the LLM: `(embeddings [sum(counts), D], counts [R] int32 on the device)`;
+        counts are `min(K, cells)` (full) or K (Lite). Stages: `tokenize_regions`, `infuse_regions`
+        (Lite), `project_regions`."""
         _check_packed(batch)
         if batch.regions is None:
             raise ValueError("the batch has no regions (crop_pixel_values, region_masks, ... were not given)")
@@ -549,8 +549,8 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         return self.project_regions(batch, tokens, counts, vision["crops"].dtype), counts
 
     def splice(self, input_ids: torch.Tensor, batch: PixelReferFastBatch, image_features, region_features) -> torch.Tensor:
-        """``inputs_embeds [B, T, D]``: token embeddings with the features written over their placeholders
-        (row indices found on the host by ``pack_inputs``)."""
+        """`inputs_embeds [B, T, D]`: token embeddings with the features written over their placeholders
+        (row indices found on the host by `pack_inputs`)."""
         embeds = self.embed_tokens(input_ids)
         flat = embeds.reshape(-1, embeds.shape[-1])  # (B*T, D)
         for token, slots, features in (("<image>", batch.image_slots, image_features), ("<REGION>", batch.region_slots, region_features)):
@@ -561,10 +561,10 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         return flat.view(embeds.shape)
 
     def embed_multimodal(self, input_ids: torch.Tensor, batch: PixelReferFastBatch | PixelReferFastInputs) -> torch.Tensor:
-        """``inputs_embeds [B, T, D]`` with image and region features written over their placeholders.
+        """`inputs_embeds [B, T, D]` with image and region features written over their placeholders.
 
-        ``batch``: a checked ``PixelReferFastBatch`` (no host sync), or raw ``PixelReferFastInputs``
-        (checked here first by ``pack_inputs``).
+        `batch`: a checked `PixelReferFastBatch` (no host sync), or raw `PixelReferFastInputs`
+        (checked here first by `pack_inputs`).
         """
         if not isinstance(batch, PixelReferFastBatch):
             batch = self.pack_inputs(input_ids, None, batch)
@@ -576,7 +576,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         return self.splice(input_ids, batch, image_features, region_features)
 
     def run_llm(self, inputs_embeds=None, attention_mask=None, position_ids=None, input_ids=None, **kwargs):
-        """The Qwen2 decoder (prefill, or one decode step): transformers' own ``Qwen2Model.forward``."""
+        """The Qwen2 decoder (prefill, or one decode step): transformers' own `Qwen2Model.forward`."""
         return super().forward(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
@@ -616,15 +616,15 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         """Qwen2 forward with the multimodal inputs spliced in.
 
         Args:
-            input_ids: ``[B, T]``, left padded; needed whenever multimodal inputs are given.
-            attention_mask: ``[B, T_past + T]`` (1 = token, 0 = padding).
-            position_ids: ``[B, T]``; default from the attention mask (per-item 1-D positions).
-            inputs_embeds: instead of ``input_ids`` when there are no multimodal inputs.
-            multimodal_inputs: a checked ``PixelReferFastBatch`` (``place_inputs`` / ``pack_inputs``:
+            input_ids: `[B, T]`, left padded; needed whenever multimodal inputs are given.
+            attention_mask: `[B, T_past + T]` (1 = token, 0 = padding).
+            position_ids: `[B, T]`; default from the attention mask (per-item 1-D positions).
+            inputs_embeds: instead of `input_ids` when there are no multimodal inputs.
+            multimodal_inputs: a checked `PixelReferFastBatch` (`place_inputs` / `pack_inputs`:
                 no host sync from here to the logits with SDPA/eager attention and the deterministic
-                k-means init), or raw ``PixelReferFastInputs`` (checked here once); alternatively pass
+                k-means init), or raw `PixelReferFastInputs` (checked here once); alternatively pass
                 the raw fields as keyword arguments.
-            **kwargs: the usual Qwen2 arguments (cache, ``use_cache``, ...).
+            **kwargs: the usual Qwen2 arguments (cache, `use_cache`, ...).
         """
         batch = multimodal_inputs if multimodal_inputs is not None else PixelReferFastInputs.pop_from(kwargs)
         if isinstance(batch, PixelReferFastInputs):
@@ -666,7 +666,7 @@ class PixelReferFastLiteModel(PixelReferFastLitePreTrainedModel, PixelReferFastM
 
 
 class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
-    """PixelRefer with a language-model head: ``forward``, ``generate`` and ``describe``.
+    """PixelRefer with a language-model head: `forward`, `generate` and `describe`.
 
     Example:
         >>> import pixelrefer_fast
@@ -687,7 +687,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def set_special_token_ids(self, tokenizer) -> None:
-        """Take the ids of ``<image>`` and ``<REGION>`` from ``tokenizer`` (the official runtime rule)."""
+        """Take the ids of `<image>` and `<REGION>` from `tokenizer` (the official runtime rule)."""
         for token, name in ((IMAGE_TOKEN, "image_token_index"), (REGION_TOKEN, "region_token_index")):
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is not None and token_id != getattr(tokenizer, "unk_token_id", None):
@@ -724,21 +724,21 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         multimodal_inputs: PixelReferFastBatch | None = None,
         **kwargs,
     ):
-        """Logits for ``[B, T]`` (left-padded) tokens and the batch's pixel and region inputs.
+        """Logits for `[B, T]` (left-padded) tokens and the batch's pixel and region inputs.
 
         Args:
             input_ids, attention_mask, position_ids, inputs_embeds: as for Qwen2 (see
-                ``PixelReferFastModel.forward``).
-            logits_to_keep: 0 = every position; ``n`` = the last ``n`` (``generate`` uses 1 at prefill);
+                `PixelReferFastModel.forward`).
+            logits_to_keep: 0 = every position; `n` = the last `n` (`generate` uses 1 at prefill);
                 or a 1-D tensor of positions.
             pixel_values ... kmeans_generator: the processor's multimodal outputs, described in
-                ``PixelReferFastInputs`` (only the prefill step gets them), checked here once.
-            multimodal_inputs: instead of those, the checked ``PixelReferFastBatch`` that
-                ``place_inputs`` builds (no host sync from there to the logits).
-            **kwargs: Qwen2 arguments (cache, ``use_cache``, ...).
+                `PixelReferFastInputs` (only the prefill step gets them), checked here once.
+            multimodal_inputs: instead of those, the checked `PixelReferFastBatch` that
+                `place_inputs` builds (no host sync from there to the logits).
+            **kwargs: Qwen2 arguments (cache, `use_cache`, ...).
 
         Returns:
-            ``CausalLMOutputWithPast`` (``logits [B, kept, V]`` in the model dtype, the cache, ...).
+            `CausalLMOutputWithPast` (`logits [B, kept, V]` in the model dtype, the cache, ...).
         """
         raw = PixelReferFastInputs(
             pixel_values=pixel_values,
@@ -805,31 +805,31 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         """Answer one question per item about its image or video and its masks (batched).
 
         Args:
-            processor: the ``PixelReferFastProcessor`` of this checkpoint (same variant and ``mask_num``).
+            processor: the `PixelReferFastProcessor` of this checkpoint (same variant and `mask_num`).
             images: per item, an image (path, PIL image, HWC uint8 array) or None for a video item.
             masks: per item, the list of its masks (H x W, nonzero = inside; see the processor for
-                boxes and RLE), one per ``<region>`` of its question, in order.
-            questions: per item, the question with ``<region>`` placeholders; a single string means a
+                boxes and RLE), one per `<region>` of its question, in order.
+            questions: per item, the question with `<region>` placeholders; a single string means a
                 batch of one (then images / masks / videos / frame_ids are that item's values).
             videos: per item, a video path or frame list, or None for an image item.
             frame_ids: per video item, the frame of each mask (see the processor).
-            max_new_tokens: generation budget (``defaults.DEFAULT_MAX_NEW_TOKENS``, 2048 as the official scripts).
-            static_cache: decode with a static KV cache (``cache_implementation="static"``); on CUDA
-                transformers then compiles the decoding step with ``torch.compile`` (lower latency per
+            max_new_tokens: generation budget (`defaults.DEFAULT_MAX_NEW_TOKENS`, 2048 as the official scripts).
+            static_cache: decode with a static KV cache (`cache_implementation="static"`); on CUDA
+                transformers then compiles the decoding step with `torch.compile` (lower latency per
                 token once compiled; the first call pays the compilation).
             inputs: the processor's output for the batch, made beforehand (e.g. in a worker process);
                 then images / masks / questions / videos / frame_ids are not given.
-            return_details: return one dict per item, ``{"text", "prompt_tokens", "completion_tokens"}``
+            return_details: return one dict per item, `{"text", "prompt_tokens", "completion_tokens"}`
                 (prompt tokens without padding; generated tokens up to and including eos).
-            **generate_kwargs: passed to ``generate`` (e.g. ``do_sample=True``, ``repetition_penalty``).
+            **generate_kwargs: passed to `generate` (e.g. `do_sample=True`, `repetition_penalty`).
 
         Returns:
             One answer per item (or its details dict), special tokens skipped, stripped. Decoding is greedy
-            by default (as the official scripts) and keeps the checkpoint's ``generation_config`` processors
-            (``repetition_penalty``, which transformers applies in greedy mode too) and eos.
+            by default (as the official scripts) and keeps the checkpoint's `generation_config` processors
+            (`repetition_penalty`, which transformers applies in greedy mode too) and eos.
 
         Raises:
-            ValueError: bad inputs, e.g. no masks for Lite, more or fewer ``<region>`` than masks, a
+            ValueError: bad inputs, e.g. no masks for Lite, more or fewer `<region>` than masks, a
                 processor of the other variant.
         """
         self._check_processor(processor)
@@ -864,11 +864,11 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
     def place_inputs(self, batch, *, mask_num: int | None = None) -> dict:
         """Check a processor batch once and place it for this model.
 
-        Returns ``{"input_ids", "attention_mask"}`` on the model's device plus ``multimodal_inputs``, the
-        checked ``PixelReferFastBatch`` (``PixelReferFastModel.pack_inputs``: host facts computed from
-        the processor's CPU tensors, pixels and masks copied asynchronously; ``mask_num`` as there), and
+        Returns `{"input_ids", "attention_mask"}` on the model's device plus `multimodal_inputs`, the
+        checked `PixelReferFastBatch` (`PixelReferFastModel.pack_inputs`: host facts computed from
+        the processor's CPU tensors, pixels and masks copied asynchronously; `mask_num` as there), and
         any other key as given.
-        ``model(**placed)`` and ``generate(**placed)`` then read nothing back from the device up to the
+        `model(**placed)` and `generate(**placed)` then read nothing back from the device up to the
         first logits (SDPA/eager attention, deterministic k-means init).
         """
         device = self.device
@@ -891,8 +891,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             raise ValueError(f"processor mask_num={processor.mask_num} differs from config.mask_num={self.config.mask_num}")
 
     def _describe_generation_config(self, tokenizer, max_new_tokens: int, static_cache: bool, **generate_kwargs):
-        """The checkpoint's generation config made greedy, updated with ``generate_kwargs``; returns it
-        and the keyword arguments that are not generation options (model inputs such as ``kmeans_generator``)."""
+        """The checkpoint's generation config made greedy, updated with `generate_kwargs`; returns it
+        and the keyword arguments that are not generation options (model inputs such as `kmeans_generator`)."""
         config = copy.deepcopy(self.generation_config)
         config.do_sample = False
         config.max_new_tokens = max_new_tokens
@@ -921,20 +921,20 @@ def _completion_lengths(new_tokens: torch.Tensor, eos_token_id) -> list[int]:
 
 
 class PixelReferFastLiteForCausalLM(PixelReferFastLitePreTrainedModel, PixelReferFastForCausalLM):
-    """PixelRefer-Lite with a language-model head (``forward``, ``generate``, ``describe``)."""
+    """PixelRefer-Lite with a language-model head (`forward`, `generate`, `describe`)."""
 
     model_class = PixelReferFastLiteModel
 
 
 def load_pretrained(source: str | os.PathLike, **kwargs) -> PixelReferFastForCausalLM:
-    """Load a PixelRefer or PixelRefer-Lite checkpoint with the class its ``model_type`` names.
+    """Load a PixelRefer or PixelRefer-Lite checkpoint with the class its `model_type` names.
 
     Args:
         source: a checkpoint directory (or hub id).
-        **kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ``attn_implementation``, ...).
+        **kwargs: passed to `from_pretrained` (`dtype`, `device_map`, `attn_implementation`, ...).
 
     Returns:
-        ``PixelReferFastForCausalLM`` or ``PixelReferFastLiteForCausalLM``, in eval mode.
+        `PixelReferFastForCausalLM` or `PixelReferFastLiteForCausalLM`, in eval mode.
 
     Raises:
         ValueError: a folder without config.json, an unknown model type, or missing / unexpected keys

@@ -1,7 +1,7 @@
-"""The ``mlp<N>x_gelu`` projector from vision channels C to the LLM hidden size D (docs/spec.md §5.1).
+"""The `mlp<N>x_gelu` projector from vision channels C to the LLM hidden size D (docs/spec.md §5.1).
 
-``readout = Linear(C, D) -> GELU(erf) -> Linear(D, D) [-> GELU -> Linear(D, D) ...]`` with N Linear layers;
-the released checkpoints use ``mlp2x_gelu`` (keys ``model.mm_projector.readout.{0,2}.{weight,bias}``).
+`readout = Linear(C, D) -> GELU(erf) -> Linear(D, D) [-> GELU -> Linear(D, D) ...]` with N Linear layers;
+the released checkpoints use `mlp2x_gelu` (keys `model.mm_projector.readout.{0,2}.{weight,bias}`).
 Only the full model's global image tokens go through it; Lite never builds it.
 """
 
@@ -19,9 +19,9 @@ class PixelReferFastProjector(nn.Module):
     Args:
         mm_hidden_size: C (1152).
         hidden_size: D (LLM hidden size).
-        projector_type: ``"mlp<N>x_gelu"``; anything else raises ``ValueError``.
+        projector_type: `"mlp<N>x_gelu"`; anything else raises `ValueError`.
 
-    Forward: ``[..., C]`` -> ``[..., D]`` in the weights' dtype.
+    Forward: `[..., C]` -> `[..., D]` in the weights' dtype.
     """
 
     def __init__(self, mm_hidden_size: int, hidden_size: int, projector_type: str = "mlp2x_gelu"):

@@ -1,24 +1,24 @@
 """PixelRefer's region encoder (Scale-Adaptive Object Tokenizer, full model), batched over regions.
 
-``PixelReferFastRegionEncoder`` turns R referred regions into object tokens for the LLM:
+`PixelReferFastRegionEncoder` turns R referred regions into object tokens for the LLM:
 
-1. ``region_pool``: crop features + box position embedding (``pos_linear``), resampled to the mask grid
+1. `region_pool`: crop features + box position embedding (`pos_linear`), resampled to the mask grid
    when the grids differ, cells with mask > 0 gathered (packed over all regions);
-2. ``kmeans``: regions with more than ``mask_num`` (K) cells are clustered to K tokens (``num_iters``
+2. `kmeans`: regions with more than `mask_num` (K) cells are clustered to K tokens (`num_iters`
    Lloyd iterations, official early stop); smaller regions keep their cells (full model) or are
-   zero-padded to K (``pad_to_mask_num=True``, the Lite convention);
-3. ``feat_linear`` (Linear(C, D) → GELU → Linear(D, D)) maps the tokens to the LLM width.
+   zero-padded to K (`pad_to_mask_num=True`, the Lite convention);
+3. `feat_linear` (Linear(C, D) → GELU → Linear(D, D)) maps the tokens to the LLM width.
 
 Dtypes follow the official full model: features + position embedding in the features' (model) dtype,
-pooling and k-means in float32, the tokens cast back to the features' dtype before ``feat_linear``.
+pooling and k-means in float32, the tokens cast back to the features' dtype before `feat_linear`.
 
-The module composes the ops with no Python loop over regions (``kmeans_init="parity"`` draws one
-``randperm`` per clustered region on the CPU, as upstream). With ``kmeans_init="deterministic"``,
-``tokenize`` does not synchronise with the host: every size it needs comes from the host-known grid
-sizes (``feature_hw``, ``mask_hw``), or from the masks themselves when they are on the CPU.
+The module composes the ops with no Python loop over regions (`kmeans_init="parity"` draws one
+`randperm` per clustered region on the CPU, as upstream). With `kmeans_init="deterministic"`,
+`tokenize` does not synchronise with the host: every size it needs comes from the host-known grid
+sizes (`feature_hw`, `mask_hw`), or from the masks themselves when they are on the CPU.
 
-Parameter names match upstream ``MaskExtractor`` (``pos_linear``, ``feat_linear.0``, ``feat_linear.2``),
-so the released state dicts load unchanged. The Lite encoder (``modeling_infusion``) subclasses this.
+Parameter names match upstream `MaskExtractor` (`pos_linear`, `feat_linear.0`, `feat_linear.2`),
+so the released state dicts load unchanged. The Lite encoder (`modeling_infusion`) subclasses this.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# imported from the op modules: the package attributes ``region_pool`` / ``kmeans`` name the modules
+# imported from the op modules: the package attributes `region_pool` / `kmeans` name the modules
 # once those are imported
 from pixelrefer_kernels._packing import MASK_DTYPES, host_grid_sizes, pack_region_lists
 from pixelrefer_kernels._validate import check_finite_screened, check_positive_int
@@ -45,15 +45,15 @@ class RegionInputs:
     """The regions of one forward call, packed.
 
     Attributes:
-        features: ``[N_f, C]`` crop features, raster order per region (the vision encoder's packed
+        features: `[N_f, C]` crop features, raster order per region (the vision encoder's packed
             output for the crops), in the model dtype.
-        feature_hw: ``[R, 2]`` (h, w) feature grid per region, CPU int64.
-        masks: ``[N_m]`` packed raster mask grids (float/bool/uint8; value > 0 = inside). Keep them on
+        feature_hw: `[R, 2]` (h, w) feature grid per region, CPU int64.
+        masks: `[N_m]` packed raster mask grids (float/bool/uint8; value > 0 = inside). Keep them on
             the CPU (the processor's output) so region sizes are known without a device sync; the
             encoder copies them to the features' device.
-        mask_hw: ``[R, 2]`` (mh, mw) mask grid per region, CPU int64.
-        boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel boxes of the crops.
-        image_hw: ``[R, 2]`` (H, W) of each region's source image or frame.
+        mask_hw: `[R, 2]` (mh, mw) mask grid per region, CPU int64.
+        boxes: `[R, 4]` (top, left, bottom, right) inclusive pixel boxes of the crops.
+        image_hw: `[R, 2]` (H, W) of each region's source image or frame.
     """
 
     features: torch.Tensor
@@ -65,8 +65,8 @@ class RegionInputs:
 
     @classmethod
     def from_lists(cls, features: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], boxes, image_hw) -> "RegionInputs":
-        """Pack per-region lists: ``features`` R × ``[h, w, C]``, ``masks`` R × ``[mh, mw]`` (2-D),
-        ``boxes`` ``[R, 4]`` (or R 4-tuples), ``image_hw`` ``[R, 2]`` (or R (H, W) pairs)."""
+        """Pack per-region lists: `features` R × `[h, w, C]`, `masks` R × `[mh, mw]` (2-D),
+        `boxes` `[R, 4]` (or R 4-tuples), `image_hw` `[R, 2]` (or R (H, W) pairs)."""
         packed, _, feature_hw, packed_masks, _, mask_hw = pack_region_lists(features, masks)
         boxes = torch.as_tensor(boxes)
         image_hw = torch.as_tensor(image_hw)
@@ -89,20 +89,20 @@ class RegionInputs:
 
 @dataclass(frozen=True)
 class PackedRegions:
-    """Regions checked once on the host (``PixelReferFastRegionEncoder.pack``), with every size the
-    encoder needs, so ``tokenize_packed`` reads nothing back from the device.
+    """Regions checked once on the host (`PixelReferFastRegionEncoder.pack`), with every size the
+    encoder needs, so `tokenize_packed` reads nothing back from the device.
 
     Attributes:
-        feature_hw, mask_hw: ``[R, 2]`` CPU int64 grid sizes.
-        masks: ``[N_m]`` uint8 (1 = inside) on the features' device.
-        cu_features, cu_masks: ``[R+1]`` int32 offsets on the features' device.
-        pos_params: ``[R, 6]`` float32 box coefficients on the features' device.
-        cells: ``[R]`` CPU int64 selected mask cells per region (None when the masks were on a GPU).
-        counts: ``[R]`` CPU int64 tokens per region (``min(K, cells)``, or K with ``pad_to_mask_num``;
-            None with ``cells``).
-        select_rows: rows of the flattened ``[R*K]`` tokens that are kept, on the device (None when
+        feature_hw, mask_hw: `[R, 2]` CPU int64 grid sizes.
+        masks: `[N_m]` uint8 (1 = inside) on the features' device.
+        cu_features, cu_masks: `[R+1]` int32 offsets on the features' device.
+        pos_params: `[R, 6]` float32 box coefficients on the features' device.
+        cells: `[R]` CPU int64 selected mask cells per region (None when the masks were on a GPU).
+        counts: `[R]` CPU int64 tokens per region (`min(K, cells)`, or K with `pad_to_mask_num`;
+            None with `cells`).
+        select_rows: rows of the flattened `[R*K]` tokens that are kept, on the device (None when
             every row is kept).
-        mask_num: K. max_tokens: ``sum(cells)``. max_region_cells: ``max(cells)``.
+        mask_num: K. max_tokens: `sum(cells)`. max_region_cells: `max(cells)`.
     """
 
     feature_hw: torch.Tensor
@@ -123,12 +123,12 @@ def flatten_official_regions(masks, box_params, box_type=float):
     """The official per-image region arguments as per-region lists (images whose masks are None skipped).
 
     Args:
-        masks: a list over images of ``[M_i, mh, mw]`` masks (or None entries).
-        box_params: a list over images of per-mask ``((top, left, bottom, right), H, W)``.
-        box_type: ``float`` or ``int``, applied to each box coordinate.
+        masks: a list over images of `[M_i, mh, mw]` masks (or None entries).
+        box_params: a list over images of per-mask `((top, left, bottom, right), H, W)`.
+        box_type: `float` or `int`, applied to each box coordinate.
 
     Returns:
-        ``(region_masks, boxes [R][4], image_hw [R][2], images [R])``, ``images`` the image index of each
+        `(region_masks, boxes [R][4], image_hw [R][2], images [R])`, `images` the image index of each
         region.
     """
     if len(masks) != len(box_params):
@@ -151,28 +151,28 @@ def flatten_official_regions(masks, box_params, box_type=float):
 
 
 def _offsets(sizes: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``[R+1]`` int32 running sum of host-known sizes, on ``device``."""
+    """`[R+1]` int32 running sum of host-known sizes, on `device`."""
     return F.pad(sizes.cumsum(0), (1, 0)).to(torch.int32).to(device, non_blocking=True)
 
 
 class PixelReferFastRegionEncoder(nn.Module):
-    """Full-model region encoder (upstream ``MaskExtractor``), batched over regions.
+    """Full-model region encoder (upstream `MaskExtractor`), batched over regions.
 
     Args:
         mm_hidden_size: C, the vision width (1152).
         hidden_size: D, the LLM width (1536 / 3584).
         mask_num: K, tokens per region (32).
         num_iters: k-means iterations (5 in the full model, 3 in Lite).
-        kmeans_init: ``"parity"`` (default): the official random init, ``torch.randperm`` from the
-            global CPU generator (or ``generator``) once per clustered region, so after the same
-            ``torch.manual_seed`` the tokens equal upstream's; ``"deterministic"``: evenly spaced rows,
+        kmeans_init: `"parity"` (default): the official random init, `torch.randperm` from the
+            global CPU generator (or `generator`) once per clustered region, so after the same
+            `torch.manual_seed` the tokens equal upstream's; `"deterministic"`: evenly spaced rows,
             the same tokens every run, no host sync.
-        swap_box_axes: ``True`` (default, parity with the released weights): the official position
-            embedding with the box axes swapped (docs/spec.md §5.3); ``False``: the corrected layout.
-        pad_to_mask_num: ``False`` (full model): a region with n <= K cells gives n tokens (0 for an
-            all-zero mask); ``True`` (Lite): every region gives K tokens, zero-padded.
-        check_finite: check features and masks for NaN/inf: ``None`` (default) only when they are on
-            the CPU (free); ``True`` always (one sync on a GPU); ``False`` never.
+        swap_box_axes: `True` (default, parity with the released weights): the official position
+            embedding with the box axes swapped (docs/spec.md §5.3); `False`: the corrected layout.
+        pad_to_mask_num: `False` (full model): a region with n <= K cells gives n tokens (0 for an
+            all-zero mask); `True` (Lite): every region gives K tokens, zero-padded.
+        check_finite: check features and masks for NaN/inf: `None` (default) only when they are on
+            the CPU (free); `True` always (one sync on a GPU); `False` never.
 
     Example:
         >>> enc = PixelReferFastRegionEncoder(1152, 1536)
@@ -215,7 +215,7 @@ class PixelReferFastRegionEncoder(nn.Module):
     # ------------------------------------------------------------------------------------------------
 
     def _check(self, inputs: RegionInputs) -> None:
-        """Host-side checks of a ``RegionInputs`` (features too; no device sync unless ``check_finite=True``)."""
+        """Host-side checks of a `RegionInputs` (features too; no device sync unless `check_finite=True`)."""
         if not isinstance(inputs, RegionInputs):
             raise TypeError(f"inputs must be a RegionInputs, got {type(inputs).__name__}")
         features = inputs.features
@@ -258,19 +258,19 @@ class PixelReferFastRegionEncoder(nn.Module):
         *,
         region_cells: torch.Tensor | None = None,
     ) -> PackedRegions:
-        """Check the regions once on the host and compute every size the encoder needs (``PackedRegions``).
+        """Check the regions once on the host and compute every size the encoder needs (`PackedRegions`).
 
         Args:
-            feature_hw, masks, mask_hw, boxes, image_hw: as ``RegionInputs`` (without the features,
+            feature_hw, masks, mask_hw, boxes, image_hw: as `RegionInputs` (without the features,
                 which the vision encoder produces later).
             device: where the features will be (the masks, offsets and box coefficients go there).
-            mask_num: K (default ``self.mask_num``).
-            region_cells: ``[R]`` selected cells per region (the processor's ``region_mask_cells``),
+            mask_num: K (default `self.mask_num`).
+            region_cells: `[R]` selected cells per region (the processor's `region_mask_cells`),
                 checked against the masks when these are on the CPU.
 
-        The masks are thresholded here, once, to uint8 (only ``> 0`` is ever read). On the CPU their
+        The masks are thresholded here, once, to uint8 (only `> 0` is ever read). On the CPU their
         selected cells per region are counted here; masks already on a GPU are not read back: the
-        sizes are then upper bounds and the counts stay on the device (``cells`` is None).
+        sizes are then upper bounds and the counts stay on the device (`cells` is None).
         """
         mask_num = self.mask_num if mask_num is None else mask_num
         check_positive_int("mask_num", mask_num)
@@ -333,17 +333,17 @@ class PixelReferFastRegionEncoder(nn.Module):
         )
 
     def pack_inputs(self, inputs: RegionInputs, mask_num: int | None = None) -> PackedRegions:
-        """``pack`` for a ``RegionInputs`` (features checked too)."""
+        """`pack` for a `RegionInputs` (features checked too)."""
         self._check(inputs)
         return self.pack(inputs.feature_hw, inputs.masks, inputs.mask_hw, inputs.boxes, inputs.image_hw, inputs.features.device, mask_num)
 
     def tokenize_packed(self, features: torch.Tensor, packed: PackedRegions, generator: torch.Generator | None = None):
-        """Pool + k-means of checked regions (``pack``): ``features [N_f, C]`` -> ``(tokens [R, K, C],
-        counts [R] int32 on the device)``.
+        """Pool + k-means of checked regions (`pack`): `features [N_f, C]` -> `(tokens [R, K, C],
+        counts [R] int32 on the device)`.
 
-        No host sync: every size comes from ``packed``. The parity k-means init draws its rows from the
-        CPU generator (``generator`` or the global one), as upstream, so it needs the region sizes on the
-        host (known when ``pack`` saw the masks on the CPU); ``kmeans_init="deterministic"`` draws nothing.
+        No host sync: every size comes from `packed`. The parity k-means init draws its rows from the
+        CPU generator (`generator` or the global one), as upstream, so it needs the region sizes on the
+        host (known when `pack` saw the masks on the CPU); `kmeans_init="deterministic"` draws nothing.
         """
         tokens, cu_tokens = region_pool(
             features, packed.cu_features, packed.feature_hw, packed.masks, packed.cu_masks, packed.mask_hw, packed.pos_params,
@@ -363,34 +363,34 @@ class PixelReferFastRegionEncoder(nn.Module):
         return centroids, counts
 
     def _tokenize(self, inputs: RegionInputs, generator: torch.Generator | None, mask_num: int):
-        """``pack_inputs`` + ``tokenize_packed``: ``(tokens [R, K, C], counts [R] int32 on the features' device, packed)``."""
+        """`pack_inputs` + `tokenize_packed`: `(tokens [R, K, C], counts [R] int32 on the features' device, packed)`."""
         packed = self.pack_inputs(inputs, mask_num)
         tokens, counts = self.tokenize_packed(inputs.features, packed, generator)
         return tokens, counts, packed
 
     def tokenize(self, inputs: RegionInputs, generator: torch.Generator | None = None, *, mask_num: int | None = None):
-        """Pool and cluster the regions (everything before ``feat_linear``).
+        """Pool and cluster the regions (everything before `feat_linear`).
 
         Args:
             inputs: the packed regions.
             generator: CPU generator for the parity init (default: the global CPU RNG, as upstream).
-            mask_num: K for this call (default ``self.mask_num``; the official forward takes it per call).
+            mask_num: K for this call (default `self.mask_num`; the official forward takes it per call).
 
         Returns:
-            ``(tokens [R, K, C] float32, counts [R] int32)``: region r's tokens are rows
-            ``0..counts[r]-1``; rows past them are zero. An all-zero mask gives count 0 (full model)
-            or K zero tokens (``pad_to_mask_num``).
+            `(tokens [R, K, C] float32, counts [R] int32)`: region r's tokens are rows
+            `0..counts[r]-1`; rows past them are zero. An all-zero mask gives count 0 (full model)
+            or K zero tokens (`pad_to_mask_num`).
         """
         tokens, counts, _ = self._tokenize(inputs, generator, self.mask_num if mask_num is None else mask_num)
         return tokens, counts
 
     def project(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``feat_linear`` on tokens cast to ``dtype`` (the model dtype): ``[..., C]`` -> ``[..., D]``."""
+        """`feat_linear` on tokens cast to `dtype` (the model dtype): `[..., C]` -> `[..., D]`."""
         return self.feat_linear(tokens.to(dtype))
 
     def select_tokens(self, tokens: torch.Tensor, counts: torch.Tensor, packed: PackedRegions) -> torch.Tensor:
-        """Pack the valid rows of ``tokens [R, K, C]`` to ``[sum(counts), C]`` in region order (no sync:
-        the rows were chosen on the host by ``pack``)."""
+        """Pack the valid rows of `tokens [R, K, C]` to `[sum(counts), C]` in region order (no sync:
+        the rows were chosen on the host by `pack`)."""
         flat = tokens.reshape(-1, tokens.shape[-1])  # (R*K, C)
         if self.pad_to_mask_num:
             return flat
@@ -405,10 +405,10 @@ class PixelReferFastRegionEncoder(nn.Module):
         """Object tokens of every region, projected to the LLM width.
 
         Returns:
-            ``(embeddings [sum(counts), D] in the features' dtype, counts [R] int32)``; the rows of
-            region r follow those of region r-1. With ``pad_to_mask_num`` every region has K rows.
+            `(embeddings [sum(counts), D] in the features' dtype, counts [R] int32)`; the rows of
+            region r follow those of region r-1. With `pad_to_mask_num` every region has K rows.
             The ragged output needs the selected cells on the host: free when the masks are on the
-            CPU, else one sync (``pack``).
+            CPU, else one sync (`pack`).
         """
         tokens, counts, packed = self._tokenize(inputs, generator, self.mask_num if mask_num is None else mask_num)
         return self.project(self.select_tokens(tokens, counts, packed), inputs.features.dtype), counts

@@ -1,26 +1,26 @@
 """The NaViT SigLIP vision encoder of PixelRefer (VL3-SigLIP-NaViT architecture, docs/spec.md §4 and §14.9).
 
 Contract: every image, video frame, region crop and Lite view of a batch goes through ONE packed call,
-``PixelReferFastVisionEncoder(pixel_values [N, 588], grid_thw [I, 3], merge_sizes [I]) -> [N, C]``.
-Rows are patches (C-major ``(3, 14, 14)`` values) of the images one after another; image ``i`` holds
-``t*h*w`` rows, raster order for ``merge_sizes[i] == 1`` and window-major order (``s x s`` windows in
-raster order, the patches of a window in raster order inside it) for ``merge_sizes[i] == s > 1``.
+`PixelReferFastVisionEncoder(pixel_values [N, 588], grid_thw [I, 3], merge_sizes [I]) -> [N, C]`.
+Rows are patches (C-major `(3, 14, 14)` values) of the images one after another; image `i` holds
+`t*h*w` rows, raster order for `merge_sizes[i] == 1` and window-major order (`s x s` windows in
+raster order, the patches of a window in raster order inside it) for `merge_sizes[i] == s > 1`.
 Attention is block-diagonal per frame and non-causal.
 
-What differs from the official ``DAMOVLVisionModel`` (same math, same keys):
+What differs from the official `DAMOVLVisionModel` (same math, same keys):
 
-- the patch embedding is one GEMM (the 14x14 stride-14 convolution's weight viewed as ``[C, 588]``);
-- 2-D RoPE positions come from ``grid_thw`` and the merge sizes without a Python loop per image, and
+- the patch embedding is one GEMM (the 14x14 stride-14 convolution's weight viewed as `[C, 588]`);
+- 2-D RoPE positions come from `grid_thw` and the merge sizes without a Python loop per image, and
   the cos/sin tables are built once per call, not twice per layer; as upstream, q and k are rotated in
-  float32 (also for float64 models) with ``inv_freq`` computed in float32;
-- ``cu_seqlens`` and ``max_seqlen`` are computed once per call on the host (upstream reads
-  ``max_seqlen.item()`` in each of the 27 layers);
-- attention runs through ``pixelrefer_kernels.varlen_attention`` (Triton, flash-attn, xformers, SDPA or
+  float32 (also for float64 models) with `inv_freq` computed in float32;
+- `cu_seqlens` and `max_seqlen` are computed once per call on the host (upstream reads
+  `max_seqlen.item()` in each of the 27 layers);
+- attention runs through `pixelrefer_kernels.varlen_attention` (Triton, flash-attn, xformers, SDPA or
   eager), so flash-attn is optional.
 
-Module tree (keys under ``model.vision_encoder.vision_encoder.``): ``embeddings.patch_embedding``,
-``encoder.layers.{i}.{layer_norm1, self_attn.{q,k,v,out}_proj, layer_norm2, mlp.fc1, mlp.fc2}``,
-``post_layernorm``. The output is the last block after ``post_layernorm`` (``mm_vision_select_layer``
+Module tree (keys under `model.vision_encoder.vision_encoder.`): `embeddings.patch_embedding`,
+`encoder.layers.{i}.{layer_norm1, self_attn.{q,k,v,out}_proj, layer_norm2, mlp.fc1, mlp.fc2}`,
+`post_layernorm`. The output is the last block after `post_layernorm` (`mm_vision_select_layer`
 is ignored, as upstream).
 """
 
@@ -40,13 +40,13 @@ from .configuration_pixelrefer_fast import PixelReferFastVisionConfig
 
 @dataclass(frozen=True)
 class VisionPacking:
-    """Host-side layout of one packed vision call (built once per forward by ``pack_layout``).
+    """Host-side layout of one packed vision call (built once per forward by `pack_layout`).
 
     Attributes:
-        rows_per_image: ``[I]`` CPU long, ``t*h*w`` per image.
-        cu_seqlens: ``[F+1]`` int32 on the compute device, attention segment offsets (one per frame).
-        max_seqlen: longest segment (``h*w``), a Python int.
-        positions: ``[N, 2]`` CPU long, (row, column) patch position of every packed row.
+        rows_per_image: `[I]` CPU long, `t*h*w` per image.
+        cu_seqlens: `[F+1]` int32 on the compute device, attention segment offsets (one per frame).
+        max_seqlen: longest segment (`h*w`), a Python int.
+        positions: `[N, 2]` CPU long, (row, column) patch position of every packed row.
     """
 
     rows_per_image: torch.Tensor
@@ -67,19 +67,19 @@ def pack_layout(grid_thw: torch.Tensor, merge_sizes: torch.Tensor, num_rows: int
     """Check the packed-call metadata and build its layout (positions, segment offsets).
 
     Args:
-        grid_thw: ``[I, 3]`` integer (t, h, w) per image, any device (read once on the host).
-        merge_sizes: ``[I]`` integer stride per image (1 images and crops, 2 video frames).
-        num_rows: N, rows of the packed ``pixel_values``.
-        device: where ``cu_seqlens`` goes.
+        grid_thw: `[I, 3]` integer (t, h, w) per image, any device (read once on the host).
+        merge_sizes: `[I]` integer stride per image (1 images and crops, 2 video frames).
+        num_rows: N, rows of the packed `pixel_values`.
+        device: where `cu_seqlens` goes.
 
     Returns:
-        ``VisionPacking``. Positions follow the row order: raster for stride 1, window-major for stride
-        ``s`` (``hpos = (win // (w/s))*s + (p // s) % s``, ``wpos = (win % (w/s))*s + p % s`` with
-        ``win = p // s**2`` and ``p`` the row index inside its frame).
+        `VisionPacking`. Positions follow the row order: raster for stride 1, window-major for stride
+        `s` (`hpos = (win // (w/s))*s + (p // s) % s`, `wpos = (win % (w/s))*s + p % s` with
+        `win = p // s**2` and `p` the row index inside its frame).
 
     Raises:
-        ValueError: shapes, non-positive sizes, ``h``/``w`` not divisible by the stride, or
-            ``sum(t*h*w) != N``.
+        ValueError: shapes, non-positive sizes, `h`/`w` not divisible by the stride, or
+            `sum(t*h*w) != N`.
     """
     grid = _host_long("grid_thw", grid_thw, 2)
     merge = _host_long("merge_sizes", merge_sizes, 1)
@@ -124,11 +124,11 @@ def pack_layout(grid_thw: torch.Tensor, merge_sizes: torch.Tensor, num_rows: int
 
 
 def vision_rope_tables(positions: torch.Tensor, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of the 2-D vision RoPE, float32, ``[N, head_dim]`` each.
+    """cos/sin tables of the 2-D vision RoPE, float32, `[N, head_dim]` each.
 
-    ``inv_freq[k] = theta^(-4k/head_dim)`` for ``k < head_dim/4`` (float32, as upstream); the angle of
-    dim ``d < head_dim/4`` is ``hpos * inv_freq[d]``, of ``head_dim/4 <= d < head_dim/2`` it is
-    ``wpos * inv_freq[d - head_dim/4]``, and dims ``head_dim/2..`` repeat the first half.
+    `inv_freq[k] = theta^(-4k/head_dim)` for `k < head_dim/4` (float32, as upstream); the angle of
+    dim `d < head_dim/4` is `hpos * inv_freq[d]`, of `head_dim/4 <= d < head_dim/2` it is
+    `wpos * inv_freq[d - head_dim/4]`, and dims `head_dim/2..` repeat the first half.
     """
     rotary_dim = head_dim // 2
     inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim))
@@ -139,7 +139,7 @@ def vision_rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dev
 
 
 def apply_vision_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [N, H, hd]`` by the tables ``[N, hd]`` in float32; returns ``x``'s dtype."""
+    """Rotate `x [N, H, hd]` by the tables `[N, hd]` in float32; returns `x`'s dtype."""
     x32 = x.float()
     half = x32.shape[-1] // 2
     rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
@@ -147,7 +147,7 @@ def apply_vision_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
 
 
 class PixelReferFastVisionEmbeddings(nn.Module):
-    """Patch embedding: ``Conv2d(3, C, 14, stride 14)`` on one patch per row, computed as one GEMM."""
+    """Patch embedding: `Conv2d(3, C, 14, stride 14)` on one patch per row, computed as one GEMM."""
 
     def __init__(self, config: PixelReferFastVisionConfig):
         super().__init__()
@@ -161,7 +161,7 @@ class PixelReferFastVisionEmbeddings(nn.Module):
 
 
 class PixelReferFastVisionAttention(nn.Module):
-    """Block-diagonal multi-head self-attention with 2-D RoPE on q and k (scale ``head_dim**-0.5``)."""
+    """Block-diagonal multi-head self-attention with 2-D RoPE on q and k (scale `head_dim**-0.5`)."""
 
     def __init__(self, config: PixelReferFastVisionConfig):
         super().__init__()
@@ -197,7 +197,7 @@ class PixelReferFastVisionMLP(nn.Module):
 
 
 class PixelReferFastVisionLayer(nn.Module):
-    """Pre-norm block: ``x + attn(LN1(x))``, then ``x + mlp(LN2(x))``."""
+    """Pre-norm block: `x + attn(LN1(x))`, then `x + mlp(LN2(x))`."""
 
     def __init__(self, config: PixelReferFastVisionConfig):
         super().__init__()
@@ -212,7 +212,7 @@ class PixelReferFastVisionLayer(nn.Module):
 
 
 class PixelReferFastVisionBlocks(nn.Module):
-    """Holds ``layers`` so the keys read ``encoder.layers.{i}.*``."""
+    """Holds `layers` so the keys read `encoder.layers.{i}.*`."""
 
     def __init__(self, config: PixelReferFastVisionConfig):
         super().__init__()
@@ -220,7 +220,7 @@ class PixelReferFastVisionBlocks(nn.Module):
 
 
 class PixelReferFastVisionTransformer(nn.Module):
-    """Embeddings, blocks and ``post_layernorm`` (the official ``DAMOVLVisionModel`` tree)."""
+    """Embeddings, blocks and `post_layernorm` (the official `DAMOVLVisionModel` tree)."""
 
     def __init__(self, config: PixelReferFastVisionConfig):
         super().__init__()
@@ -238,7 +238,7 @@ class PixelReferFastVisionTransformer(nn.Module):
 
 
 class PixelReferFastVisionEncoder(nn.Module):
-    """The packed vision encoder; its child ``vision_encoder`` carries the weights (official wrapper layout).
+    """The packed vision encoder; its child `vision_encoder` carries the weights (official wrapper layout).
 
     Example:
         >>> feats = model.model.vision_encoder(pixel_values, grid_thw, merge_sizes)  # (N, 1152)
@@ -255,16 +255,16 @@ class PixelReferFastVisionEncoder(nn.Module):
         """Encode a packed batch of images.
 
         Args:
-            pixel_values: ``[N, num_channels*patch_size**2]`` (588) normalised patches, any float dtype
+            pixel_values: `[N, num_channels*patch_size**2]` (588) normalised patches, any float dtype
                 (cast to the encoder's dtype).
-            grid_thw: ``[I, 3]`` integer (t, h, w) per image; ``sum(t*h*w) == N``.
-            merge_sizes: ``[I]`` integer stride per image (row order, see the module docstring).
-            packing: the layout ``pack_layout`` already built and checked for these grids (the model's
+            grid_thw: `[I, 3]` integer (t, h, w) per image; `sum(t*h*w) == N`.
+            merge_sizes: `[I]` integer stride per image (row order, see the module docstring).
+            packing: the layout `pack_layout` already built and checked for these grids (the model's
                 checked batch); None builds it here.
 
         Returns:
-            ``[N, C]`` features in the encoder's dtype, rows in the input order. On CPU the attention
-            runs through the torch backends (or Triton under ``TRITON_INTERPRET=1``).
+            `[N, C]` features in the encoder's dtype, rows in the input order. On CPU the attention
+            runs through the torch backends (or Triton under `TRITON_INTERPRET=1`).
         """
         patch_dim = self.config.patch_dim
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 2 or pixel_values.shape[1] != patch_dim:
@@ -281,17 +281,17 @@ class PixelReferFastVisionEncoder(nn.Module):
 
 
 def merge_windows(features: torch.Tensor, grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> torch.Tensor:
-    """Average each ``s x s`` window of the window-major rows of images with stride ``s > 1``.
+    """Average each `s x s` window of the window-major rows of images with stride `s > 1`.
 
-    Equals the official ``spatial_downsampling`` (bilinear resize by exactly 1/s, align_corners=False,
+    Equals the official `spatial_downsampling` (bilinear resize by exactly 1/s, align_corners=False,
     which is a 2x2 mean for s = 2; identity for s = 1).
 
     Args:
-        features: ``[N, C]`` vision output in the packed order of ``grid_thw`` / ``merge_sizes``.
-        grid_thw: ``[I, 3]`` integer; merge_sizes: ``[I]`` integer.
+        features: `[N, C]` vision output in the packed order of `grid_thw` / `merge_sizes`.
+        grid_thw: `[I, 3]` integer; merge_sizes: `[I]` integer.
 
     Returns:
-        ``[sum(t*h*w / s**2), C]``, tokens of the images in order, raster order of windows inside each.
+        `[sum(t*h*w / s**2), C]`, tokens of the images in order, raster order of windows inside each.
     """
     grid = _host_long("grid_thw", grid_thw, 2)
     merge = _host_long("merge_sizes", merge_sizes, 1)
@@ -316,7 +316,7 @@ def merge_windows(features: torch.Tensor, grid_thw: torch.Tensor, merge_sizes: t
 
 
 def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Concatenated ``arange(start, start+length)`` for each pair (CPU long)."""
+    """Concatenated `arange(start, start+length)` for each pair (CPU long)."""
     total = int(lengths.sum())
     owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths, output_size=total)
     offsets = torch.arange(total) - (lengths.cumsum(0) - lengths)[owner]

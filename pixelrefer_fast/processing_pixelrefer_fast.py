@@ -178,7 +178,7 @@ class PixelReferFastProcessor:
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.region_token_id = tokenizer.convert_tokens_to_ids(REGION_TOKEN)
 
-    # ================================================================== loading and saving
+    # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
                         **kwargs: Any) -> PixelReferFastProcessor:
@@ -249,7 +249,7 @@ class PixelReferFastProcessor:
         """`tokenizer.decode`."""
         return self.tokenizer.decode(*args, **kwargs)
 
-    # ================================================================== call
+    # ------------------------------------------------------------------ call
     def __call__(self, items: Any = None, *, images: Sequence[Any] | None = None, videos: Sequence[Any] | None = None,
                  masks: Sequence[Any] | None = None, text: str | Sequence[str] | None = None,
                  frame_ids: Sequence[Any] | None = None, return_tensors: str | None = "pt") -> BatchFeature:

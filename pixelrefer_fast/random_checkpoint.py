@@ -1,25 +1,25 @@
 """Random-weight checkpoints in the OFFICIAL layout of PixelRefer / PixelRefer-Lite.
 
-``write_random_checkpoint(directory, variant, size)`` writes what a released checkpoint folder holds:
-``config.json`` with the released field names (``model_type``, ``vision_encoder_config`` with
-VideoLLaMA3's ``model_type``, the unused training fields), the state dict with the released key names
-and shapes (one safetensors file, sharded safetensors with an index, or ``pytorch_model.bin``),
-``generation_config.json`` with Qwen2.5-Instruct-like sampling defaults (``repetition_penalty``
-included), VL3-SigLIP-NaViT's ``preprocessor_config.json`` and the tokenizer files. Nothing is
-downloaded: the tokenizer is a small byte-level BPE trained in-process (``tiny_tokenizer``) with the
+`write_random_checkpoint(directory, variant, size)` writes what a released checkpoint folder holds:
+`config.json` with the released field names (`model_type`, `vision_encoder_config` with
+VideoLLaMA3's `model_type`, the unused training fields), the state dict with the released key names
+and shapes (one safetensors file, sharded safetensors with an index, or `pytorch_model.bin`),
+`generation_config.json` with Qwen2.5-Instruct-like sampling defaults (`repetition_penalty`
+included), VL3-SigLIP-NaViT's `preprocessor_config.json` and the tokenizer files. Nothing is
+downloaded: the tokenizer is a small byte-level BPE trained in-process (`tiny_tokenizer`) with the
 Qwen2 pre-tokenizer pattern and PixelRefer's special tokens.
 
-The answers are noise (random weights), but loading, the processor, ``describe``, the CLI and the
+The answers are noise (random weights), but loading, the processor, `describe`, the CLI and the
 server run exactly as on a real checkpoint, at the speed of the chosen size. Command line:
-``pixelrefer-fast init-random DIR --variant lite --size tiny``.
+`pixelrefer-fast init-random DIR --variant lite --size tiny`.
 
-Sizes (``SIZES``):
+Sizes (`SIZES`):
 
-- ``tiny``: LLM hidden 64 (4 heads of 16, 2 KV heads, 2 layers, MLP 96), vision hidden 48 (2 heads of
-  24, 2 layers, MLP 80), ``mask_num`` 4; the vocabulary is the tokenizer's (~430). What the tests use.
-- ``cpu-default``: the profile's ``cpu-default`` preset (vision 2 x 144, LLM 2 x 256, vocabulary
-  32768, ``mask_num`` 32).
-- ``2b``: PixelRefer-2B's shapes (SigLIP-NaViT 27 x 1152, Qwen2.5-1.5B, vocabulary 151669), stored in
+- `tiny`: LLM hidden 64 (4 heads of 16, 2 KV heads, 2 layers, MLP 96), vision hidden 48 (2 heads of
+  24, 2 layers, MLP 80), `mask_num` 4; the vocabulary is the tokenizer's (~430). What the tests use.
+- `cpu-default`: the profile's `cpu-default` preset (vision 2 x 144, LLM 2 x 256, vocabulary
+  32768, `mask_num` 32).
+- `2b`: PixelRefer-2B's shapes (SigLIP-NaViT 27 x 1152, Qwen2.5-1.5B, vocabulary 151669), stored in
   bfloat16 (about 4.4 GB on disk).
 """
 
@@ -52,16 +52,16 @@ _CORPUS = [
 
 @dataclass(frozen=True)
 class CheckpointSize:
-    """The shapes of one ``--size``.
+    """The shapes of one `--size`.
 
     Attributes:
-        llm: Qwen2 sizes (``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
-            ``num_attention_heads``, ``num_key_value_heads``).
-        vision: SigLIP-NaViT sizes (``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
-            ``num_attention_heads``).
+        llm: Qwen2 sizes (`hidden_size`, `intermediate_size`, `num_hidden_layers`,
+            `num_attention_heads`, `num_key_value_heads`).
+        vision: SigLIP-NaViT sizes (`hidden_size`, `intermediate_size`, `num_hidden_layers`,
+            `num_attention_heads`).
         mask_num: tokens per region K.
         vocab_size: embedding rows; None: the tokenizer's length.
-        dtype: the stored dtype (``config.json``'s ``torch_dtype``).
+        dtype: the stored dtype (`config.json`'s `torch_dtype`).
         tie_word_embeddings: the default for this size (2B ties; the 7B layout does not).
     """
 
@@ -120,11 +120,11 @@ def _tokenizer_json() -> str:
 
 
 def tiny_tokenizer(save_dir: str | Path | None = None):
-    """A small Qwen2-style fast tokenizer (deterministic, ~430 ids, built offline); saved to ``save_dir`` if given.
+    """A small Qwen2-style fast tokenizer (deterministic, ~430 ids, built offline); saved to `save_dir` if given.
 
     Returns:
-        ``transformers.PreTrainedTokenizerFast`` with eos ``<|im_end|>``, pad ``<|endoftext|>``, no BOS,
-        and the PixelRefer tokens ``<image>``, ``<|stream_start|>``, ``<|stream_end|>``, ``<REGION>``
+        `transformers.PreTrainedTokenizerFast` with eos `<|im_end|>`, pad `<|endoftext|>`, no BOS,
+        and the PixelRefer tokens `<image>`, `<|stream_start|>`, `<|stream_end|>`, `<REGION>`
         as special tokens with consecutive ids, in that order, at the end of the vocabulary.
     """
     from tokenizers import Tokenizer
@@ -142,7 +142,7 @@ def tiny_tokenizer(save_dir: str | Path | None = None):
 
 def official_config(variant: str, vocab_size: int, token_ids: dict[str, int], *, size: str | CheckpointSize = "tiny",
                     tie_word_embeddings: bool = True, dtype: str | None = None) -> dict:
-    """A ``config.json`` dict with the released field names (values of ``size``)."""
+    """A `config.json` dict with the released field names (values of `size`)."""
     shapes = _size(size)
     config = {
         "architectures": ["PixelreferliteQwen2ForCausalLM" if variant == "lite" else "PixelreferQwen2ForCausalLM"],
@@ -206,7 +206,7 @@ def official_config(variant: str, vocab_size: int, token_ids: dict[str, int], *,
 
 def official_key_shapes(variant: str, vocab_size: int, *, size: str | CheckpointSize = "tiny",
                         tie_word_embeddings: bool = True) -> dict[str, tuple[int, ...]]:
-    """Every key of the released state dict with its shape, at ``size``."""
+    """Every key of the released state dict with its shape, at `size`."""
     shapes_of = _size(size)
     llm, vision = shapes_of.llm, shapes_of.vision
     c, ci, d, di = vision["hidden_size"], vision["intermediate_size"], llm["hidden_size"], llm["intermediate_size"]
@@ -308,18 +308,18 @@ def write_random_checkpoint(
     extra_keys: dict[str, torch.Tensor] | None = None,
     config_overrides: dict | None = None,
 ) -> Path:
-    """Write a random-weight checkpoint in the official layout into ``directory``; returns the directory.
+    """Write a random-weight checkpoint in the official layout into `directory`; returns the directory.
 
     Args:
         directory: created if missing; existing files of the same names are replaced.
-        variant: ``"full"`` (``pixelrefer_qwen2``) or ``"lite"`` (``pixelreferlite_qwen2``).
-        size: ``"tiny"``, ``"cpu-default"`` or ``"2b"`` (``SIZES``), or a ``CheckpointSize``.
-        fmt: ``"safetensors"``, ``"safetensors-sharded"`` (2 shards + index) or ``"bin"``
-            (``pytorch_model.bin``).
-        tie_word_embeddings: False stores ``lm_head.weight`` (7B layout); None takes the size's default.
+        variant: `"full"` (`pixelrefer_qwen2`) or `"lite"` (`pixelreferlite_qwen2`).
+        size: `"tiny"`, `"cpu-default"` or `"2b"` (`SIZES`), or a `CheckpointSize`.
+        fmt: `"safetensors"`, `"safetensors-sharded"` (2 shards + index) or `"bin"`
+            (`pytorch_model.bin`).
+        tie_word_embeddings: False stores `lm_head.weight` (7B layout); None takes the size's default.
         seed: the weights' random seed.
         drop_keys / extra_keys: remove / add state-dict entries (to test a strict loader).
-        config_overrides: entries replacing those of ``config.json``.
+        config_overrides: entries replacing those of `config.json`.
 
     Raises:
         ValueError: an unknown variant, size or format.

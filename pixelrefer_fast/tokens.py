@@ -1,7 +1,7 @@
 """The special token strings of PixelRefer's prompts, shared by the processor, the loader and the model.
 
-Their ids are not fixed here: like the official ``mm_infer``, they come from the checkpoint's tokenizer
-(``checkpoint.special_token_ids``, ``PixelReferFastForCausalLM.set_special_token_ids``).
+Their ids are not fixed here: like the official `mm_infer`, they come from the checkpoint's tokenizer
+(`checkpoint.special_token_ids`, `PixelReferFastForCausalLM.set_special_token_ids`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared fixtures: a fixed seed per test and NaN poisoning of library allocations.
 
-Poisoning: while a test runs, ``torch.empty``/``torch.empty_like``/``Tensor.new_empty`` called from
-``pixelrefer_kernels`` or ``pixelrefer_fast`` code return tensors filled with NaN (floating dtypes) or
+Poisoning: while a test runs, `torch.empty`/`torch.empty_like`/`Tensor.new_empty` called from
+`pixelrefer_kernels` or `pixelrefer_fast` code return tensors filled with NaN (floating dtypes) or
 a large sentinel (integer dtypes), so an output element a kernel forgot to write shows up as NaN or
 garbage instead of a lucky zero.
 """

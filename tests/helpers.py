@@ -1,9 +1,9 @@
 """Assertions for kernel outputs against a float64 reference.
 
 The tolerance rule (flash-attention's): against the float64 reference, the candidate's max absolute
-error must be at most ``factor`` (2) times the max error of the PyTorch reference run in the same low
-precision, plus a small ``atol``; NaN never passes. Every call also reports the relative error
-``||out - ref|| / ||ref||`` and asserts it below ``rel_tol`` (dtype-dependent defaults below).
+error must be at most `factor` (2) times the max error of the PyTorch reference run in the same low
+precision, plus a small `atol`; NaN never passes. Every call also reports the relative error
+`||out - ref|| / ||ref||` and asserts it below `rel_tol` (dtype-dependent defaults below).
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ def assert_close(
     atol: float = 1e-6,
     rel_tol: float | None = None,
 ) -> float:
-    """Compare ``out`` with the float64 ``ref``; returns the relative error.
+    """Compare `out` with the float64 `ref`; returns the relative error.
 
     Args:
         out: candidate output (any float dtype).
         ref: reference computed in float64 on the same inputs.
-        baseline: the torch reference run in ``out``'s dtype; when given, enforces
-            ``max|out-ref| <= factor * max|baseline-ref| + atol``.
-        rel_tol: ceiling on ``||out-ref||/||ref||``; default from ``REL_TOL`` by ``out.dtype``.
+        baseline: the torch reference run in `out`'s dtype; when given, enforces
+            `max|out-ref| <= factor * max|baseline-ref| + atol`.
+        rel_tol: ceiling on `||out-ref||/||ref||`; default from `REL_TOL` by `out.dtype`.
     """
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
     out64, ref64 = out.detach().to(torch.float64).cpu(), ref.detach().to(torch.float64).cpu()

@@ -1,7 +1,7 @@
-"""Model side of captioning: a prepared unit -> output rows, through ``model.describe``.
+"""Model side of captioning: a prepared unit -> output rows, through `model.describe`.
 
-``Captioner`` holds the model, its processor and the run's settings; ``rows(unit)`` runs one batched
-``describe(inputs=...)`` on the unit's processor output and returns one row per task (``output.SCHEMA``),
+`Captioner` holds the model, its processor and the run's settings; `rows(unit)` runs one batched
+`describe(inputs=...)` on the unit's processor output and returns one row per task (`output.SCHEMA`),
 error rows included. Both engines use it (the Ray engine inside its model actor).
 """
 
@@ -26,8 +26,8 @@ def config_hash(config: dict) -> str:
 
 
 def checkpoint_config_hash(model_dir: str | Path) -> str:
-    """``config_hash`` of a checkpoint folder's ``config.json`` and ``generation_config.json`` (when present),
-    as the files say, before any loading: a change of either (e.g. ``repetition_penalty``) changes the hash."""
+    """`config_hash` of a checkpoint folder's `config.json` and `generation_config.json` (when present),
+    as the files say, before any loading: a change of either (e.g. `repetition_penalty`) changes the hash."""
     directory = Path(model_dir)
     if not (directory / "config.json").is_file():
         raise ValueError(f"--model: {model_dir} has no config.json")
@@ -37,7 +37,7 @@ def checkpoint_config_hash(model_dir: str | Path) -> str:
 
 
 def make_run_info(model_name: str, config_digest: str, max_new_tokens: int, **generate_kwargs: Any) -> dict[str, str]:
-    """The run's constant columns: ``model``, ``config_hash`` and ``decoding`` (JSON of the settings)."""
+    """The run's constant columns: `model`, `config_hash` and `decoding` (JSON of the settings)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     decoding = json.dumps({"max_new_tokens": max_new_tokens, **generate_kwargs}, sort_keys=True)
@@ -45,7 +45,7 @@ def make_run_info(model_name: str, config_digest: str, max_new_tokens: int, **ge
 
 
 def load_model(model_dir: str, *, device: str | None = None, dtype: str = "auto"):
-    """Load a checkpoint folder's model (eval mode, on ``device``: default cuda when present) and processor."""
+    """Load a checkpoint folder's model (eval mode, on `device`: default cuda when present) and processor."""
     import torch
 
     from ..modeling_pixelrefer_fast import load_pretrained
@@ -62,12 +62,12 @@ def load_model(model_dir: str, *, device: str | None = None, dtype: str = "auto"
 
 
 class Captioner:
-    """Runs ``describe`` on prepared units.
+    """Runs `describe` on prepared units.
 
     Args:
         model, processor: the checkpoint's model and processor.
-        run_info: ``make_run_info``'s columns (``decoding`` holds ``max_new_tokens`` and the
-            ``describe`` options, which are passed on).
+        run_info: `make_run_info`'s columns (`decoding` holds `max_new_tokens` and the
+            `describe` options, which are passed on).
     """
 
     def __init__(self, model, processor, *, run_info: dict[str, str]):
@@ -79,7 +79,7 @@ class Captioner:
     def rows(self, unit: PreparedUnit) -> list[dict[str, Any]]:
         """One row per task of the unit: captions for the prepared tasks, error rows for the failed ones.
 
-        A ``ValueError``/``TypeError`` of the model on the batch (an input the processor let through)
+        A `ValueError`/`TypeError` of the model on the batch (an input the processor let through)
         becomes an error row for each of the batch's tasks and the run goes on; other exceptions (out of
         memory, a broken device) stop the run, which a rerun resumes.
         """

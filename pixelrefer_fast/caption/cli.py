@@ -1,10 +1,10 @@
-"""``pixelrefer-fast caption``: caption every annotation of a dataset into Parquet shards (resumable).
+"""`pixelrefer-fast caption`: caption every annotation of a dataset into Parquet shards (resumable).
 
 Exit codes: 0 when every record got a row (error rows included; the summary says how many failed);
-2 when the job cannot run (missing files, bad options, a checkpoint that does not load, an ``OUT`` of
+2 when the job cannot run (missing files, bad options, a checkpoint that does not load, an `OUT` of
 another model), reported as one line on stderr.
 
-Example::
+Example:
 
     pixelrefer-fast caption --model PixelRefer-2B --annotations instances_val2017.json \\
         --images val2017 --out captions/ --batch-size 16 --max-new-tokens 128
@@ -25,7 +25,7 @@ KERNEL_MODES = ("auto", "triton", "torch")
 
 
 def add_caption_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``caption`` to the ``pixelrefer-fast`` subcommands."""
+    """Add `caption` to the `pixelrefer-fast` subcommands."""
     parser = subparsers.add_parser(
         "caption",
         help="caption every annotation of a COCO-format or JSON Lines dataset into Parquet shards",
@@ -60,7 +60,7 @@ def add_caption_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_caption(args: argparse.Namespace) -> int:
-    """Read the tasks, skip those already in ``--out``, run the engine, print the summary."""
+    """Read the tasks, skip those already in `--out`, run the engine, print the summary."""
     from transformers.utils import logging as hf_logging
 
     import pixelrefer_kernels

@@ -15,9 +15,9 @@ class CaptionSummary:
     """The outcome of a run.
 
     Attributes:
-        total: tasks in the input (after ``--limit``).
-        skipped: tasks already in ``OUT`` (resumed).
-        written: rows this run wrote; ``failed`` of them are error rows.
+        total: tasks in the input (after `--limit`).
+        skipped: tasks already in `OUT` (resumed).
+        written: rows this run wrote; `failed` of them are error rows.
         seconds: wall time of the captioning (model loading excluded).
     """
 
@@ -37,7 +37,7 @@ class CaptionSummary:
 
 
 def pending_tasks(tasks: Sequence[CaptionTask], out: str | Path) -> tuple[list[CaptionTask], int]:
-    """The tasks not yet in ``out``'s complete shards (temporary shards of a killed run are deleted first),
+    """The tasks not yet in `out`'s complete shards (temporary shards of a killed run are deleted first),
     and how many were skipped."""
     out = Path(out)
     if not out.is_dir():
@@ -49,7 +49,7 @@ def pending_tasks(tasks: Sequence[CaptionTask], out: str | Path) -> tuple[list[C
 
 
 def plan_units(tasks: Sequence[CaptionTask], batch_size: int) -> list[list[CaptionTask]]:
-    """Batches of at most ``batch_size`` tasks, grouped by image.
+    """Batches of at most `batch_size` tasks, grouped by image.
 
     Images come in the order of their first task, each image's tasks in file order and contiguous, so a
     batch holds as few images as possible and each image is decoded once per batch.

@@ -1,9 +1,9 @@
 """The local engine: CPU worker processes prepare batches while the model captions on the main device.
 
-``torch.utils.data.DataLoader`` runs ``prepare_unit`` (image decoding, mask decoding, the processor)
-on ``workers`` processes, each keeping ``prefetch`` prepared batches ahead (a bounded queue: at most
-``workers * prefetch`` batches wait in memory); ``workers=0`` prepares in the main process. Batches
-arrive in plan order; each goes through one batched ``describe`` and its rows into the shard writer.
+`torch.utils.data.DataLoader` runs `prepare_unit` (image decoding, mask decoding, the processor)
+on `workers` processes, each keeping `prefetch` prepared batches ahead (a bounded queue: at most
+`workers * prefetch` batches wait in memory); `workers=0` prepares in the main process. Batches
+arrive in plan order; each goes through one batched `describe` and its rows into the shard writer.
 A progress bar on stderr shows regions/s and the ETA.
 """
 
@@ -41,18 +41,18 @@ def _unchanged(unit: PreparedUnit) -> PreparedUnit:
 
 
 def default_workers() -> int:
-    """One CPU core stays with the main process: ``min(4, cores - 1)``, at least 1."""
+    """One CPU core stays with the main process: `min(4, cores - 1)`, at least 1."""
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def run_local(units: Sequence[Sequence[CaptionTask]], captioner: Captioner, writer: ShardWriter, *,
               total: int, skipped: int, workers: int | None = None, prefetch: int = 2,
               progress: bool = True) -> CaptionSummary:
-    """Caption ``units`` (``job.plan_units``) and write their rows; returns the summary.
+    """Caption `units` (`job.plan_units`) and write their rows; returns the summary.
 
     Args:
         total, skipped: the input's task count and the tasks resumed (for the summary).
-        workers: preparing processes (default ``default_workers()``; 0 = in the main process).
+        workers: preparing processes (default `default_workers()`; 0 = in the main process).
         prefetch: prepared batches each worker keeps ready.
         progress: show the progress bar (stderr).
     """

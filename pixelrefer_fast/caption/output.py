@@ -1,15 +1,15 @@
-"""Caption output: Parquet shards in ``OUT``, each written whole under a temporary name and renamed.
+"""Caption output: Parquet shards in `OUT`, each written whole under a temporary name and renamed.
 
-Layout of ``OUT``:
+Layout of `OUT`:
 
-- ``part-<run>-<seq>.parquet``: one row per annotation (``SCHEMA``); ``<run>`` is unique per run, so
+- `part-<run>-<seq>.parquet`: one row per annotation (`SCHEMA`); `<run>` is unique per run, so
   runs and engines never overwrite each other's shards;
-- ``.part-*.parquet.tmp``: a shard being written (a killed run leaves at most one per writer; the
+- `.part-*.parquet.tmp`: a shard being written (a killed run leaves at most one per writer; the
   next run deletes them);
-- ``manifest.json``: the shards (file, rows), the schema, the model, its ``config_hash`` and the
+- `manifest.json`: the shards (file, rows), the schema, the model, its `config_hash` and the
   decoding settings; rewritten (atomically) after every shard.
 
-Resume rule: the annotation ids already present in the complete shards are skipped (``done_keys``),
+Resume rule: the annotation ids already present in the complete shards are skipped (`done_keys`),
 so a killed run loses only its unwritten rows and every annotation appears exactly once.
 """
 
@@ -57,7 +57,7 @@ def require_pyarrow():
 
 
 def clean_partial(out: Path) -> list[Path]:
-    """Delete temporary shards a killed run left in ``out``; returns them."""
+    """Delete temporary shards a killed run left in `out`; returns them."""
     removed = sorted(out.glob(TMP_GLOB))
     for path in removed:
         path.unlink()
@@ -65,7 +65,7 @@ def clean_partial(out: Path) -> list[Path]:
 
 
 def done_keys(out: Path) -> set[str]:
-    """The annotation ids of every complete shard in ``out``."""
+    """The annotation ids of every complete shard in `out`."""
     pa = require_pyarrow()
     keys: set[str] = set()
     for path in sorted(out.glob(SHARD_GLOB)):
@@ -80,7 +80,7 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
 
 
 def check_compatible(out: Path, run_info: dict[str, Any]) -> None:
-    """Refuse to resume into ``out`` when its rows came from another model config or decoding settings.
+    """Refuse to resume into `out` when its rows came from another model config or decoding settings.
 
     Raises:
         ValueError: naming the field that differs and both values.
@@ -95,13 +95,13 @@ def check_compatible(out: Path, run_info: dict[str, Any]) -> None:
 
 
 def shard_rows(out: Path) -> dict[str, int]:
-    """``{file name: rows}`` of the complete shards in ``out`` (read from the Parquet footers)."""
+    """`{file name: rows}` of the complete shards in `out` (read from the Parquet footers)."""
     pa = require_pyarrow()
     return {path.name: pa.parquet.ParquetFile(path).metadata.num_rows for path in sorted(out.glob(SHARD_GLOB))}
 
 
 def write_manifest(out: Path, run_info: dict[str, Any], shards: dict[str, int]) -> None:
-    """Rewrite ``manifest.json`` for ``shards`` (``{file name: rows}``) through a temporary file + rename."""
+    """Rewrite `manifest.json` for `shards` (`{file name: rows}`) through a temporary file + rename."""
     manifest = {**run_info, "shards": [{"file": name, "rows": rows} for name, rows in sorted(shards.items())],
                 "rows": sum(shards.values()),
                 "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema()]}
@@ -111,12 +111,12 @@ def write_manifest(out: Path, run_info: dict[str, Any], shards: dict[str, int]) 
 
 
 class ShardWriter:
-    """Buffers rows and writes them as shards of ``shard_size`` rows (temporary name, then rename).
+    """Buffers rows and writes them as shards of `shard_size` rows (temporary name, then rename).
 
     Args:
         out: the output folder (created).
-        shard_size: rows per shard; ``flush`` writes a smaller last shard.
-        run_info: ``model``, ``config_hash`` and ``decoding`` of this run (the manifest's header).
+        shard_size: rows per shard; `flush` writes a smaller last shard.
+        run_info: `model`, `config_hash` and `decoding` of this run (the manifest's header).
     """
 
     def __init__(self, out: str | Path, shard_size: int, run_info: dict[str, Any]):
@@ -158,7 +158,7 @@ class ShardWriter:
 
 
 def read_captions(out: str | Path):
-    """All complete shards of ``out`` as one pyarrow Table (``manifest.json`` beside them is skipped)."""
+    """All complete shards of `out` as one pyarrow Table (`manifest.json` beside them is skipped)."""
     pa = require_pyarrow()
     paths = sorted(Path(out).glob(SHARD_GLOB))
     if not paths:

@@ -4,11 +4,11 @@ Runs in worker processes (local engine) or Ray CPU tasks (Ray engine); everythin
 picklable CPU data. A task that fails here (missing image, undecodable mask, a mask the processor
 refuses) is returned as an error instead of failing the unit.
 
-Region specs (``records.py``): ``{"polygon": [[x0, y0, x1, y1, ...], ...]}`` (COCO polygons, filled
-with OpenCV), ``{"rle": {...}}`` (compressed or uncompressed COCO RLE), ``{"bbox": [x, y, w, h]}``
-(COCO box); a COCO spec carries its ``bbox`` beside the segmentation, used when the segmentation
-decodes to an empty mask. Any other value is a processor region form (an RLE dict with ``counts``, a
-box ``[x0, y0, x1, y1]``, a nested 0/1 list), passed through ``to_binary_mask``.
+Region specs (`records.py`): `{"polygon": [[x0, y0, x1, y1, ...], ...]}` (COCO polygons, filled
+with OpenCV), `{"rle": {...}}` (compressed or uncompressed COCO RLE), `{"bbox": [x, y, w, h]}`
+(COCO box); a COCO spec carries its `bbox` beside the segmentation, used when the segmentation
+decodes to an empty mask. Any other value is a processor region form (an RLE dict with `counts`, a
+box `[x0, y0, x1, y1]`, a nested 0/1 list), passed through `to_binary_mask`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ class PreparedUnit:
     """A unit after CPU preprocessing.
 
     Attributes:
-        tasks: the tasks whose inputs are in ``inputs``, in batch order.
-        inputs: the processor's output (a dict of CPU tensors) for ``tasks``; None when none survived.
-        failed: ``(task, error message)`` for the tasks that could not be prepared.
+        tasks: the tasks whose inputs are in `inputs`, in batch order.
+        inputs: the processor's output (a dict of CPU tensors) for `tasks`; None when none survived.
+        failed: `(task, error message)` for the tasks that could not be prepared.
     """
 
     tasks: list[CaptionTask]
@@ -60,7 +60,7 @@ def decode_region(spec: Any, height: int, width: int) -> np.ndarray:
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Fill COCO polygons (each a flat ``[x0, y0, x1, y1, ...]`` list of >= 3 points) into an HxW mask.
+    """Fill COCO polygons (each a flat `[x0, y0, x1, y1, ...]` list of >= 3 points) into an HxW mask.
 
     Raises:
         ValueError: a polygon with fewer than 3 points, an odd number of coordinates or non-finite ones.
@@ -83,7 +83,7 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
 
 
 def coco_bbox_to_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
-    """A COCO box ``[x, y, w, h]`` as a mask (``masks.box_to_mask`` of its corners)."""
+    """A COCO box `[x, y, w, h]` as a mask (`masks.box_to_mask` of its corners)."""
     values = np.asarray(bbox, dtype=np.float64).reshape(-1)
     if values.size != 4:
         raise ValueError(f"bbox must be [x, y, w, h], got {list(bbox)!r}")
@@ -95,7 +95,7 @@ def prepare_unit(tasks: Sequence[CaptionTask], processor) -> PreparedUnit:
     """Decode the unit's images (each once) and masks, and run the processor on the good tasks as one batch.
 
     A task the processor refuses is found by retrying the tasks one by one and is reported in
-    ``failed``; the others are batched again.
+    `failed`; the others are batched again.
     """
     images: dict[str, np.ndarray | str] = {}
     items, good, failed = [], [], []

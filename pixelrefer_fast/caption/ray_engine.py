@@ -1,6 +1,6 @@
-"""The Ray engine: Ray Data over a cluster (``RAY_ADDRESS``) or a local Ray.
+"""The Ray engine: Ray Data over a cluster (`RAY_ADDRESS`) or a local Ray.
 
-Pipeline (one dataset row per batch of ``job.plan_units``, so batches are the local engine's)::
+Pipeline (one dataset row per batch of `job.plan_units`, so batches are the local engine's):
 
     from_items(units) -> map_batches(_Preparer, CPU actors: images, masks, processor)
                       -> map_batches(_CaptionActor, one per GPU or --actors: describe on the batch)
@@ -9,7 +9,7 @@ Pipeline (one dataset row per batch of ``job.plan_units``, so batches are the lo
 The shards are written by the driver with the local engine's writer, so both engines share the schema,
 the atomic shard rule and resume: a killed job (driver or workers) loses only rows not yet in a complete
 shard. Every node needs this package installed and the images and checkpoint at the same paths; only
-the driver needs ``OUT``.
+the driver needs `OUT`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def require_ray():
 
 
 class _Preparer:
-    """CPU stage: holds the checkpoint's processor; each row's unit (JSON tasks) -> its ``PreparedUnit``, pickled."""
+    """CPU stage: holds the checkpoint's processor; each row's unit (JSON tasks) -> its `PreparedUnit`, pickled."""
 
     def __init__(self, model_dir: str):
         from ..processing_pixelrefer_fast import PixelReferFastProcessor
@@ -83,9 +83,9 @@ class _CaptionActor:
 
 def run_ray(units: Sequence[Sequence[CaptionTask]], model_dir: str, writer: ShardWriter, *, actors: int | None = None,
             dtype: str = "auto", kernels: str = "auto", total: int, skipped: int, progress: bool = True) -> CaptionSummary:
-    """Caption ``units`` on Ray and write their rows with ``writer``; returns the summary.
+    """Caption `units` on Ray and write their rows with `writer`; returns the summary.
 
-    Connects to the cluster ``RAY_ADDRESS`` names when set (``ray.init()``), else starts a local Ray on
+    Connects to the cluster `RAY_ADDRESS` names when set (`ray.init()`), else starts a local Ray on
     this machine's cores, and shuts down only a Ray it started.
 
     Args:

@@ -1,21 +1,21 @@
 """Caption tasks from annotation files: COCO-format JSON or JSON Lines records.
 
-A ``CaptionTask`` is one output row to be: one annotation (COCO) or one record (JSON Lines), with the
+A `CaptionTask` is one output row to be: one annotation (COCO) or one record (JSON Lines), with the
 image it refers to, its region specs (undecoded; workers decode them) and its question.
 
-COCO (``{"images": [...], "annotations": [...]}``): one task per annotation, in file order. The region
-is the annotation's ``segmentation`` (polygons, compressed RLE or uncompressed RLE; crowd annotations
-carry RLE and are captioned like the others); an annotation whose ``segmentation`` is missing, null or
-empty, or decodes to an empty mask, uses its ``bbox`` ``[x, y, w, h]`` instead. The image is ``images_dir / file_name``.
+COCO (`{"images": [...], "annotations": [...]}`): one task per annotation, in file order. The region
+is the annotation's `segmentation` (polygons, compressed RLE or uncompressed RLE; crowd annotations
+carry RLE and are captioned like the others); an annotation whose `segmentation` is missing, null or
+empty, or decodes to an empty mask, uses its `bbox` `[x, y, w, h]` instead. The image is `images_dir / file_name`.
 
-JSON Lines: one task per line, ``{"image": path, "regions": [...], "question": ..., "id": ...,
-"image_id": ...}``; ``regions`` holds the region forms the processor accepts that survive JSON (COCO
-RLE dicts, boxes ``[x0, y0, x1, y1]``, nested lists of 0/1 rows) or ``{"polygon": [[x, y, ...], ...]}``;
-``question`` defaults to the command's question, ``id`` to the line number (1-based), ``image_id`` to
-the image path. A relative ``image`` is read under ``images_dir``. Several regions in one record are
-one prompt about all of them (one ``<region>`` each).
+JSON Lines: one task per line, `{"image": path, "regions": [...], "question": ..., "id": ...,
+"image_id": ...}`; `regions` holds the region forms the processor accepts that survive JSON (COCO
+RLE dicts, boxes `[x0, y0, x1, y1]`, nested lists of 0/1 rows) or `{"polygon": [[x, y, ...], ...]}`;
+`question` defaults to the command's question, `id` to the line number (1-based), `image_id` to
+the image path. A relative `image` is read under `images_dir`. Several regions in one record are
+one prompt about all of them (one `<region>` each).
 
-Validation here is about the file's structure (a clear ``ValueError`` naming the file and entry);
+Validation here is about the file's structure (a clear `ValueError` naming the file and entry);
 problems of one record's content (missing image, undecodable mask) become that record's error row.
 """
 
@@ -37,8 +37,8 @@ class CaptionTask:
         annotation_id: the row's key (COCO annotation id, or the record's id), as a string.
         image_id: COCO image id or the record's image id, as a string.
         image: the image file path.
-        regions: the region specs, undecoded (``region_spec`` forms), one per ``<region>``.
-        question: the question, one ``<region>`` per region.
+        regions: the region specs, undecoded (`region_spec` forms), one per `<region>`.
+        question: the question, one `<region>` per region.
         problem: a structural problem found while reading (the row becomes an error row), else None.
     """
 
@@ -61,18 +61,18 @@ class CaptionTask:
 
 def read_tasks(annotations: str | Path, images_dir: str | Path, *, question: str = DEFAULT_QUESTION,
                limit: int | None = None) -> list[CaptionTask]:
-    """The tasks of an annotation file, in file order (the first ``limit`` when given).
+    """The tasks of an annotation file, in file order (the first `limit` when given).
 
     Args:
-        annotations: a COCO JSON file (``.json``) or a JSON Lines file (``.jsonl``/``.ndjson``, or any
-            file whose first non-blank character is not ``{"`` of a COCO object).
+        annotations: a COCO JSON file (`.json`) or a JSON Lines file (`.jsonl`/`.ndjson`, or any
+            file whose first non-blank character is not `{"` of a COCO object).
         images_dir: the folder the images' relative paths are read under.
         question: the question of COCO annotations and of records without their own.
-        limit: keep the first ``limit`` tasks.
+        limit: keep the first `limit` tasks.
 
     Raises:
-        ValueError: unreadable JSON, a COCO file without ``annotations``/``images`` lists, duplicate
-            annotation ids, a question without exactly one ``<region>`` (COCO), ``limit < 1``.
+        ValueError: unreadable JSON, a COCO file without `annotations`/`images` lists, duplicate
+            annotation ids, a question without exactly one `<region>` (COCO), `limit < 1`.
         FileNotFoundError: the annotation file or the images folder does not exist.
     """
     path = Path(annotations)
@@ -130,7 +130,7 @@ def _read_coco(data: Any, path: Path, images_root: Path, question: str) -> list[
 
 
 def _coco_region(ann: dict) -> tuple[Any, str | None]:
-    """The annotation's region spec: its segmentation when usable, else ``{"bbox": ...}``."""
+    """The annotation's region spec: its segmentation when usable, else `{"bbox": ...}`."""
     segmentation, bbox = ann.get("segmentation"), ann.get("bbox")
     fallback = {"bbox": bbox} if bbox is not None else {}
     if segmentation:  # polygons (list of lists) or an RLE dict

@@ -1,14 +1,14 @@
-"""``pixelrefer-fast profile``: latency, FLOPs and memory of every stage across token budgets.
+"""`pixelrefer-fast profile`: latency, FLOPs and memory of every stage across token budgets.
 
-Wiring: the package CLI calls ``add_profile_parser(subparsers)`` and dispatches the ``profile``
-subcommand to ``run_profile_command(args)``; ``python -m pixelrefer_fast.profiling.cli`` runs the
+Wiring: the package CLI calls `add_profile_parser(subparsers)` and dispatches the `profile`
+subcommand to `run_profile_command(args)`; `python -m pixelrefer_fast.profiling.cli` runs the
 same command standalone.
 
 Exit codes: 0 the profile was written (points that ran out of memory are reported in it); 1 a stage
 failed with an unexpected error (reported in the table and the JSON), or the sweep itself failed (the
 finished points are written, one line on stderr); 2 bad input (unknown preset, empty sweep, a budget
 over the model's limits, a missing checkpoint directory, an output directory that cannot be written,
-an estimate over a few minutes or the free memory without ``--yes``), with one line on stderr; 130
+an estimate over a few minutes or the free memory without `--yes`), with one line on stderr; 130
 interrupted by Ctrl-C (the finished points are written, one line on stderr).
 """
 
@@ -54,9 +54,9 @@ def _variant_list(text: str) -> tuple[str, ...]:
 
 
 def add_profile_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``profile`` subcommand to an ``argparse`` subparsers object; returns its parser.
+    """Add the `profile` subcommand to an `argparse` subparsers object; returns its parser.
 
-    The caller dispatches with ``run_profile_command(args)`` (also set as ``args.handler``).
+    The caller dispatches with `run_profile_command(args)` (also set as `args.handler`).
     """
     parser = subparsers.add_parser("profile", help="profile speed and cost across token budgets (no weights needed)",
                                    description=DESCRIPTION)
@@ -66,13 +66,13 @@ def add_profile_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _one_line_error(message: str):
-    """argparse's error hook: one ``error:`` line on stderr and exit code 2 (no usage dump)."""
+    """argparse's error hook: one `error:` line on stderr and exit code 2 (no usage dump)."""
     sys.stderr.write(f"{PROG}: error: {message} (see --help)\n")
     sys.exit(2)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the profile options to ``parser``; its parse errors print one line and exit with 2."""
+    """Add the profile options to `parser`; its parse errors print one line and exit with 2."""
     parser.error = _one_line_error
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="cpu-default",
@@ -116,7 +116,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def sweep_from_args(args: argparse.Namespace, *, cuda: bool):
-    """The ``SweepSpec`` the arguments describe (defaults filled in)."""
+    """The `SweepSpec` the arguments describe (defaults filled in)."""
     from .sweep import SweepSpec
 
     defaults = SweepSpec()
@@ -136,7 +136,7 @@ def sweep_from_args(args: argparse.Namespace, *, cuda: bool):
 def run_profile_command(args: argparse.Namespace) -> int:
     """Run the profile the parsed arguments describe; print the table and the file paths.
 
-    Returns the exit code (see the module docstring); bad input prints one ``error:`` line on stderr.
+    Returns the exit code (see the module docstring); bad input prints one `error:` line on stderr.
     """
     from . import run_profile
     from .runner import ProfileStopped, resolve_device
@@ -177,7 +177,7 @@ def run_profile_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pixelrefer_fast.profiling.cli [options]`` (the ``profile`` options)."""
+    """`python -m pixelrefer_fast.profiling.cli [options]` (the `profile` options)."""
     parser = configure_parser(argparse.ArgumentParser(prog=PROG, description=DESCRIPTION))
     return run_profile_command(parser.parse_args(argv))
 

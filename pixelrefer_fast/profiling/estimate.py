@@ -1,15 +1,15 @@
 """How long and how much memory a profile will take, before it runs.
 
-``estimate_run`` adds up, per sweep point, the analytic FLOPs (``flops``) of the compute-bound stages
+`estimate_run` adds up, per sweep point, the analytic FLOPs (`flops`) of the compute-bound stages
 (vision encoder, LLM prefill, decode) for every warm-up and timed call, divides by this machine's
-measured GEMM rate times ``EFFICIENCY`` (small ragged GEMMs, attention and host work run well below a
+measured GEMM rate times `EFFICIENCY` (small ragged GEMMs, attention and host work run well below a
 square GEMM's peak), and adds a fixed cost per call for the host-bound work (the processor, the decode
 loop's launches) and the weights' initialisation. Memory is the weights plus the largest point's
 activations (one LLM layer's MLP over the batch, the KV cache, a vision layer over the patches).
 
 It is a guard against starting a 40-minute profile by accident, not a prediction. On the 2-core
-development machine (1 thread): the default ``cpu-default`` sweep is estimated at ~30 s (the committed
-profile took 26.5 s); the ``2b`` preset's default sweep at ~53 min with ~10 min for its slowest point
+development machine (1 thread): the default `cpu-default` sweep is estimated at ~30 s (the committed
+profile took 26.5 s); the `2b` preset's default sweep at ~53 min with ~10 min for its slowest point
 (a user measured 9 min per point).
 """
 
@@ -43,7 +43,7 @@ class RunEstimate:
         slowest_point_s: the longest point.
         memory_bytes: weights + the largest point's activations (the biggest variant).
         free_bytes: memory free now (CPU: available RAM, CUDA: free device memory); None if unknown.
-        rate_gflops: the measured GEMM rate used (before ``EFFICIENCY``).
+        rate_gflops: the measured GEMM rate used (before `EFFICIENCY`).
         points: sweep points.
     """
 
@@ -76,7 +76,7 @@ def format_seconds(seconds: float) -> str:
 
 
 def measure_gemm_gflops(device: torch.device, dtype: torch.dtype) -> float:
-    """GFLOP/s of a square GEMM on ``device`` (best of a few; ~10 ms on a CPU, less on a GPU)."""
+    """GFLOP/s of a square GEMM on `device` (best of a few; ~10 ms on a CPU, less on a GPU)."""
     n = 4096 if device.type == "cuda" else 384
     if device.type == "cpu":
         dtype = torch.float32  # CPU bf16/fp16 GEMMs are emulated: time the real fp32 path instead
@@ -132,7 +132,7 @@ def _vision_segments(preset: ArchPreset, point: SweepPoint) -> list[int]:
 
 
 def point_flops(preset: ArchPreset, point: SweepPoint, decode_tokens: int) -> int:
-    """FLOPs of one call of every compute-bound stage of ``point`` (vision, prefill, decode)."""
+    """FLOPs of one call of every compute-bound stage of `point` (vision, prefill, decode)."""
     segments = _vision_segments(preset, point) * point.batch
     seq_len = estimate_llm_tokens(preset, point, 0)
     total = flops.vision_encoder_cost(preset.vision, segments).flops
@@ -142,7 +142,7 @@ def point_flops(preset: ArchPreset, point: SweepPoint, decode_tokens: int) -> in
 
 
 def activation_bytes(preset: ArchPreset, point: SweepPoint, decode_tokens: int) -> int:
-    """Largest live activations of ``point`` in fp32 bytes (rough upper bound)."""
+    """Largest live activations of `point` in fp32 bytes (rough upper bound)."""
     llm, vision = preset.llm, preset.vision
     tokens = point.batch * estimate_llm_tokens(preset, point, decode_tokens)
     kv = 2 * llm.num_layers * tokens * llm.num_kv_heads * llm.head_dim * 4
@@ -154,7 +154,7 @@ def activation_bytes(preset: ArchPreset, point: SweepPoint, decode_tokens: int) 
 
 def estimate_run(preset: ArchPreset, points: list[SweepPoint], *, decode_tokens: int, repeats: int, warmup: int,
                  device: torch.device, dtype: torch.dtype, rate_gflops: float | None = None) -> RunEstimate:
-    """Estimate the sweep (module docstring); ``rate_gflops`` defaults to ``measure_gemm_gflops``."""
+    """Estimate the sweep (module docstring); `rate_gflops` defaults to `measure_gemm_gflops`."""
     rate = rate_gflops if rate_gflops is not None else measure_gemm_gflops(device, dtype)
     dtype_bytes = torch.tensor([], dtype=dtype).element_size()
     calls = warmup + repeats

@@ -1,20 +1,20 @@
 """Analytic FLOPs and minimum memory traffic of every PixelRefer stage, from shapes alone.
 
-Convention (``FLOP_CONVENTION``, written into every profile):
+Convention (`FLOP_CONVENTION`, written into every profile):
 
-- **2 FLOPs per multiply-add** (a GEMM ``[M, K] @ [K, N]`` costs ``2*M*N*K``), as
-  ``torch.utils.flop_counter.FlopCounterMode`` counts.
-- Only matmul-like work is counted: GEMMs (patch embedding, projections, MLPs, ``lm_head``),
-  attention's ``Q K^T`` and ``P V`` (``4 * s_q * s_k * head_dim`` per head), and k-means' distance
-  term (``2 * n * K * C`` per Lloyd iteration, the dot-product form ``|x|^2 - 2 x.c + |c|^2``).
+- **2 FLOPs per multiply-add** (a GEMM `[M, K] @ [K, N]` costs `2*M*N*K`), as
+  `torch.utils.flop_counter.FlopCounterMode` counts.
+- Only matmul-like work is counted: GEMMs (patch embedding, projections, MLPs, `lm_head`),
+  attention's `Q K^T` and `P V` (`4 * s_q * s_k * head_dim` per head), and k-means' distance
+  term (`2 * n * K * C` per Lloyd iteration, the dot-product form `|x|^2 - 2 x.c + |c|^2`).
   Norms, softmax, activations, RoPE, bias adds and gathers are not counted (they are memory-bound;
   their cost shows in the bytes and the latency).
 - Attention is counted over the whole score matrix of each block-diagonal segment (the sum of
-  ``s_i^2`` terms); causal LLM attention is not halved, as dense and SDPA kernels compute it whole.
-- Prefill counts ``lm_head`` only for the positions whose logits are kept (1 per sequence when
+  `s_i^2` terms); causal LLM attention is not halved, as dense and SDPA kernels compute it whole.
+- Prefill counts `lm_head` only for the positions whose logits are kept (1 per sequence when
   generating).
 
-Bytes (``StageCost.bytes``) are a lower bound on memory traffic: every weight read once, the
+Bytes (`StageCost.bytes`) are a lower bound on memory traffic: every weight read once, the
 stage's inputs read once and its outputs written once, plus the KV cache read per decode step.
 Achieved bandwidth from them is therefore a lower bound too.
 """
@@ -44,7 +44,7 @@ class StageCost(NamedTuple):
     Attributes:
         flops: total FLOPs (2 per multiply-add, see the module docstring).
         bytes: lower bound on memory traffic in bytes.
-        parts: FLOPs per named part (``{"qkv": ..., "attention": ...}``), summing to ``flops``.
+        parts: FLOPs per named part (`{"qkv": ..., "attention": ...}`), summing to `flops`.
     """
 
     flops: int
@@ -53,7 +53,7 @@ class StageCost(NamedTuple):
 
 
 def _gemm(m: int, k: int, n: int) -> int:
-    """FLOPs of ``[m, k] @ [k, n]``."""
+    """FLOPs of `[m, k] @ [k, n]`."""
     return 2 * m * k * n
 
 
@@ -62,7 +62,7 @@ def _cost(parts: dict[str, int], nbytes: int) -> StageCost:
 
 
 def attention_flops(seqlens_q: Sequence[int], seqlens_k: Sequence[int], num_heads: int, head_dim: int) -> int:
-    """``Q K^T`` plus ``P V`` over block-diagonal segments: ``sum_i 4 * s_q,i * s_k,i * head_dim * heads``."""
+    """`Q K^T` plus `P V` over block-diagonal segments: `sum_i 4 * s_q,i * s_k,i * head_dim * heads`."""
     if len(seqlens_q) != len(seqlens_k):
         raise ValueError(f"seqlens_q has {len(seqlens_q)} segments but seqlens_k has {len(seqlens_k)}")
     return sum(4 * sq * sk * head_dim * num_heads for sq, sk in zip(seqlens_q, seqlens_k))
@@ -77,10 +77,10 @@ def vision_weight_count(vision: VisionShape) -> int:
 
 
 def vision_encoder_cost(vision: VisionShape, seqlens: Sequence[int], *, dtype_bytes: int = 2) -> StageCost:
-    """One packed vision-encoder call over images/frames of ``seqlens[i] = t*gh*gw`` patches.
+    """One packed vision-encoder call over images/frames of `seqlens[i] = t*gh*gw` patches.
 
-    Parts: ``patch_embed`` (the Conv2d as a ``[N, 3*14*14] @ [3*14*14, C]`` GEMM), ``qkv``, ``out``,
-    ``mlp`` (per layer, all layers summed) and ``attention`` (``4 * C * sum(s_i^2)`` per layer).
+    Parts: `patch_embed` (the Conv2d as a `[N, 3*14*14] @ [3*14*14, C]` GEMM), `qkv`, `out`,
+    `mlp` (per layer, all layers summed) and `attention` (`4 * C * sum(s_i^2)` per layer).
     """
     n = int(sum(seqlens))
     c, i, layers = vision.hidden_size, vision.intermediate_size, vision.num_layers
@@ -96,10 +96,10 @@ def vision_encoder_cost(vision: VisionShape, seqlens: Sequence[int], *, dtype_by
 
 
 def mlp2_cost(n_tokens: int, in_features: int, hidden: int, *, dtype_bytes: int = 2, name: str = "mlp") -> StageCost:
-    """``Linear(in, hidden) -> GELU -> Linear(hidden, hidden)`` on ``n_tokens`` rows.
+    """`Linear(in, hidden) -> GELU -> Linear(hidden, hidden)` on `n_tokens` rows.
 
-    This is both the projector (``mm_projector.readout``, 1152 -> D -> D) and the region encoder's
-    ``feat_linear`` (1152 -> D -> D).
+    This is both the projector (`mm_projector.readout`, 1152 -> D -> D) and the region encoder's
+    `feat_linear` (1152 -> D -> D).
     """
     parts = {f"{name}.0": _gemm(n_tokens, in_features, hidden), f"{name}.2": _gemm(n_tokens, hidden, hidden)}
     weights = in_features * hidden + hidden + hidden * hidden + hidden
@@ -116,17 +116,17 @@ def region_tokenizer_cost(
     *,
     dtype_bytes: int = 2,
 ) -> StageCost:
-    """Position embedding, mask pooling and k-means of R regions (before ``feat_linear``).
+    """Position embedding, mask pooling and k-means of R regions (before `feat_linear`).
 
     Args:
-        feature_cells: ``h_r * w_r`` feature cells of each region's crop (``pos_linear`` runs on each).
+        feature_cells: `h_r * w_r` feature cells of each region's crop (`pos_linear` runs on each).
         selected_cells: cells inside each mask (on the mask grid); k-means runs where it exceeds
-            ``mask_num``, on all ``selected_cells[r]`` rows for ``kmeans_iters`` iterations.
+            `mask_num`, on all `selected_cells[r]` rows for `kmeans_iters` iterations.
         mask_num: K clusters per region.
         channels: C.
         kmeans_iters: Lloyd iterations (5 full, 3 Lite; counted in full, no early stop).
 
-    Parts: ``pos_linear`` (``Linear(2, C)`` per feature cell) and ``kmeans`` (distance term).
+    Parts: `pos_linear` (`Linear(2, C)` per feature cell) and `kmeans` (distance term).
     """
     if len(feature_cells) != len(selected_cells):
         raise ValueError(f"feature_cells has {len(feature_cells)} regions but selected_cells has {len(selected_cells)}")
@@ -159,16 +159,16 @@ def infusion_cost(
         local_lengths, global_lengths: rows of each local / global feature map (segment).
         region_local, region_global: the segment index of each region (R entries each).
 
-    Mirrors ``pixelrefer_kernels.object_infusion``: the query and output projections run on all
-    ``R*K`` rows; each used segment (N rows, u regions, q = u*K queries) takes the cheaper of
+    Mirrors `pixelrefer_kernels.object_infusion`: the query and output projections run on all
+    `R*K` rows; each used segment (N rows, u regions, q = u*K queries) takes the cheaper of
 
-    - the shared-projection path: K/V projected once (``2 * 2*N*C*C``) and attention
-      ``4 * q * N * C``;
-    - the absorbed path: ``W_k^T q`` and ``W_v`` applied per head (``2 * 2*q*C*C``) and attention
-      on the raw features in C dims per head (``4 * heads * q * N * C``),
+    - the shared-projection path: K/V projected once (`2 * 2*N*C*C`) and attention
+      `4 * q * N * C`;
+    - the absorbed path: `W_k^T q` and `W_v` applied per head (`2 * 2*q*C*C`) and attention
+      on the raw features in C dims per head (`4 * heads * q * N * C`),
 
-    choosing the absorbed path only when it is strictly cheaper. Parts per block (``local.*``,
-    ``global.*``): ``q``, ``kv``, ``attention`` (shared path), ``absorbed`` (absorbed path), ``out``.
+    choosing the absorbed path only when it is strictly cheaper. Parts per block (`local.*`,
+    `global.*`): `q`, `kv`, `attention` (shared path), `absorbed` (absorbed path), `out`.
     """
     if len(region_local) != len(region_global):
         raise ValueError(f"region_local has {len(region_local)} regions but region_global has {len(region_global)}")
@@ -202,7 +202,7 @@ def infusion_cost(
 
 
 def llm_weight_count(llm: LLMShape, *, include_embedding: bool = False) -> int:
-    """Parameters a forward reads: decoder layers, final norm and ``lm_head`` (embedding rows apart)."""
+    """Parameters a forward reads: decoder layers, final norm and `lm_head` (embedding rows apart)."""
     d, i, hd = llm.hidden_size, llm.intermediate_size, llm.head_dim
     q, kv = llm.num_heads * hd, llm.num_kv_heads * hd
     attn = d * q + q + 2 * (d * kv + kv) + q * d
@@ -226,11 +226,11 @@ def _llm_layer_parts(llm: LLMShape, tokens: int) -> dict[str, int]:
 def llm_prefill_cost(
     llm: LLMShape, batch: int, seq_len: int, *, logits_positions: int = 1, dtype_bytes: int = 2
 ) -> StageCost:
-    """Prefill of ``batch`` sequences padded to ``seq_len`` tokens (inputs_embeds in, KV cache out).
+    """Prefill of `batch` sequences padded to `seq_len` tokens (inputs_embeds in, KV cache out).
 
-    ``logits_positions`` is the number of positions per sequence whose logits are computed (1 when
-    generating; ``seq_len`` for a plain forward). Parts: ``qkv``, ``o``, ``mlp``, ``attention``
-    (causal, not halved) and ``lm_head``.
+    `logits_positions` is the number of positions per sequence whose logits are computed (1 when
+    generating; `seq_len` for a plain forward). Parts: `qkv`, `o`, `mlp`, `attention`
+    (causal, not halved) and `lm_head`.
     """
     tokens = batch * seq_len
     parts = _llm_layer_parts(llm, tokens)
@@ -243,7 +243,7 @@ def llm_prefill_cost(
 
 
 def llm_decode_cost(llm: LLMShape, batch: int, context_len: int, *, dtype_bytes: int = 2) -> StageCost:
-    """One decode step: one new token per sequence attending to ``context_len`` cached+new positions."""
+    """One decode step: one new token per sequence attending to `context_len` cached+new positions."""
     parts = _llm_layer_parts(llm, batch)
     parts["attention"] = llm.num_layers * batch * attention_flops([1], [context_len], llm.num_heads, llm.head_dim)
     parts["lm_head"] = _gemm(batch, llm.hidden_size, llm.vocab_size)
@@ -253,7 +253,7 @@ def llm_decode_cost(llm: LLMShape, batch: int, context_len: int, *, dtype_bytes:
 
 
 def llm_decode_steps_cost(llm: LLMShape, batch: int, prompt_len: int, new_tokens: int, *, dtype_bytes: int = 2) -> StageCost:
-    """``new_tokens`` decode steps after a ``prompt_len`` prefill (step j sees ``prompt_len + j + 1`` positions)."""
+    """`new_tokens` decode steps after a `prompt_len` prefill (step j sees `prompt_len + j + 1` positions)."""
     parts: dict[str, int] = {}
     nbytes = 0
     for step in range(new_tokens):
@@ -265,12 +265,12 @@ def llm_decode_steps_cost(llm: LLMShape, batch: int, prompt_len: int, new_tokens
 
 
 def register_flop_formulas() -> list[str]:
-    """Teach ``torch.utils.flop_counter.FlopCounterMode`` the ops it cannot see yet; idempotent.
+    """Teach `torch.utils.flop_counter.FlopCounterMode` the ops it cannot see yet; idempotent.
 
-    Registers, when absent from ``flop_registry``:
+    Registers, when absent from `flop_registry`:
 
-    - ``aten._scaled_dot_product_flash_attention_for_cpu`` (the CPU SDPA kernel, uncounted by torch):
-      the same ``Q K^T`` + ``P V`` count as the CUDA SDPA kernels.
+    - `aten._scaled_dot_product_flash_attention_for_cpu` (the CPU SDPA kernel, uncounted by torch):
+      the same `Q K^T` + `P V` count as the CUDA SDPA kernels.
 
     Returns the names registered by this call (empty when everything was already known).
     """

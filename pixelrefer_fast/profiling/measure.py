@@ -1,14 +1,14 @@
 """Timing, memory and the device's measured peaks.
 
-- ``time_stage(fn, device, warmup, repeats)``: warm-up calls, then ``repeats`` timed calls. On CUDA
+- `time_stage(fn, device, warmup, repeats)`: warm-up calls, then `repeats` timed calls. On CUDA
   each call is bracketed by CUDA events and the device is synchronised before reading them; on CPU
-  ``time.perf_counter``. Returns the median and the 20th/80th percentiles plus min and max.
-- ``memory_scope(device)``: peak memory of the work inside the block: the CUDA caching allocator's
-  peak (``torch.cuda.max_memory_allocated`` after a reset) and NVML's device-wide used memory
+  `time.perf_counter`. Returns the median and the 20th/80th percentiles plus min and max.
+- `memory_scope(device)`: peak memory of the work inside the block: the CUDA caching allocator's
+  peak (`torch.cuda.max_memory_allocated` after a reset) and NVML's device-wide used memory
   (nvidia-ml-py, imported lazily); on CPU the peak resident set size of the process during the
-  block, sampled every 5 ms with psutil (without psutil: ``resource``'s ``ru_maxrss``, the
+  block, sampled every 5 ms with psutil (without psutil: `resource`'s `ru_maxrss`, the
   process's high-water mark, which never goes down between stages).
-- ``measure_peaks(device, dtype)``: on CUDA, the achieved TFLOP/s of a large GEMM in ``dtype`` and
+- `measure_peaks(device, dtype)`: on CUDA, the achieved TFLOP/s of a large GEMM in `dtype` and
   the bandwidth of a large device-to-device copy, measured once per profile so MFU and bandwidth use
   are relative to what this card really does (not a datasheet); on CPU nothing (GFLOP/s only).
 """
@@ -53,7 +53,7 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Timing:
-    """Latency of a stage over ``repeats`` calls, in milliseconds."""
+    """Latency of a stage over `repeats` calls, in milliseconds."""
 
     median_ms: float
     p20_ms: float
@@ -86,18 +86,18 @@ def time_stage(
     repeats: int = 3,
     setup: Callable[[], object] | None = None,
 ) -> tuple[Timing, object]:
-    """Time ``fn`` and return its latency and the output of the last call.
+    """Time `fn` and return its latency and the output of the last call.
 
     Args:
         fn: the stage call; its output is returned for the next stage. Called with no arguments, or
-            with ``setup()``'s result when ``setup`` is given.
+            with `setup()`'s result when `setup` is given.
         device: where the stage runs; on CUDA, events time the device work and the host waits.
         warmup: untimed calls first (compilation, allocator growth, autotuning).
         repeats: timed calls (>= 1).
         setup: untimed preparation before every call (e.g. a fresh copy of a KV cache the call
             extends), outside the timed interval.
 
-    Host-only stages (the processor) pass ``torch.device("cpu")``.
+    Host-only stages (the processor) pass `torch.device("cpu")`.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -130,7 +130,7 @@ def time_stage(
 
 
 def process_peak_rss_mb() -> float | None:
-    """Peak resident set size of this process so far, in MiB (None where the platform has no ``resource``)."""
+    """Peak resident set size of this process so far, in MiB (None where the platform has no `resource`)."""
     try:
         import resource
     except ImportError:
@@ -161,16 +161,16 @@ def nvml_used_mb(device: torch.device) -> float | None:
 
 @dataclass
 class MemoryReading:
-    """Memory of one stage. ``kind`` says what ``peak_mb`` is.
+    """Memory of one stage. `kind` says what `peak_mb` is.
 
     Attributes:
-        kind: ``"cuda_allocator_peak"`` (torch's peak allocated bytes inside the block),
-            ``"process_rss_peak"`` (CPU: the largest sampled RSS inside the block) or
-            ``"process_peak_rss"`` (CPU without psutil: the process's high-water mark so far).
+        kind: `"cuda_allocator_peak"` (torch's peak allocated bytes inside the block),
+            `"process_rss_peak"` (CPU: the largest sampled RSS inside the block) or
+            `"process_peak_rss"` (CPU without psutil: the process's high-water mark so far).
         peak_mb: the peak in MiB (None when it cannot be read).
         nvml_used_mb: CUDA: device-wide used memory after the block (NVML), else None.
         start_mb: the same quantity when the block began (CUDA: allocated bytes; CPU: the RSS), so
-            ``peak_mb - start_mb`` is what the block itself added (None when it cannot be read).
+            `peak_mb - start_mb` is what the block itself added (None when it cannot be read).
     """
 
     kind: str
@@ -202,7 +202,7 @@ def memory_scope(device: torch.device) -> Iterator[MemoryReading]:
 
 
 class _RssSampler:
-    """Samples this process's resident set size every ``period_s`` on a daemon thread (psutil)."""
+    """Samples this process's resident set size every `period_s` on a daemon thread (psutil)."""
 
     def __init__(self, process, period_s: float):
         self._process = process
@@ -246,7 +246,7 @@ class DevicePeaks:
 
 
 def measure_peaks(device: torch.device, dtype: torch.dtype, *, gemm_size: int = 8192, copy_mib: int = 1024) -> DevicePeaks:
-    """Measured GEMM TFLOP/s (``gemm_size``-cubed in ``dtype``) and copy GB/s (read + write) on CUDA.
+    """Measured GEMM TFLOP/s (`gemm_size`-cubed in `dtype`) and copy GB/s (read + write) on CUDA.
 
     On CPU returns empty peaks: the CPU report gives achieved GFLOP/s without a utilisation ratio.
     """
@@ -279,8 +279,8 @@ def _version(name: str) -> str:
 
 
 def git_sha() -> str:
-    """Short SHA of the checkout this package runs from: ``PIXELREFER_FAST_GIT_SHA`` when set (a copy
-    without ``.git``, e.g. ``bench/gpu_check.sh`` on a GPU machine), else git ("unknown" for a wheel)."""
+    """Short SHA of the checkout this package runs from: `PIXELREFER_FAST_GIT_SHA` when set (a copy
+    without `.git`, e.g. `bench/gpu_check.sh` on a GPU machine), else git ("unknown" for a wheel)."""
     stamped = os.environ.get("PIXELREFER_FAST_GIT_SHA", "").strip()
     if stamped:
         return stamped
@@ -345,7 +345,7 @@ def _nvml_clocks(index: int) -> dict:
 
 
 def device_slug(info: dict) -> str:
-    """Folder name for a card (``nvidia-h100-80gb-hbm3``), ``cpu`` without one."""
+    """Folder name for a card (`nvidia-h100-80gb-hbm3`), `cpu` without one."""
     name = info.get("gpu", "none")
     if name == "none":
         return "cpu"
@@ -361,17 +361,17 @@ class StageTimer:
 
     Args:
         device: on CUDA each call is bracketed by CUDA events (read after one synchronisation in
-            ``collect``) and the allocator's peak over ``baseline_bytes`` (the weights and inputs) is
-            recorded per stage; on the CPU ``time.perf_counter`` and no per-stage memory.
-        targets: ``{stage: [(owner, method_name), ...]}``; calls of several methods (or several calls)
+            `collect`) and the allocator's peak over `baseline_bytes` (the weights and inputs) is
+            recorded per stage; on the CPU `time.perf_counter` and no per-stage memory.
+        targets: `{stage: [(owner, method_name), ...]}`; calls of several methods (or several calls)
             of one stage add up.
 
-        clock: the CPU clock in seconds (default ``time.perf_counter``; ``time.thread_time`` counts only
+        clock: the CPU clock in seconds (default `time.perf_counter`; `time.thread_time` counts only
             this thread's CPU time, steadier on a shared machine with one torch thread).
         on_first_call: called with the stage's name when a stage is entered the first time.
 
-    ``collect()`` returns ``{stage: ms}`` of the calls since the last ``collect``; ``calls`` counts the
-    calls per stage, ``peaks_mb`` holds the last per-stage memory peaks.
+    `collect()` returns `{stage: ms}` of the calls since the last `collect`; `calls` counts the
+    calls per stage, `peaks_mb` holds the last per-stage memory peaks.
     """
 
     def __init__(self, device: torch.device, targets: dict[str, list[tuple[object, str]]], *,
@@ -445,7 +445,7 @@ class StageTimer:
             self.baseline_bytes = torch.cuda.memory_allocated(self.device)
 
     def collect_calls(self) -> dict[str, list[float]]:
-        """``{stage: [ms of each call]}`` since the last collect (one synchronisation on CUDA)."""
+        """`{stage: [ms of each call]}` since the last collect (one synchronisation on CUDA)."""
         synchronize(self.device)
         calls = {}
         for stage, samples in self._pending.items():
@@ -457,12 +457,12 @@ class StageTimer:
         return calls
 
     def collect(self) -> dict[str, float]:
-        """``{stage: ms}``: the calls of each stage since the last collect, added up."""
+        """`{stage: ms}`: the calls of each stage since the last collect, added up."""
         return {stage: sum(calls) for stage, calls in self.collect_calls().items()}
 
 
 def count_launches(fn: Callable[[], object], device: torch.device) -> dict[str, int] | None:
-    """Kernel launches per ``stage::<name>`` range of one call of ``fn`` (CUDA only; None elsewhere or
+    """Kernel launches per `stage::<name>` range of one call of `fn` (CUDA only; None elsewhere or
     when the profiler cannot say)."""
     if device.type != "cuda":
         return None

@@ -4,19 +4,19 @@ A preset holds the sizes of every stage (vision encoder, projector, region token
 Qwen2 LLM) and the budget limits a sweep point must respect. The profile builds random-weight modules
 from it, because latency, FLOPs and memory do not depend on weight values.
 
-Presets (``PRESETS``):
+Presets (`PRESETS`):
 
-- ``cpu-default``: the real structure (ViT with 2-D RoPE and packed varlen attention, region
+- `cpu-default`: the real structure (ViT with 2-D RoPE and packed varlen attention, region
   tokenizer, Lite infusion, Qwen2 LLM with GQA and tied embeddings) shrunk so the default sweep runs
   in a few minutes on two CPU cores: vision 2 layers x 144 channels (2 heads of 72, the real head
   size), LLM 2 layers x 256 (2 query heads of 128, 1 KV head), a 32768-token vocabulary (the
-  real 151669 would make ``lm_head`` 90% of this tiny LLM's decode step).
-- ``2b``, ``7b``: PixelRefer-2B / 7B (docs/spec.md §1 and §4): VL3-SigLIP-NaViT (27 x 1152, 16 heads,
+  real 151669 would make `lm_head` 90% of this tiny LLM's decode step).
+- `2b`, `7b`: PixelRefer-2B / 7B (docs/spec.md §1 and §4): VL3-SigLIP-NaViT (27 x 1152, 16 heads,
   MLP 4304) and Qwen2.5-1.5B (28 x 1536, 12/2 heads, MLP 8960, tied) or Qwen2.5-7B (28 x 3584,
   28/4 heads, MLP 18944).
-- ``lite-2b``, ``lite-7b``: the same sizes; their default variant is Lite.
+- `lite-2b`, `lite-7b`: the same sizes; their default variant is Lite.
 
-``preset_from_model_dir(path)`` reads a local checkpoint's ``config.json`` (docs/spec.md §9.2) into a
+`preset_from_model_dir(path)` reads a local checkpoint's `config.json` (docs/spec.md §9.2) into a
 preset; nothing else in the directory is read.
 """
 
@@ -43,7 +43,7 @@ class VisionShape:
         intermediate_size: MLP width (4304).
         num_layers: encoder blocks (27).
         num_heads: attention heads (16, head_dim 72).
-        patch_size: pixels per patch side (14); a patch row holds ``3 * patch_size**2`` values.
+        patch_size: pixels per patch side (14); a patch row holds `3 * patch_size**2` values.
         spatial_merge_size: the 2x2 merge of video frames (2).
         layer_norm_eps: LayerNorm epsilon (1e-6).
     """
@@ -76,8 +76,8 @@ class LLMShape:
         num_heads: query heads (12 / 28).
         num_kv_heads: key/value heads (2 / 4).
         head_dim: per-head size (128).
-        vocab_size: rows of the embedding and of ``lm_head`` (151669).
-        tie_word_embeddings: ``lm_head`` shares the embedding (2B: True).
+        vocab_size: rows of the embedding and of `lm_head` (151669).
+        tie_word_embeddings: `lm_head` shares the embedding (2B: True).
         max_position_embeddings: the longest sequence the model accepts (32768).
         rms_norm_eps, rope_theta: Qwen2 constants.
     """
@@ -124,14 +124,14 @@ class ArchPreset:
     """Everything the profile needs to build random-weight stages and check a sweep point.
 
     Attributes:
-        name: the preset name (``cpu-default``, ``2b``, ...) or ``model:<dir>``.
+        name: the preset name (`cpu-default`, `2b`, ...) or `model:<dir>`.
         description: one line for the report.
         vision, llm, region: stage sizes.
-        mm_max_length: image token budget of the processor (8192): ``max_pixels = mm_max_length *
-            4 * 14**2`` for video, ``mm_max_length * 14**2`` per still image and per crop call.
+        mm_max_length: image token budget of the processor (8192): `max_pixels = mm_max_length *
+            4 * 14**2` for video, `mm_max_length * 14**2` per still image and per crop call.
         max_frames: longest video the config allows (180).
         default_variants: variants a sweep runs when none is given.
-        model_dir: the checkpoint directory for ``model:<dir>`` presets, else None.
+        model_dir: the checkpoint directory for `model:<dir>` presets, else None.
     """
 
     name: str
@@ -184,7 +184,7 @@ PRESETS: dict[str, ArchPreset] = {
 
 
 def get_preset(name: str) -> ArchPreset:
-    """The preset called ``name``; ``ProfileInputError`` listing the known ones otherwise."""
+    """The preset called `name`; `ProfileInputError` listing the known ones otherwise."""
     try:
         return PRESETS[name]
     except KeyError:
@@ -201,12 +201,12 @@ def _int_field(config: dict, key: str, default: int, where: str) -> int:
 
 
 def preset_from_model_dir(path: str | Path) -> ArchPreset:
-    """A preset with the sizes of the checkpoint in ``path`` (its ``config.json``; weights unread).
+    """A preset with the sizes of the checkpoint in `path` (its `config.json`; weights unread).
 
-    Reads the Qwen2 fields, ``vision_encoder_config`` (missing fields take the released values),
-    ``mm_max_length``, ``mask_num``, ``max_frames`` and ``model_type`` (``pixelreferlite_qwen2``
-    makes Lite the default variant). Raises ``ProfileInputError`` when the directory or its
-    ``config.json`` is missing or unreadable, or a size field is not a positive integer.
+    Reads the Qwen2 fields, `vision_encoder_config` (missing fields take the released values),
+    `mm_max_length`, `mask_num`, `max_frames` and `model_type` (`pixelreferlite_qwen2`
+    makes Lite the default variant). Raises `ProfileInputError` when the directory or its
+    `config.json` is missing or unreadable, or a size field is not a positive integer.
     """
     directory = Path(path)
     if not directory.is_dir():

@@ -1,8 +1,8 @@
 """Progress inside a sweep point: which stage runs, and which of its calls.
 
-The measuring code reports through two calls, ``stage_started(name)`` (``stages``) and
-``call_done(index, total, warmup)`` (``measure.time_stage``); they do nothing unless a listener is
-installed with ``listening(callback)`` (the runner's progress bar). The listener is a context
+The measuring code reports through two calls, `stage_started(name)` (`stages`) and
+`call_done(index, total, warmup)` (`measure.time_stage`); they do nothing unless a listener is
+installed with `listening(callback)` (the runner's progress bar). The listener is a context
 variable, so concurrent profiles in other threads do not see each other's progress.
 """
 
@@ -21,7 +21,7 @@ _stage: contextvars.ContextVar[str] = contextvars.ContextVar("pixelrefer_profile
 
 @contextlib.contextmanager
 def listening(callback: Listener) -> Iterator[None]:
-    """Send the progress of the block's stages to ``callback(stage, done, total)``."""
+    """Send the progress of the block's stages to `callback(stage, done, total)`."""
     token = _listener.set(callback)
     try:
         yield
@@ -30,7 +30,7 @@ def listening(callback: Listener) -> Iterator[None]:
 
 
 def stage_started(name: str) -> None:
-    """The stage ``name`` begins (no call done yet)."""
+    """The stage `name` begins (no call done yet)."""
     _stage.set(name)
     callback = _listener.get()
     if callback is not None:
@@ -38,7 +38,7 @@ def stage_started(name: str) -> None:
 
 
 def call_done(done: int, total: int, stage: str | None = None) -> None:
-    """``done`` of the stage's ``total`` calls (warm-up included) have finished; ``stage`` names it when
+    """`done` of the stage's `total` calls (warm-up included) have finished; `stage` names it when
     several stages run in one call (the forward's stages), else the last started."""
     callback = _listener.get()
     if callback is not None:

@@ -1,16 +1,16 @@
 """Profile output: the terminal table, JSON, CSV and PNG plots.
 
 One row per (sweep point, stage); every row carries the card, versions, git SHA, preset, device,
-dtype and the point's settings, so a CSV line stands on its own (``ROW_SCHEMA`` lists the columns
-and their types; ``validate_rows`` checks them before anything is written). The JSON document adds
+dtype and the point's settings, so a CSV line stands on its own (`ROW_SCHEMA` lists the columns
+and their types; `validate_rows` checks them before anything is written). The JSON document adds
 the machine description, the preset's shapes, the settings, the FLOPs convention and the device's
-measured peaks (``DOCUMENT_KEYS``).
+measured peaks (`DOCUMENT_KEYS`).
 
-Files go to ``<out>/<device-slug>/<YYYY-MM-DD>_<sha>_profile-<name>.{json,csv,png}`` (style guide
-section 8), ``<name>`` being ``--name`` or the preset plus the axes that differ from the default sweep
-(``sweep_name``); an existing file is never replaced: the stem gets ``-2``, ``-3``, ... Rows are also
-appended to ``<stem>.rows.jsonl`` as each point finishes, so an interrupted run keeps them.
-``COLUMN_DOCS`` explains every column (README's profile section lists them).
+Files go to `<out>/<device-slug>/<YYYY-MM-DD>_<sha>_profile-<name>.{json,csv,png}` (style guide
+section 8), `<name>` being `--name` or the preset plus the axes that differ from the default sweep
+(`sweep_name`); an existing file is never replaced: the stem gets `-2`, `-3`, ... Rows are also
+appended to `<stem>.rows.jsonl` as each point finishes, so an interrupted run keeps them.
+`COLUMN_DOCS` explains every column (README's profile section lists them).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ COLUMN_DOCS: dict[str, str] = {
     "shapes": "the stage's input shapes (JSON)",
 }
 
-# the terminal table's columns (``format_table``), explained under it
+# the terminal table's columns (`format_table`), explained under it
 TABLE_LEGEND = (
     "Columns: R regions per item, K tokens per region, image WxH (<= vision-token budget), T frames, B items per call; "
     "obj tok = object-token budget per item, LLM tok = prompt length; pre/vision/proj/region/infuse/prefill = median ms "
@@ -168,11 +168,11 @@ DOCUMENT_KEYS: dict[str, type] = {
 
 
 class ReportSchemaError(ValueError):
-    """A row or document does not match ``ROW_SCHEMA`` / ``DOCUMENT_KEYS``."""
+    """A row or document does not match `ROW_SCHEMA` / `DOCUMENT_KEYS`."""
 
 
 def validate_rows(rows: Sequence[dict]) -> None:
-    """Raise ``ReportSchemaError`` naming the first row and column that is missing, extra or mistyped."""
+    """Raise `ReportSchemaError` naming the first row and column that is missing, extra or mistyped."""
     for index, row in enumerate(rows):
         missing = [k for k in ROW_SCHEMA if k not in row]
         extra = [k for k in row if k not in ROW_SCHEMA]
@@ -225,9 +225,9 @@ def _file_safe(text: str) -> str:
 
 
 def output_paths(out_dir: str | Path, slug: str, date: str, sha: str, name: str) -> OutputPaths:
-    """``<out_dir>/<slug>/<date>_<sha>_profile-<name>[-N].{json,csv,png,rows.jsonl}`` (name made file-safe).
+    """`<out_dir>/<slug>/<date>_<sha>_profile-<name>[-N].{json,csv,png,rows.jsonl}` (name made file-safe).
 
-    ``-N`` (2, 3, ...) is added when any of the four files already exists, so nothing is overwritten.
+    `-N` (2, 3, ...) is added when any of the four files already exists, so nothing is overwritten.
     """
     base = Path(out_dir) / slug / f"{date}_{sha}_profile-{_file_safe(name)}"
     suffix = 1
@@ -241,7 +241,7 @@ def output_paths(out_dir: str | Path, slug: str, date: str, sha: str, name: str)
 
 
 def append_rows(rows: Sequence[dict], path: Path) -> Path:
-    """Validate ``rows`` and append them to the JSON-lines file ``path`` (one row per line), flushed."""
+    """Validate `rows` and append them to the JSON-lines file `path` (one row per line), flushed."""
     validate_rows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -252,7 +252,7 @@ def append_rows(rows: Sequence[dict], path: Path) -> Path:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of a ``.rows.jsonl`` file (what an interrupted profile kept)."""
+    """The rows of a `.rows.jsonl` file (what an interrupted profile kept)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
@@ -275,7 +275,7 @@ def _csv_cell(value) -> str:
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
-    """Validate and write the rows as CSV with ``ROW_COLUMNS`` in order (null -> empty cell)."""
+    """Validate and write the rows as CSV with `ROW_COLUMNS` in order (null -> empty cell)."""
     validate_rows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
@@ -315,7 +315,7 @@ def _stage_cell(row: dict | None) -> str:
 def format_table(rows: Sequence[dict], *, cuda: bool) -> str:
     """One line per sweep point: settings, median ms per stage, time to first token, FLOPs, rate, memory.
 
-    ``decode`` shows ms per generated token (``/t``), on CUDA with its memory-bandwidth use against
+    `decode` shows ms per generated token (`/t`), on CUDA with its memory-bandwidth use against
     the measured copy bandwidth (weights + KV cache bytes per second). On CUDA the rate column is
     TFLOP/s of the time-to-first-token work with MFU against the measured GEMM peak; on CPU GFLOP/s.
     """
@@ -364,7 +364,7 @@ def failures(rows: Sequence[dict]) -> list[str]:
 
 def stage_memory_mb(row: dict) -> float | None:
     """The memory a stage row is plotted and tabulated with: on CUDA the allocator peak over the
-    weights, on CPU the RSS growth during the stage (``mem_delta_mb``); None when not measured."""
+    weights, on CPU the RSS growth during the stage (`mem_delta_mb`); None when not measured."""
     if row["mem_kind"] == "cuda_allocator_peak":
         if row["mem_peak_mb"] is None or row["weights_mb"] is None:
             return None
@@ -388,7 +388,7 @@ def _axis_value(row: dict, axis: str):
 
 
 def swept_axes(rows: Sequence[dict]) -> list[str]:
-    """The ``SERIES_AXES`` that take more than one value in ``rows`` (the series differ in these)."""
+    """The `SERIES_AXES` that take more than one value in `rows` (the series differ in these)."""
     return [axis for axis, _ in SERIES_AXES if len({_axis_value(r, axis) for r in rows}) > 1]
 
 
@@ -404,14 +404,14 @@ def _series_label(key: tuple, axes: list[str]) -> str:
 
 
 def build_figure(rows: Sequence[dict], *, title: str):
-    """The profile figure (``matplotlib.figure.Figure``); ``plot`` saves it.
+    """The profile figure (`matplotlib.figure.Figure`); `plot` saves it.
 
     Panels: time to first token (median, p20-p80 band: the sums of the stages' p20 and p80) and FLOPs
     against object tokens, one series per combination of the swept axes other than R (colour: the
     series; marker: the image size / frames / batch / budget combination; dashed: Lite; every swept
     value in the label); the memory of each stage per point (CUDA: allocator peak over the weights;
     CPU: RSS growth during the stage); the stage breakdown of every point with p20-p80 whiskers.
-    Stage colours are fixed (``STAGE_COLOURS``).
+    Stage colours are fixed (`STAGE_COLOURS`).
     """
     import matplotlib
 
@@ -501,9 +501,9 @@ def build_figure(rows: Sequence[dict], *, title: str):
 
 
 def plot(rows: Sequence[dict], path: Path, *, title: str) -> Path:
-    """Write ``build_figure(rows, title=title)`` as a PNG at ``path``.
+    """Write `build_figure(rows, title=title)` as a PNG at `path`.
 
-    Raises ``ImportError`` with an install hint when matplotlib is missing.
+    Raises `ImportError` with an install hint when matplotlib is missing.
     """
     try:
         import matplotlib  # noqa: F401
@@ -519,7 +519,7 @@ def plot(rows: Sequence[dict], path: Path, *, title: str) -> Path:
 
 
 def plot_title(document: dict) -> str:
-    """``pixelrefer-fast profile: <preset> on <device> (<dtype>, <threads> threads), <date>, git <sha>``."""
+    """`pixelrefer-fast profile: <preset> on <device> (<dtype>, <threads> threads), <date>, git <sha>`."""
     machine, settings = document["machine"], document["settings"]
     where = machine.get("gpu") if str(settings.get("device", "")).startswith("cuda") else f"CPU ({machine.get('cpu', '')})"
     status = "" if document.get("status", "complete") == "complete" else f" [{document['status']}]"
@@ -529,7 +529,7 @@ def plot_title(document: dict) -> str:
 
 
 def finite_or_none(value: float | None) -> float | None:
-    """``value`` unless it is None, NaN or infinite (JSON has no NaN)."""
+    """`value` unless it is None, NaN or infinite (JSON has no NaN)."""
     if value is None or not math.isfinite(value):
         return None
     return float(value)

@@ -1,4 +1,4 @@
-"""``run_profile``: build the preset's random-weight models, sweep the points, write the report."""
+"""`run_profile`: build the preset's random-weight models, sweep the points, write the report."""
 
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ MAX_SEED = 2**32 - 1
 
 @dataclass
 class ProfileResult:
-    """What ``run_profile`` produced.
+    """What `run_profile` produced.
 
     Attributes:
-        document: the JSON document (``report.DOCUMENT_KEYS``), rows included.
-        rows: one dict per (point, stage) plus a ``ttft`` row per point (``report.ROW_SCHEMA``).
+        document: the JSON document (`report.DOCUMENT_KEYS`), rows included.
+        rows: one dict per (point, stage) plus a `ttft` row per point (`report.ROW_SCHEMA`).
         paths: where the JSON and CSV were written, and where the PNG goes.
-        png: the PNG written, None when plots were skipped (``plots=False`` or no matplotlib).
+        png: the PNG written, None when plots were skipped (`plots=False` or no matplotlib).
         table: the terminal table.
         notes: remarks for the reader (kernel mode, skipped plots, failed stages).
     """
@@ -52,7 +52,7 @@ class ProfileResult:
 
     @property
     def status(self) -> str:
-        """``complete``, ``interrupted`` (Ctrl-C) or ``failed`` (an unexpected error stopped the sweep)."""
+        """`complete`, `interrupted` (Ctrl-C) or `failed` (an unexpected error stopped the sweep)."""
         return self.document["status"]
 
     @property
@@ -71,8 +71,8 @@ class ProfileResult:
 
 
 class ProfileStopped(Exception):
-    """The sweep stopped early: Ctrl-C (``status == "interrupted"``) or an unexpected error
-    (``"failed"``). ``result`` holds the finished points, already written (JSON, CSV, PNG, rows)."""
+    """The sweep stopped early: Ctrl-C (`status == "interrupted"`) or an unexpected error
+    (`"failed"`). `result` holds the finished points, already written (JSON, CSV, PNG, rows)."""
 
     def __init__(self, result: ProfileResult, reason: str):
         super().__init__(reason)
@@ -88,7 +88,7 @@ class ProfileStopped(Exception):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; ``ProfileInputError`` for an unusable device."""
+    """`"auto"` -> cuda when available, else cpu; `ProfileInputError` for an unusable device."""
     if isinstance(device, torch.device):
         resolved = device
     elif device == "auto":
@@ -109,7 +109,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"`` -> bfloat16 on CUDA, float32 on CPU; names from ``float32``, ``bfloat16``, ``float16``."""
+    """`"auto"` -> bfloat16 on CUDA, float32 on CPU; names from `float32`, `bfloat16`, `float16`."""
     if isinstance(dtype, torch.dtype):
         resolved = dtype
     elif dtype == "auto":
@@ -216,7 +216,7 @@ def _row(context: dict, index: int, point: SweepPoint, outcome: PointOutcome, re
 
 
 def _summary_row(rows: list[dict], peaks: DevicePeaks) -> dict:
-    """The ``ttft`` row of a point: every stage up to and including the prefill."""
+    """The `ttft` row of a point: every stage up to and including the prefill."""
     stages = [r for r in rows if r["stage"] != "decode"]
     ran = [r for r in stages if r["status"] == "ok"]
     blocked = [r for r in stages if r["status"] in ("oom", "error", "unavailable")]
@@ -272,40 +272,40 @@ def run_profile(
     """Profile every stage across the sweep's token budgets with random weights.
 
     Args:
-        preset: a name from ``PRESETS`` (``cpu-default``, ``2b``, ``7b``, ``lite-2b``, ``lite-7b``) or an
-            ``ArchPreset``.
-        sweep: the points (default ``SweepSpec()``: R in 1, 4, 16 x K in 8, 16, 32, 64 on a 448x336
+        preset: a name from `PRESETS` (`cpu-default`, `2b`, `7b`, `lite-2b`, `lite-7b`) or an
+            `ArchPreset`.
+        sweep: the points (default `SweepSpec()`: R in 1, 4, 16 x K in 8, 16, 32, 64 on a 448x336
             sample, the preset's variants).
-        model_dir: a local checkpoint directory; its ``config.json`` replaces ``preset`` (no weights read).
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"`` or a ``torch.device``.
-        dtype: ``"auto"`` (bfloat16 on CUDA, float32 on CPU), ``"float32"``, ``"bfloat16"``, ``"float16"``.
+        model_dir: a local checkpoint directory; its `config.json` replaces `preset` (no weights read).
+        device: `"auto"` (CUDA when available), `"cpu"`, `"cuda[:N]"` or a `torch.device`.
+        dtype: `"auto"` (bfloat16 on CUDA, float32 on CPU), `"float32"`, `"bfloat16"`, `"float16"`.
         repeats, warmup: timed and untimed calls per stage.
-        kernels: ``"auto"``, ``"triton"`` (CUDA only) or ``"torch"``; on CPU under ``TRITON_INTERPRET=1``
+        kernels: `"auto"`, `"triton"` (CUDA only) or `"torch"`; on CPU under `TRITON_INTERPRET=1`
             auto runs the torch paths.
-        out_dir: the files go to ``<out_dir>/<device-slug>/``.
-        name: the file name part after ``profile-`` (default: ``sweep.sweep_name``, the preset and the
-            axes that differ from the default sweep). Existing files are never replaced (``-2``, ...).
+        out_dir: the files go to `<out_dir>/<device-slug>/`.
+        name: the file name part after `profile-` (default: `sweep.sweep_name`, the preset and the
+            axes that differ from the default sweep). Existing files are never replaced (`-2`, ...).
         plots: write the PNG (needs matplotlib; without it a note says so and JSON/CSV are still written).
         progress: a tqdm progress bar over the points on stderr, showing the stage and call within a point.
         seed: the sample layout and the weights, 0 .. 2**32 - 1.
-        threads: CPU threads for torch (``torch.set_num_threads``) during the profile, at most the CPUs
+        threads: CPU threads for torch (`torch.set_num_threads`) during the profile, at most the CPUs
             here. None: 1 on CPU (steady timings even on a machine busy with other jobs, where OpenMP
             threads that wait for each other make 2-thread runs several times slower), torch's default on CUDA.
-        yes: run even when the estimate (``estimate.estimate_run``) is over ``max_estimate_s`` or over
+        yes: run even when the estimate (`estimate.estimate_run`) is over `max_estimate_s` or over
             the free memory.
-        max_estimate_s: the longest estimated run that starts without ``yes``.
+        max_estimate_s: the longest estimated run that starts without `yes`.
 
     Returns:
-        ``ProfileResult`` (document, rows, paths, table). Points that run out of memory are rows with
-        status ``oom``; the sweep goes on. Each point's rows are appended to ``paths.rows`` when it finishes.
+        `ProfileResult` (document, rows, paths, table). Points that run out of memory are rows with
+        status `oom`; the sweep goes on. Each point's rows are appended to `paths.rows` when it finishes.
 
     Raises:
         ProfileInputError: unknown preset, empty sweep, a budget over the model's limits, a missing
-            checkpoint directory, an unwritable ``out_dir``, bad repeats/device/dtype/kernels/threads/seed,
-            or an estimate over the limits without ``yes``.
-        ProfileStopped: Ctrl-C or an unexpected error stopped the sweep; its ``result`` holds the
-            finished points, written to the JSON/CSV/PNG like a complete run (status ``interrupted`` /
-            ``failed``).
+            checkpoint directory, an unwritable `out_dir`, bad repeats/device/dtype/kernels/threads/seed,
+            or an estimate over the limits without `yes`.
+        ProfileStopped: Ctrl-C or an unexpected error stopped the sweep; its `result` holds the
+            finished points, written to the JSON/CSV/PNG like a complete run (status `interrupted` /
+            `failed`).
     """
     started = time.perf_counter()
     arch = _resolve_preset(preset, model_dir)
@@ -451,7 +451,7 @@ def _sweep(arch, sweep, points, device, dtype, mode, notes, machine, paths, repe
 
 
 def _point_progress(bar, where: str):
-    """A ``progress`` listener that shows the stage and call inside the current point."""
+    """A `progress` listener that shows the stage and call inside the current point."""
     def show(stage: str, done: int, total: int) -> None:
         bar.set_description(f"{where} {stage}" + (f" {done}/{total}" if total else ""))
 
@@ -459,7 +459,7 @@ def _point_progress(bar, where: str):
 
 
 def _build(arch: ArchPreset, variant: str, device: torch.device, dtype: torch.dtype, seed: int):
-    """The model of ``variant``, or ``(None, (status, message))`` when it cannot be built."""
+    """The model of `variant`, or `(None, (status, message))` when it cannot be built."""
     try:
         return build_model(arch, variant, device, dtype, seed=seed), None
     except out_of_memory_errors() as exc:

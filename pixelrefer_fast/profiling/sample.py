@@ -1,17 +1,17 @@
 """The built-in profiling sample: a synthetic scene and its object masks, drawn in code.
 
-Nothing is downloaded or shipped as a photo: ``sample_scene`` draws a deterministic scene with PIL
+Nothing is downloaded or shipped as a photo: `sample_scene` draws a deterministic scene with PIL
 (a shaded background with a fine texture, so crops are not flat, and filled shapes) and one binary
 mask per object. The objects cycle through three sizes chosen around the crop-scale thresholds of
 docs/spec.md §3 (areas in pixels of the full-resolution mask):
 
-- ``medium``: a 90 x 110 rounded rectangle, about 9,700 px (between 32 and 100 patches): the crop
+- `medium`: a 90 x 110 rounded rectangle, about 9,700 px (between 32 and 100 patches): the crop
   keeps its native resolution (full model); Lite shrinks it slightly (its threshold is 50 patches);
-- ``small``: a 40 x 40 ellipse, about 1,250 px (< 6,272 px = 32 patches): the crop is enlarged
-  (``s >= 2``), which exercises the upscaling rule;
-- ``large``: a 260 x 200 ellipse, about 40,800 px (> 19,600 px = 100 patches): the crop is shrunk.
+- `small`: a 40 x 40 ellipse, about 1,250 px (< 6,272 px = 32 patches): the crop is enlarged
+  (`s >= 2`), which exercises the upscaling rule;
+- `large`: a 260 x 200 ellipse, about 40,800 px (> 19,600 px = 100 patches): the crop is shrunk.
 
-``sample_video`` moves the same objects a few pixels per frame over a static background, so the
+`sample_video` moves the same objects a few pixels per frame over a static background, so the
 video token pruner (docs/spec.md §8) finds both static and changing blocks.
 """
 
@@ -35,10 +35,10 @@ class SampleScene:
     """A drawn image (or video) and its region masks.
 
     Attributes:
-        frames: ``[T, H, W, 3]`` uint8 RGB (T = 1 for an image).
-        masks: ``[R, H, W]`` uint8 in {0, 1}, one per region, all on ``mask_frames[r]``.
+        frames: `[T, H, W, 3]` uint8 RGB (T = 1 for an image).
+        masks: `[R, H, W]` uint8 in {0, 1}, one per region, all on `mask_frames[r]`.
         mask_frames: frame index of each mask.
-        sizes: size class of each region (``"small"``, ``"medium"``, ``"large"``).
+        sizes: size class of each region (`"small"`, `"medium"`, `"large"`).
     """
 
     frames: np.ndarray
@@ -48,11 +48,11 @@ class SampleScene:
 
     @property
     def image(self) -> np.ndarray:
-        """The first frame, ``[H, W, 3]`` uint8."""
+        """The first frame, `[H, W, 3]` uint8."""
         return self.frames[0]
 
     def masks_at(self, frame: int) -> np.ndarray:
-        """The object masks on ``frame``: those of frame 0 moved ``2 * frame`` px right (``[R, H, W]``)."""
+        """The object masks on `frame`: those of frame 0 moved `2 * frame` px right (`[R, H, W]`)."""
         shift = min(FRAME_SHIFT_PX * frame, self.masks.shape[-1])
         moved = np.zeros_like(self.masks)
         moved[..., shift:] = self.masks[..., : self.masks.shape[-1] - shift]
@@ -115,7 +115,7 @@ def _masks(layout, width: int, height: int) -> np.ndarray:
 
 
 def sample_scene(num_regions: int = 3, width: int = 640, height: int = 480, *, seed: int = 0) -> SampleScene:
-    """Draw the sample image with ``num_regions`` objects and their masks.
+    """Draw the sample image with `num_regions` objects and their masks.
 
     Args:
         num_regions: objects (and masks), cycling medium, small, large; >= 1.
@@ -123,17 +123,17 @@ def sample_scene(num_regions: int = 3, width: int = 640, height: int = 480, *, s
         seed: layout seed; the same arguments always give the same pixels.
 
     Returns:
-        ``SampleScene`` with ``frames [1, H, W, 3]`` uint8 and ``masks [R, H, W]`` uint8 {0, 1}.
+        `SampleScene` with `frames [1, H, W, 3]` uint8 and `masks [R, H, W]` uint8 {0, 1}.
         Later objects may overlap earlier ones; each mask is the object's full shape.
     """
     return sample_video(1, num_regions, width, height, seed=seed)
 
 
 def sample_video(num_frames: int, num_regions: int = 3, width: int = 640, height: int = 480, *, seed: int = 0) -> SampleScene:
-    """Draw ``num_frames`` frames of the sample scene, the objects moving 2 px right per frame.
+    """Draw `num_frames` frames of the sample scene, the objects moving 2 px right per frame.
 
-    The masks are drawn on frame 0 (``mask_frames`` all 0), as the official video evaluation
-    refers to each object on one annotated frame. Arguments as in ``sample_scene``; ``num_frames``
+    The masks are drawn on frame 0 (`mask_frames` all 0), as the official video evaluation
+    refers to each object on one annotated frame. Arguments as in `sample_scene`; `num_frames`
     >= 1.
     """
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:

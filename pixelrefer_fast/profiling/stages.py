@@ -1,22 +1,22 @@
 """Build random-weight models from a preset and measure every stage of one sweep point.
 
-The stages are the model's own methods, timed on its real forward (``model(**placed)``, the prefill
-with ``logits_to_keep=1``) by wrapping them on the instance (``measure.StageTimer``; CUDA events on a
+The stages are the model's own methods, timed on its real forward (`model(**placed)`, the prefill
+with `logits_to_keep=1`) by wrapping them on the instance (`measure.StageTimer`; CUDA events on a
 GPU, with the allocator's peak over the weights per stage and, once, the kernel launches per stage):
 
-- ``preprocess``: ``PixelReferFastProcessor`` on the batch (host only: crops, resizes, patchify,
-  tokenization); ``place_inputs`` (the host check and the copies) is not timed;
-- ``vision``: ``encode_pixels``, ONE packed vision-encoder call over every pixel source;
-- ``projector`` (full model): ``project_images`` (2x2 merge, token pruning, projector);
-- ``region``: ``tokenize_regions`` (box position embedding, pooling, k-means), for the full model
-  also ``project_regions`` (``feat_linear``);
-- ``infusion`` (Lite): ``infuse_regions`` and ``project_regions``;
-- ``prefill``: ``splice`` and ``run_llm`` (Qwen2 on the spliced embeddings, fresh cache);
-- ``decode``: ``decode_tokens`` steps of ``generate`` with the chosen decoding (``DECODINGS``), the
+- `preprocess`: `PixelReferFastProcessor` on the batch (host only: crops, resizes, patchify,
+  tokenization); `place_inputs` (the host check and the copies) is not timed;
+- `vision`: `encode_pixels`, ONE packed vision-encoder call over every pixel source;
+- `projector` (full model): `project_images` (2x2 merge, token pruning, projector);
+- `region`: `tokenize_regions` (box position embedding, pooling, k-means), for the full model
+  also `project_regions` (`feat_linear`);
+- `infusion` (Lite): `infuse_regions` and `project_regions`;
+- `prefill`: `splice` and `run_llm` (Qwen2 on the spliced embeddings, fresh cache);
+- `decode`: `decode_tokens` steps of `generate` with the chosen decoding (`DECODINGS`), the
   call timed whole minus its own prefill forward.
 
-A stage that runs out of memory (CUDA OOM or ``MemoryError``) is reported as ``oom`` and the rest of
-the point as ``skipped``; any other exception as ``error`` (its one-line message kept). The sweep then
+A stage that runs out of memory (CUDA OOM or `MemoryError`) is reported as `oom` and the rest of
+the point as `skipped`; any other exception as `error` (its one-line message kept). The sweep then
 goes on with the next point.
 """
 
@@ -39,7 +39,7 @@ from .sweep import SweepPoint
 
 logger = logging.getLogger("pixelrefer_fast.profiling")
 
-# report stage -> the model methods (``PixelReferFastModel``) its time is the sum of; the forward calls them
+# report stage -> the model methods (`PixelReferFastModel`) its time is the sum of; the forward calls them
 STAGE_METHODS = {
     "vision": ("encode_pixels",),
     "projector": ("project_images",),
@@ -47,13 +47,13 @@ STAGE_METHODS = {
     "infusion": ("infuse_regions",),
     "prefill": ("splice", "run_llm"),
 }
-# decoding -> extra ``generate`` options; the fast loop of ``describe(decoding="fast")`` is one more entry
+# decoding -> extra `generate` options; the fast loop of `describe(decoding="fast")` is one more entry
 DECODINGS = {"hf": {}}
 
 
 def stage_methods(model) -> dict[str, tuple[str, ...]]:
-    """``STAGE_METHODS`` for ``model``'s variant: ``feat_linear`` (``project_regions``) counts in ``region``
-    (full model) or ``infusion`` (Lite, where it follows the infusion); no projector in Lite."""
+    """`STAGE_METHODS` for `model`'s variant: `feat_linear` (`project_regions`) counts in `region`
+    (full model) or `infusion` (Lite, where it follows the infusion); no projector in Lite."""
     stages = {k: v for k, v in STAGE_METHODS.items() if not (model.config.is_lite and k == "projector")}
     if model.config.is_lite:
         stages["infusion"] = (*stages["infusion"], "project_regions")
@@ -75,8 +75,8 @@ class StageResult:
     """The measurement of one stage of one point.
 
     Attributes:
-        stage: one of ``report.STAGES``.
-        status: ``ok``, ``oom``, ``skipped``, ``unavailable`` or ``error``.
+        stage: one of `report.STAGES`.
+        status: `ok`, `oom`, `skipped`, `unavailable` or `error`.
         message: why it did not run (empty when ok).
         timing, memory: latency and peak memory (None unless ok).
         cost: analytic FLOPs and bytes (None unless ok).
@@ -108,7 +108,7 @@ class PointOutcome:
 
 @dataclass
 class BuiltModel:
-    """A random-weight ``PixelReferFast(Lite)ForCausalLM`` of one variant with its processor pieces."""
+    """A random-weight `PixelReferFast(Lite)ForCausalLM` of one variant with its processor pieces."""
 
     variant: str
     model: torch.nn.Module
@@ -127,7 +127,7 @@ def _model_classes(variant: str):
 
 
 def model_config(preset: ArchPreset, variant: str):
-    """The model config of ``variant`` with the preset's shapes (a checkpoint's own config for ``--model``)."""
+    """The model config of `variant` with the preset's shapes (a checkpoint's own config for `--model`)."""
     config_class, _ = _model_classes(variant)
     if preset.model_dir is not None:
         config = config_class.from_pretrained(preset.model_dir)
@@ -164,7 +164,7 @@ def model_config(preset: ArchPreset, variant: str):
 
 
 def load_tokenizer(preset: ArchPreset):
-    """The checkpoint's tokenizer for ``--model`` directories that hold one, else the byte tokenizer."""
+    """The checkpoint's tokenizer for `--model` directories that hold one, else the byte tokenizer."""
     from .tokenizer import byte_tokenizer
 
     if preset.model_dir is not None:
@@ -177,10 +177,10 @@ def load_tokenizer(preset: ArchPreset):
 
 
 def build_model(preset: ArchPreset, variant: str, device: torch.device, dtype: torch.dtype, *, seed: int = 0) -> BuiltModel:
-    """Random weights of the preset's shapes, initialised directly on ``device`` in ``dtype``.
+    """Random weights of the preset's shapes, initialised directly on `device` in `dtype`.
 
     The LLM attention is transformers' flash-attention 2 when flash-attn is installed (CUDA, 16-bit),
-    else SDPA, as ``from_pretrained`` picks it.
+    else SDPA, as `from_pretrained` picks it.
     """
     from ..modeling_pixelrefer_fast import default_llm_attention
 
@@ -195,7 +195,7 @@ def build_model(preset: ArchPreset, variant: str, device: torch.device, dtype: t
 
 
 def make_processor(built: BuiltModel, preset: ArchPreset, point: SweepPoint):
-    """The processor of the point: its variant, ``mask_num`` and vision-token budget."""
+    """The processor of the point: its variant, `mask_num` and vision-token budget."""
     from ..image_processing_pixelrefer_fast import PixelReferFastImageProcessor
     from ..processing_pixelrefer_fast import PixelReferFastProcessor
 
@@ -214,10 +214,10 @@ def make_processor(built: BuiltModel, preset: ArchPreset, point: SweepPoint):
 
 
 def make_items(point: SweepPoint, *, seed: int = 0) -> list:
-    """``point.batch`` copies of the sample item: an image with R masks, or a video.
+    """`point.batch` copies of the sample item: an image with R masks, or a video.
 
     Video: the full model sees every frame and one mask per object on frame 0; Lite (no global frames)
-    sees each object on every frame (``[Time t:<REGION> x K, ...]`` per object), its video workload.
+    sees each object on every frame (`[Time t:<REGION> x K, ...]` per object), its video workload.
     """
     from ..processing_pixelrefer_fast import PixelReferItem
 
@@ -238,14 +238,14 @@ def make_items(point: SweepPoint, *, seed: int = 0) -> list:
 
 
 def cache_keyword() -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x), as Qwen2's forward names it."""
+    """`cache` (transformers >= 5.2x) or `past_key_values` (earlier 5.x), as Qwen2's forward names it."""
     from transformers import Qwen2Model
 
     return "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 
 
 def output_cache(output):
-    """The KV cache of a model output (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
+    """The KV cache of a model output (`cache` in transformers >= 5.2x, `past_key_values` before)."""
     for key in ("cache", "past_key_values"):
         if key in output.keys():
             return output[key]
@@ -267,7 +267,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _PointRun:
-    """Runs the stages of one point in order, stopping (``skipped``) after the first failure."""
+    """Runs the stages of one point in order, stopping (`skipped`) after the first failure."""
 
     def __init__(self, built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmup: int, repeats: int,
                  decode_tokens: int, decoding: str = "hf"):
@@ -370,8 +370,8 @@ class _PointRun:
         return self._finish(outcome)
 
     def _forward_stages(self, batch):
-        """Time the model's stage methods on its real forward (``model(**placed)``, the prefill with
-        ``logits_to_keep=1``); returns per-stage samples, call counts, CUDA peaks and launch counts."""
+        """Time the model's stage methods on its real forward (`model(**placed)`, the prefill with
+        `logits_to_keep=1`); returns per-stage samples, call counts, CUDA peaks and launch counts."""
         model = self.model
         targets = {stage: [(model.model, name) for name in names] for stage, names in stage_methods(model).items()}
         place = lambda: model.place_inputs(batch, mask_num=self.point.mask_num)  # noqa: E731 untimed host check and copies
@@ -434,7 +434,7 @@ class _PointRun:
         return costs
 
     def _decode(self, batch, batch_size, seq_len) -> None:
-        """Decode steps with ``self.decoding`` (``DECODINGS``): a ``generate`` call of ``1 + steps`` new
+        """Decode steps with `self.decoding` (`DECODINGS`): a `generate` call of `1 + steps` new
         tokens timed whole, minus its first forward (the prefill, timed by a hook on the same call)."""
         model, steps = self.model, self.decode_tokens
         options = DECODINGS[self.decoding]
@@ -497,7 +497,7 @@ class _PointRun:
 
 
 def _llm_shape(config):
-    """The ``LLMShape`` of a model config (for the FLOPs)."""
+    """The `LLMShape` of a model config (for the FLOPs)."""
     from .presets import LLMShape
 
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -515,8 +515,8 @@ def _llm_shape(config):
 
 def run_point(built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmup: int, repeats: int,
               decode_tokens: int, seed: int = 0, decoding: str = "hf") -> PointOutcome:
-    """Measure every stage of ``point`` on ``built`` (see the module docstring); never raises for a
-    failing stage: failures become ``oom`` / ``error`` results."""
+    """Measure every stage of `point` on `built` (see the module docstring); never raises for a
+    failing stage: failures become `oom` / `error` results."""
     run = _PointRun(built, preset, point, warmup=warmup, repeats=repeats, decode_tokens=decode_tokens, decoding=decoding)
     try:
         processor = make_processor(built, preset, point)

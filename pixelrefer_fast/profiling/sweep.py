@@ -1,16 +1,16 @@
 """The sweep: which token budgets a profile measures, and the limits each point must respect.
 
-A ``SweepSpec`` holds one list per axis; its points are the cartesian product (variants outermost,
-so models are built once per variant). ``check_point`` rejects a point the model cannot run with a
-``ProfileInputError`` that names the axis and the limit:
+A `SweepSpec` holds one list per axis; its points are the cartesian product (variants outermost,
+so models are built once per variant). `check_point` rejects a point the model cannot run with a
+`ProfileInputError` that names the axis and the limit:
 
-- ``max_tokens`` (the processor's vision-token budget) above the preset's ``mm_max_length``;
-- ``mask_num`` above ``mm_max_length // crops`` (crops = regions, times the frames for a Lite
-  video): the crops of one call share the budget ``mm_max_length * 14**2`` pixels, so no crop can
-  hold more cells than that and ``mask_num`` tokens could never be filled;
-- ``frames`` above the preset's ``max_frames``;
+- `max_tokens` (the processor's vision-token budget) above the preset's `mm_max_length`;
+- `mask_num` above `mm_max_length // crops` (crops = regions, times the frames for a Lite
+  video): the crops of one call share the budget `mm_max_length * 14**2` pixels, so no crop can
+  hold more cells than that and `mask_num` tokens could never be filled;
+- `frames` above the preset's `max_frames`;
 - an LLM sequence (text + image tokens + object tokens + generated tokens) above
-  ``max_position_embeddings``.
+  `max_position_embeddings`.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ class SweepPoint:
     """One measured configuration.
 
     Attributes:
-        variant: ``"full"`` or ``"lite"``.
+        variant: `"full"` or `"lite"`.
         regions: R, masks per item.
         mask_num: K, tokens per region.
         image_size: (width, height) of the drawn sample in pixels.
-        max_tokens: the processor's vision-token budget (``mm_max_length``); None keeps the preset's.
+        max_tokens: the processor's vision-token budget (`mm_max_length`); None keeps the preset's.
         frames: 1 for an image, > 1 for a video of that many frames (regions on frame 0).
         batch: items per call (copies of the sample).
     """
@@ -66,14 +66,14 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """Axes of a sweep (each a non-empty tuple); ``points(preset)`` expands them.
+    """Axes of a sweep (each a non-empty tuple); `points(preset)` expands them.
 
     Attributes:
-        variants: ``"full"`` / ``"lite"``; None takes the preset's default variants.
+        variants: `"full"` / `"lite"`; None takes the preset's default variants.
         regions: R values (default 1, 4, 16).
         mask_nums: K values (default 8, 16, 32, 64).
         image_sizes: (width, height) of the sample (default 448x336: 768 image tokens).
-        max_tokens: processor budgets; None keeps the preset's ``mm_max_length``.
+        max_tokens: processor budgets; None keeps the preset's `mm_max_length`.
         frames: 1 = image; n > 1 = a video of n frames.
         batches: items per call.
         decode_tokens: tokens generated per point for the decode timing (>= 1).
@@ -89,7 +89,7 @@ class SweepSpec:
     decode_tokens: int = 8
 
     def validate(self) -> None:
-        """Raise ``ProfileInputError`` for an empty axis, a non-positive value or an unknown variant."""
+        """Raise `ProfileInputError` for an empty axis, a non-positive value or an unknown variant."""
         axes = {"regions": self.regions, "mask_nums": self.mask_nums, "image_sizes": self.image_sizes,
                 "max_tokens": self.max_tokens, "frames": self.frames, "batches": self.batches}
         if self.variants is not None:
@@ -134,8 +134,8 @@ class SweepSpec:
 
 
 def sweep_name(preset_name: str, sweep: SweepSpec, variants: tuple[str, ...]) -> str:
-    """The file name part of a profile: the preset, then every axis that differs from ``SweepSpec()``
-    (``cpu-default``, ``2b_R1-4_K32_640x480_B1-8``). Variants are named when not the preset's default."""
+    """The file name part of a profile: the preset, then every axis that differs from `SweepSpec()`
+    (`cpu-default`, `2b_R1-4_K32_640x480_B1-8`). Variants are named when not the preset's default."""
     default = SweepSpec()
     parts = [preset_name]
     if sweep.variants is not None and tuple(sweep.variants) != variants:
@@ -186,7 +186,7 @@ def estimate_llm_tokens(preset: ArchPreset, point: SweepPoint, decode_tokens: in
 
 
 def check_point(preset: ArchPreset, point: SweepPoint, decode_tokens: int) -> None:
-    """Raise ``ProfileInputError`` when ``point`` exceeds one of the model's limits (module docstring)."""
+    """Raise `ProfileInputError` when `point` exceeds one of the model's limits (module docstring)."""
     where = f"{point.variant} R={point.regions} K={point.mask_num} frames={point.frames}"
     budget = point.max_tokens or preset.mm_max_length
     if point.max_tokens is not None and point.max_tokens > preset.mm_max_length:

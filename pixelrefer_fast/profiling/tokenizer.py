@@ -1,9 +1,9 @@
 """A self-contained byte-level tokenizer for profiling without a checkpoint.
 
-``byte_tokenizer()`` builds a ``PreTrainedTokenizerFast`` in memory: the 256 byte symbols of GPT-2's
+`byte_tokenizer()` builds a `PreTrainedTokenizerFast` in memory: the 256 byte symbols of GPT-2's
 byte-level alphabet (no merges, so every UTF-8 byte of the text is one token) plus the Qwen2 chat and
-PixelRefer special tokens (``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``, ``<image>``,
-``<|stream_start|>``, ``<|stream_end|>``, ``<REGION>``). Text is a few dozen tokens per prompt either
+PixelRefer special tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, `<image>`,
+`<|stream_start|>`, `<|stream_end|>`, `<REGION>`). Text is a few dozen tokens per prompt either
 way; the visual placeholders, which decide the cost, are single special tokens as in the real
 tokenizer. Its ids (< 300) fit any preset's vocabulary.
 """
@@ -14,7 +14,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<|s
 
 
 def byte_tokenizer():
-    """The in-memory byte-level tokenizer (see the module docstring); pad ``<|endoftext|>``, eos ``<|im_end|>``."""
+    """The in-memory byte-level tokenizer (see the module docstring); pad `<|endoftext|>`, eos `<|im_end|>`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

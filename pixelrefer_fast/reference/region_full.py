@@ -1,11 +1,11 @@
 """The OFFICIAL PixelRefer region-encoder algorithm, re-implemented from docs/spec.md §5.3, §5.4.
 
-Written from the specification to behave like upstream ``pixelrefer/model/region_encoder.py`` (full
-model) and the k-means of ``pixelreferlite/model/region_encoder.py``, including their quirks: one Python
+Written from the specification to behave like upstream `pixelrefer/model/region_encoder.py` (full
+model) and the k-means of `pixelreferlite/model/region_encoder.py`, including their quirks: one Python
 iteration per mask, the position grid built on the CPU in float32 with the box axes swapped, features
 resampled to the mask grid when the grids differ, the selection "any channel of x·mask is non-zero",
-``torch.randperm`` from the global CPU generator, the ``[n, K, C]`` broadcast distances, the per-cluster
-list of means and the ``torch.allclose(atol=1e-6)`` early exit that keeps the old centroids.
+`torch.randperm` from the global CPU generator, the `[n, K, C]` broadcast distances, the per-cluster
+list of means and the `torch.allclose(atol=1e-6)` early exit that keeps the old centroids.
 
 Slow on purpose: it is the oracle of the tests and the baseline the benchmarks measure the fast paths
 against.
@@ -22,7 +22,7 @@ LITE_ITERATIONS = 3
 
 
 def position_grid(h: int, w: int, box, raw_h: int, raw_w: int) -> torch.Tensor:
-    """Upstream ``generate_position_tensor``: ``[h, w, 2]`` float32 on the CPU.
+    """Upstream `generate_position_tensor`: `[h, w, 2]` float32 on the CPU.
 
     Channel 0 runs along the columns but uses the box's first and third numbers (top, bottom) and the
     image width; channel 1 runs along the rows with (left, right) and the height: the swapped axes.
@@ -37,7 +37,7 @@ def position_grid(h: int, w: int, box, raw_h: int, raw_w: int) -> torch.Tensor:
 
 
 def kmeans_official(tokens: torch.Tensor, num_clusters: int, num_iterations: int = FULL_ITERATIONS) -> torch.Tensor:
-    """Upstream ``kmeans_fast``: random init from the global CPU RNG, exact broadcast distances,
+    """Upstream `kmeans_fast`: random init from the global CPU RNG, exact broadcast distances,
     per-cluster means (an empty cluster keeps its centroid), allclose early exit with the old centroids."""
     n = tokens.shape[0]
     centroids = tokens[torch.randperm(n)[:num_clusters]]
@@ -56,12 +56,12 @@ def kmeans_official(tokens: torch.Tensor, num_clusters: int, num_iterations: int
 
 
 def kmeans_official_lite(tokens: torch.Tensor, num_clusters: int) -> torch.Tensor:
-    """The Lite model's ``kmeans_fast``: the same algorithm with 3 iterations."""
+    """The Lite model's `kmeans_fast`: the same algorithm with 3 iterations."""
     return kmeans_official(tokens, num_clusters, LITE_ITERATIONS)
 
 
 def mask_pooling_official(x: torch.Tensor, mask: torch.Tensor, mask_token_num: int, num_iterations: int = FULL_ITERATIONS) -> torch.Tensor:
-    """Upstream full ``MaskPooling.forward``: ``x [1, C, h, w]``, ``mask [1, 1, mh, mw]`` -> ``[k, C]``."""
+    """Upstream full `MaskPooling.forward`: `x [1, C, h, w]`, `mask [1, 1, mh, mw]` -> `[k, C]`."""
     if x.shape[-2:] != mask.shape[-2:]:
         x = F.interpolate(x, size=mask.shape[-2:], mode="bilinear", align_corners=False)
     mask = mask.to(x.device)
@@ -75,10 +75,10 @@ def mask_pooling_official(x: torch.Tensor, mask: torch.Tensor, mask_token_num: i
 
 
 class OfficialMaskExtractor(nn.Module):
-    """Upstream full ``MaskExtractor`` (parameters ``pos_linear``, ``feat_linear.{0,2}``), same call
-    convention: ``forward(feats, masks, box_params, mask_num)`` with ``feats`` a list of ``[h, w, C]``
-    crop features (one per mask, in order), ``masks`` a list per image of ``[M, mh, mw]`` tensors (or
-    None), ``box_params`` a list per image of ``((top, left, bottom, right), H, W)`` per mask."""
+    """Upstream full `MaskExtractor` (parameters `pos_linear`, `feat_linear.{0,2}`), same call
+    convention: `forward(feats, masks, box_params, mask_num)` with `feats` a list of `[h, w, C]`
+    crop features (one per mask, in order), `masks` a list per image of `[M, mh, mw]` tensors (or
+    None), `box_params` a list per image of `((top, left, bottom, right), H, W)` per mask."""
 
     def __init__(self, hidden_size: int, mm_hidden_size: int):
         super().__init__()

@@ -1,18 +1,18 @@
-"""The OFFICIAL PixelRefer-Lite region encoder (``MaskExtractor`` of
-``pixelreferlite/model/region_encoder.py``), re-implemented from docs/spec.md §6, §5.3, §5.4, §14.
+"""The OFFICIAL PixelRefer-Lite region encoder (`MaskExtractor` of
+`pixelreferlite/model/region_encoder.py`), re-implemented from docs/spec.md §6, §5.3, §5.4, §14.
 
 Behaviour reproduced, quirks included:
 
 - one Python iteration per mask; crop, global and local feature maps are lists with ONE entry per
   mask in order (the global map of an image is repeated, once per mask);
-- position grid (swapped box axes) + ``pos_linear`` added to the crop features;
+- position grid (swapped box axes) + `pos_linear` added to the crop features;
 - pooling: features resampled to the mask grid when the grids differ, cells with mask > 0 picked by
-  boolean indexing in row-major order, k-means (3 iterations, ``randperm`` from the global CPU RNG)
-  when a mask has more than ``mask_num`` cells, then zero padding to exactly ``mask_num`` rows;
-- per image: the padded tokens ``[M, K, C]`` attend to a stack of the masks' local maps ``[M, n_l, C]``
-  and then to a stack of their global maps ``[M, n_g, C]`` through ``nn.MultiheadAttention``
-  (default ``need_weights=True``), each after a LayerNorm of the queries, with a residual;
-- ``feat_linear`` on all tokens of all images.
+  boolean indexing in row-major order, k-means (3 iterations, `randperm` from the global CPU RNG)
+  when a mask has more than `mask_num` cells, then zero padding to exactly `mask_num` rows;
+- per image: the padded tokens `[M, K, C]` attend to a stack of the masks' local maps `[M, n_l, C]`
+  and then to a stack of their global maps `[M, n_g, C]` through `nn.MultiheadAttention`
+  (default `need_weights=True`), each after a LayerNorm of the queries, with a residual;
+- `feat_linear` on all tokens of all images.
 
 Upstream runs under CUDA bf16 autocast; this oracle runs in the module's dtype (float32 for parity
 tests), which is what upstream's code computes without autocast. Slow on purpose: the oracle of the
@@ -29,7 +29,7 @@ from .region_full import kmeans_official_lite, position_grid
 
 
 def mask_pooling_official_lite(x: torch.Tensor, mask: torch.Tensor, mask_token_num: int) -> torch.Tensor:
-    """Lite ``MaskPooling``: ``x [1, C, h, w]``, ``mask [1, 1, mh, mw]`` -> ``[n or K, C]`` (unpadded)."""
+    """Lite `MaskPooling`: `x [1, C, h, w]`, `mask [1, 1, mh, mw]` -> `[n or K, C]` (unpadded)."""
     if x.shape[-2:] != mask.shape[-2:]:
         x = F.interpolate(x, size=mask.shape[-2:], mode="bilinear", align_corners=False)
     inside = (mask.to(x.device) > 0).any(dim=0).any(dim=0)  # (mh, mw)
@@ -41,15 +41,15 @@ def mask_pooling_official_lite(x: torch.Tensor, mask: torch.Tensor, mask_token_n
 
 
 class OfficialLiteMaskExtractor(nn.Module):
-    """Upstream Lite ``MaskExtractor``: parameters ``feat_linear.{0,2}``, ``mask_embedding`` (unused),
-    ``fusion_attention_{local,global}`` (``nn.MultiheadAttention(C, num_heads, batch_first=True)``),
-    ``ln_{local,global}`` (LayerNorm, eps 1e-5), ``pos_linear``.
+    """Upstream Lite `MaskExtractor`: parameters `feat_linear.{0,2}`, `mask_embedding` (unused),
+    `fusion_attention_{local,global}` (`nn.MultiheadAttention(C, num_heads, batch_first=True)`),
+    `ln_{local,global}` (LayerNorm, eps 1e-5), `pos_linear`.
 
-    ``forward(feats, masks, feats_raw, local_feats_raw, masks_raw, box_params, mask_num)``:
-    ``feats`` / ``feats_raw`` / ``local_feats_raw``: one ``[h, w, C]`` crop / global / local feature map
-    per mask, in order over images; ``masks``: a list per image of ``[M_i, mh, mw]`` (None entries are
-    skipped); ``masks_raw``: unused by the computation; ``box_params``: per image, per mask
-    ``((top, left, bottom, right), H, W)``. Returns ``[sum(M_i) * mask_num, D]`` or None.
+    `forward(feats, masks, feats_raw, local_feats_raw, masks_raw, box_params, mask_num)`:
+    `feats` / `feats_raw` / `local_feats_raw`: one `[h, w, C]` crop / global / local feature map
+    per mask, in order over images; `masks`: a list per image of `[M_i, mh, mw]` (None entries are
+    skipped); `masks_raw`: unused by the computation; `box_params`: per image, per mask
+    `((top, left, bottom, right), H, W)`. Returns `[sum(M_i) * mask_num, D]` or None.
     """
 
     def __init__(self, config, mm_hidden_size: int, depth: int = 2, num_heads: int = 8):

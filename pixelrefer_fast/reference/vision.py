@@ -1,10 +1,10 @@
 """Eager float64 re-implementation of the official NaViT SigLIP vision encoder (docs/spec.md §4, §14.9).
 
 Written from the specification as the oracle of the tests: a Python loop per image builds the RoPE positions the way the
-official ``rot_pos_emb`` does (reshape to ``(h/s, s, w/s, s)`` and permute), attention runs image by
+official `rot_pos_emb` does (reshape to `(h/s, s, w/s, s)` and permute), attention runs image by
 image with an explicit softmax, the patch embedding is a real convolution. Like the official code, q and
-k are rotated in float32 (``official_casts=True``) even when everything else is float64; with
-``official_casts=False`` the rotation is float64 too.
+k are rotated in float32 (`official_casts=True`) even when everything else is float64; with
+`official_casts=False` the rotation is float64 too.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def official_vision_forward(
     dtype: torch.dtype = torch.float64,
     official_casts: bool = True,
 ) -> torch.Tensor:
-    """Vision features ``[N, C]`` from weights named as under ``model.vision_encoder.vision_encoder.``."""
+    """Vision features `[N, C]` from weights named as under `model.vision_encoder.vision_encoder.`."""
     sd = {k: v.detach().to(dtype) for k, v in state.items()}
     weight = sd["embeddings.patch_embedding.weight"]
     c, channels, p, _ = weight.shape

@@ -1,8 +1,8 @@
-"""The regression gate (``bench/gate.py``) on saved results: no benchmark runs here.
+"""The regression gate (`bench/gate.py`) on saved results: no benchmark runs here.
 
-The real numbers are the committed CPU results (``profiles/cpu/*_bench.json``): they pass; a fast
+The real numbers are the committed CPU results (`profiles/cpu/*_bench.json`): they pass; a fast
 median planted 10x slower fails (exit 1); a missing pair or a bad role is an input error (exit 2);
-a pair recorded as skipped is "not measured"; limits on the fast entry's ``extra_info`` hold.
+a pair recorded as skipped is "not measured"; limits on the fast entry's `extra_info` hold.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""``bench/gpu_check.sh`` cannot rot: its step list parses, runs in the required order within the time
-budget, writes only under OUTDIR, and a step selector gives a shorter rerun (``--list`` / ``--dry-run``,
-no GPU needed). Also the offline-install prerequisites in ``pyproject.toml`` and the decode probes' options."""
+"""`bench/gpu_check.sh` cannot rot: its step list parses, runs in the required order within the time
+budget, writes only under OUTDIR, and a step selector gives a shorter rerun (`--list` / `--dry-run`,
+no GPU needed). Also the offline-install prerequisites in `pyproject.toml` and the decode probes' options."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``bench/summarize.py``: SUMMARY.md text from a profiles folder, and importing a GPU check's output
-folder (``bench/gpu_check.sh``) into ``profiles/<gpu-slug>/``. Temporary folders only."""
+"""`bench/summarize.py`: SUMMARY.md text from a profiles folder, and importing a GPU check's output
+folder (`bench/gpu_check.sh`) into `profiles/<gpu-slug>/`. Temporary folders only."""
 
 from __future__ import annotations
 

@@ -1,17 +1,17 @@
 """A COCO-format caption dataset made from the demo photos, and the tiny checkpoint it is captioned with.
 
-``make_coco_dataset(root)`` writes shrunk copies of the demo photos (160 px wide, JPEG) under
-``root/images`` and ``root/instances.json`` with, in file order:
+`make_coco_dataset(root)` writes shrunk copies of the demo photos (160 px wide, JPEG) under
+`root/images` and `root/instances.json` with, in file order:
 
 | id | image | region |
 |---|---|---|
 | 1 | 1.jpg | polygon (two parts) |
 | 2 | 1.jpg | compressed RLE (pycocotools) |
-| 3 | 1.jpg | bbox only (``segmentation: []``) |
+| 3 | 1.jpg | bbox only (`segmentation: []`) |
 | 4 | 1.jpg | crowd, uncompressed RLE |
 | 5 | 8.jpg | polygon |
 | 6 | 8.jpg | broken: an RLE whose runs do not add up to the image |
-| 7 | 8.jpg | bbox only, no ``segmentation`` key |
+| 7 | 8.jpg | bbox only, no `segmentation` key |
 | 8 | 2.jpg | polygon outside the image (an empty mask), with a bbox (falls back to the bbox) |
 | 9 | missing.jpg | polygon on an image file that does not exist |
 
@@ -52,7 +52,7 @@ def _uncompressed_rle(mask: np.ndarray) -> dict:
 
 
 def make_coco_dataset(root: str | Path) -> tuple[Path, Path]:
-    """Write the dataset (module docstring) under ``root``; returns (annotation file, images folder)."""
+    """Write the dataset (module docstring) under `root`; returns (annotation file, images folder)."""
     from pycocotools import mask as mask_utils
 
     root = Path(root)

@@ -1,6 +1,6 @@
-"""``pixelrefer-fast caption`` with the local engine on the COCO fixture (``coco_fixture.py``).
+"""`pixelrefer-fast caption` with the local engine on the COCO fixture (`coco_fixture.py`).
 
-Captions equal ``describe()`` on the same regions; bad records give error rows and exit code 0; a run
+Captions equal `describe()` on the same regions; bad records give error rows and exit code 0; a run
 killed with SIGKILL and rerun gives every annotation exactly once; bad input exits 2 with one line.
 """
 

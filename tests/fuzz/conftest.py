@@ -1,13 +1,13 @@
 """Shared settings of the property-based fuzz suites (hypothesis).
 
-Profiles (``PIXELREFER_FUZZ_PROFILE``):
+Profiles (`PIXELREFER_FUZZ_PROFILE`):
 
-- ``ci`` (default): ``PIXELREFER_FUZZ_EXAMPLES`` examples per test (default 20), no deadline (the
+- `ci` (default): `PIXELREFER_FUZZ_EXAMPLES` examples per test (default 20), no deadline (the
   Triton interpreter's first call compiles), no example database (nothing written to the checkout),
   the reproduction blob printed with a failure;
-- ``long``: 500 examples per test, for a local soak run.
+- `long`: 500 examples per test, for a local soak run.
 
-Seed: ``PIXELREFER_FUZZ_SEED`` (default: random). Tests without their own ``@seed`` get this one; the
+Seed: `PIXELREFER_FUZZ_SEED` (default: random). Tests without their own `@seed` get this one; the
 seed, profile and example count are printed at the start of the run, and hypothesis' statistics
 (examples run per test) at the end, so a failing run can be replayed with the same seed. A failure
 prints the minimal (shrunk) example.

@@ -7,11 +7,11 @@ For every op and every drawn case:
   the suite's tolerance rule (max error at most twice the error of the reference run in the input
   dtype, plus a small atol), and give identical integer outputs;
 - the output is finite (the inputs are finite and in range);
-- a corrupted argument makes every path raise the same error type, a ``ValueError`` or ``TypeError``.
+- a corrupted argument makes every path raise the same error type, a `ValueError` or `TypeError`.
 
 The structure of a case (sizes, dtypes, layouts, which argument to corrupt) comes from hypothesis, so a
 failure shrinks to a small case; the values come from a torch generator seeded by a drawn integer
-(part of the printed example). Settings and the seed: ``tests/fuzz/conftest.py``.
+(part of the printed example). Settings and the seed: `tests/fuzz/conftest.py`.
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ LAYOUTS = ("contiguous", "strided", "offset", "transposed")
 
 
 def as_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """``t``'s values in another memory layout; the unused storage holds NaN (floats) or a large int,
+    """`t`'s values in another memory layout; the unused storage holds NaN (floats) or a large int,
     so a kernel that reads it as dense shows it.
 
-    ``strided``: every other element of the last dim; ``offset``: rows of a larger buffer, starting at
-    row 1 (a storage offset and a row stride past the row length); ``transposed``: column-major storage
-    (2-D and more; other ranks fall back to ``strided``).
+    `strided`: every other element of the last dim; `offset`: rows of a larger buffer, starting at
+    row 1 (a storage offset and a row stride past the row length); `transposed`: column-major storage
+    (2-D and more; other ranks fall back to `strided`).
     """
     if layout == "contiguous" or t.numel() == 0 and layout != "strided":
         return t.clone()
@@ -85,7 +85,7 @@ def generator(seed: int) -> torch.Generator:
 
 
 def paths(dtype: torch.dtype, *, dot: bool = False) -> list[str]:
-    """The kernel paths to compare for ``dtype``: always torch, Triton when it can run here."""
+    """The kernel paths to compare for `dtype`: always torch, Triton when it can run here."""
     usable = TRITON and not triton_reasons(DEVICE, dtype) and not (dot and interpreter_dot_reasons(DEVICE, dtype))
     return ["triton", "torch"] if usable else ["torch"]
 
@@ -98,7 +98,7 @@ def run(path: str, op: str, fn, *args, **kwargs):
 
 
 def same_error_everywhere(calls) -> None:
-    """Every call raises, all with the same type among ``ACCEPTED_ERRORS``."""
+    """Every call raises, all with the same type among `ACCEPTED_ERRORS`."""
     kinds = []
     for path, call in calls:
         with pytest.raises(ACCEPTED_ERRORS) as info:
@@ -108,7 +108,7 @@ def same_error_everywhere(calls) -> None:
 
 
 def atol(dtype: torch.dtype, ref: torch.Tensor) -> float:
-    """The rule's small atol: two units of ``dtype``'s rounding at the output's scale (one rounding
+    """The rule's small atol: two units of `dtype`'s rounding at the output's scale (one rounding
     that lands on the other side of a tie, in a kernel that rounds where torch does, costs one unit)."""
     scale = ref.abs().max().item() if ref.numel() else 0.0
     return 2 * torch.finfo(dtype).eps * max(1.0, scale)
@@ -166,7 +166,7 @@ def pool_args(case):
 
 
 def pool_call(args, dtype, layouts_=None):
-    """Positional arguments in ``region_pool``'s order, floats cast to ``dtype``, in the given layouts."""
+    """Positional arguments in `region_pool`'s order, floats cast to `dtype`, in the given layouts."""
     names = ("features", "cu_features", "feature_hw", "masks", "cu_masks", "mask_hw", "pos_params", "pos_weight", "pos_bias")
     out = []
     for name in names:
@@ -232,7 +232,7 @@ ATTENTION_TENSORS = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k")
 
 @st.composite
 def attention_cases(draw, queries_see_keys=False):
-    """``queries_see_keys``: at least one segment, and every segment with queries has keys."""
+    """`queries_see_keys`: at least one segment, and every segment with queries has keys."""
     low = 1 if queries_see_keys else 0
     segments = draw(st.lists(st.tuples(st.integers(low, 9), st.integers(low, 9)), min_size=low, max_size=3))
     return dict(

@@ -8,9 +8,9 @@ launches instead of running them, then compiles every distinct (kernel, signatur
 options) ahead of time with Triton's own CUDA backend (ptxas ships with the Triton wheel), and checks
 the shared memory each one needs.
 
-Run in a process WITHOUT ``TRITON_INTERPRET`` (under the interpreter the kernels are not compilable
-objects): ``python -m tests.kernels.cuda_compile_check``. Prints one line per compiled variant; the
-exit code is the number of failures. ``tests/kernels/test_cuda_compile.py`` runs it in CI.
+Run in a process WITHOUT `TRITON_INTERPRET` (under the interpreter the kernels are not compilable
+objects): `python -m tests.kernels.cuda_compile_check`. Prints one line per compiled variant; the
+exit code is the number of failures. `tests/kernels/test_cuda_compile.py` runs it in CI.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _arg_type(value) -> str:
 
 
 def _launch_records(jit, args, kwargs, configs) -> list[Launch]:
-    """One ``Launch`` per autotune config (or one), from the arguments a launcher passed."""
+    """One `Launch` per autotune config (or one), from the arguments a launcher passed."""
     import triton
 
     params = jit.params
@@ -85,7 +85,7 @@ def _launch_records(jit, args, kwargs, configs) -> list[Launch]:
 
 
 def record_launches(run_cases) -> list[Launch]:
-    """Run ``run_cases()`` with kernel launches recorded instead of executed."""
+    """Run `run_cases()` with kernel launches recorded instead of executed."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
@@ -172,7 +172,7 @@ def compile_launch(launch: Launch, kernels: dict) -> int:
 
 
 def kernel_functions() -> dict:
-    """``{name: JITFunction}`` for every Triton kernel of the package."""
+    """`{name: JITFunction}` for every Triton kernel of the package."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 

@@ -1,7 +1,7 @@
 """Every Triton kernel compiles for sm_90 (H100/H200) with the dtypes and tiles the launchers use.
 
 CPU tests run the kernels in the interpreter, which never invokes the real compiler; this test does,
-ahead of time, with the ptxas that ships in the Triton wheel (see ``cuda_compile_check.py``).
+ahead of time, with the ptxas that ships in the Triton wheel (see `cuda_compile_check.py`).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tests.kernels.test_region_pool import as_float64, make_regions, packed_args
 
 
 def strided(t: torch.Tensor) -> torch.Tensor:
-    """The values of ``t`` as a non-contiguous view (every other element of a buffer twice as long
+    """The values of `t` as a non-contiguous view (every other element of a buffer twice as long
     along the last dim); the gaps hold garbage that a dense read would pick up."""
     buffer = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
     buffer.fill_(float("nan") if t.is_floating_point() else 1 << 20)

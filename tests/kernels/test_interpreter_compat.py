@@ -1,8 +1,8 @@
 """Kernels run in Triton 3.6's interpreter with numpy >= 2.4 (the GPU machine's versions).
 
 That interpreter holds scalars (kernel int arguments, loaded values, program ids) as one-element arrays
-and takes ``int()`` of them at ``range()`` bounds, which numpy >= 2.4 refuses. Our kernels pass every
-runtime bound through ``_triton.loop_bound``; this check keeps it so (CI's Triton is newer and would not
+and takes `int()` of them at `range()` bounds, which numpy >= 2.4 refuses. Our kernels pass every
+runtime bound through `_triton.loop_bound`; this check keeps it so (CI's Triton is newer and would not
 notice).
 """
 

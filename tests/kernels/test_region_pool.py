@@ -22,7 +22,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_regions(grids, channels, *, dtype=torch.float32, mask_dtype=torch.float32, coverage=0.5, device=DEVICE):
-    """Random regions: ``grids`` is a list of (h, w, mh, mw) or (h, w); masks are fractional in
+    """Random regions: `grids` is a list of (h, w, mh, mw) or (h, w); masks are fractional in
     [-0.5, 0.5] + coverage-0.5 shifted (value > 0 = inside), or bool/uint8."""
     features, masks, boxes, image_hw = [], [], [], []
     for grid in grids:

@@ -17,7 +17,7 @@ DEMO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pix
 
 
 def make_tiny_tokenizer(save_dir: str | Path | None = None):
-    """``pixelrefer_fast.random_checkpoint.tiny_tokenizer``: a small Qwen2-style fast tokenizer built
+    """`pixelrefer_fast.random_checkpoint.tiny_tokenizer`: a small Qwen2-style fast tokenizer built
     offline (deterministic, ~430 ids), saved to `save_dir` if given."""
     from pixelrefer_fast.random_checkpoint import tiny_tokenizer
 

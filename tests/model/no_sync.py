@@ -1,15 +1,15 @@
-"""``forbid_device_reads``: make every read of device data back to the host raise, on the CPU too.
+"""`forbid_device_reads`: make every read of device data back to the host raise, on the CPU too.
 
-On a GPU a host read of a device tensor (``item``, ``int()``, ``bool()``, ``tolist``, ``nonzero``,
-``numpy``, a data-dependent output size) blocks the CPU until the device drains. On the CPU nothing
+On a GPU a host read of a device tensor (`item`, `int()`, `bool()`, `tolist`, `nonzero`,
+`numpy`, a data-dependent output size) blocks the CPU until the device drains. On the CPU nothing
 blocks, so the guard tracks which tensors *would* live on the device: the seeds (the model's parameters
-and buffers, the checked batch's device tensors, ``input_ids`` and the attention mask) and everything
-computed from them (a ``TorchDispatchMode`` propagates the mark through every op). Reading a marked
-tensor raises ``DeviceRead``; host facts (CPU metadata computed before the guard) stay readable.
+and buffers, the checked batch's device tensors, `input_ids` and the attention mask) and everything
+computed from them (a `TorchDispatchMode` propagates the mark through every op). Reading a marked
+tensor raises `DeviceRead`; host facts (CPU metadata computed before the guard) stay readable.
 
-The kernel ops (``pixelrefer_kernels``) are opaque here: their CPU references are not the GPU path
+The kernel ops (`pixelrefer_kernels`) are opaque here: their CPU references are not the GPU path
 (the Triton launchers take every size from the host; the GPU test checks them with
-``torch.cuda.set_sync_debug_mode("error")``), so reads inside them are allowed and their outputs marked.
+`torch.cuda.set_sync_debug_mode("error")`), so reads inside them are allowed and their outputs marked.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _KERNEL_CALLS = {
 
 
 class DeviceRead(RuntimeError):
-    """A host read of device data inside ``forbid_device_reads``."""
+    """A host read of device data inside `forbid_device_reads`."""
 
 
 class _Tracker(TorchDispatchMode):
@@ -72,11 +72,11 @@ class _Tracker(TorchDispatchMode):
 
 @contextlib.contextmanager
 def forbid_device_reads(*seeds, modules=()):
-    """Inside the block, a host read of the seeds or of anything computed from them raises ``DeviceRead``.
+    """Inside the block, a host read of the seeds or of anything computed from them raises `DeviceRead`.
 
     Args:
         seeds: tensors (or lists of tensors) that would live on the device.
-        modules: ``nn.Module`` s whose parameters and buffers are seeds.
+        modules: `nn.Module` s whose parameters and buffers are seeds.
     """
     import importlib
 

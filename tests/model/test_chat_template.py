@@ -1,4 +1,4 @@
-"""The processor's chat template renders exactly the prompt the processor builds (``render_prompt``)."""
+"""The processor's chat template renders exactly the prompt the processor builds (`render_prompt`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The ``pixelrefer-fast`` command line: ``describe`` on a tiny checkpoint, ``init-random``, ``env``,
-``--version``; every expected failure is one line with exit code 2, raised before the model loads."""
+"""The `pixelrefer-fast` command line: `describe` on a tiny checkpoint, `init-random`, `env`,
+`--version`; every expected failure is one line with exit code 2, raised before the model loads."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_describe_prints_one_answer(files, capsys):
 
 
 def test_describe_streams_tokens_as_they_come(files, capsys, monkeypatch):
-    """``TextStreamer`` gets every new token while generating; what it prints is the answer."""
+    """`TextStreamer` gets every new token while generating; what it prints is the answer."""
     import transformers
 
     _, model, image, mask = files

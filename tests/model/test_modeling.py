@@ -62,8 +62,8 @@ def setup(request, tmp_path_factory):
 
 
 def _batch(processor, model, items):
-    """The processor's output as it is (the model checks it at its entry); ``place_inputs`` gives the
-    checked batch instead (``test_placed_batch_equals_raw_batch``)."""
+    """The processor's output as it is (the model checks it at its entry); `place_inputs` gives the
+    checked batch instead (`test_placed_batch_equals_raw_batch`)."""
     return dict(processor([dict(item) for item in items]))
 
 

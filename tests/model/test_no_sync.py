@@ -1,5 +1,5 @@
-"""No host sync from ``place_inputs`` to the first logits: the prefill of a checked batch reads nothing
-back from the device (``no_sync.forbid_device_reads``; on CUDA also ``torch.cuda.set_sync_debug_mode``).
+"""No host sync from `place_inputs` to the first logits: the prefill of a checked batch reads nothing
+back from the device (`no_sync.forbid_device_reads`; on CUDA also `torch.cuda.set_sync_debug_mode`).
 
 Deterministic k-means init: the parity init draws its rows from the CPU generator, on the host, and
 needs the region sizes there (known from the processor's masks, so it does not sync either, but it is
@@ -79,7 +79,7 @@ def test_prefill_of_a_placed_batch_reads_nothing_back(setup):
 
 
 def test_the_guard_catches_a_count_read_back(setup, monkeypatch):
-    """Putting back the old ``counts.to("cpu")`` of ``embed_multimodal`` fails the no-sync test."""
+    """Putting back the old `counts.to("cpu")` of `embed_multimodal` fails the no-sync test."""
     model, raw = setup
     original = PixelReferFastModel.project_regions
 
@@ -123,7 +123,7 @@ def test_prefill_never_syncs_on_cuda(setup):
 
 
 def test_processor_output_of_the_old_form_still_works(setup):
-    """float32 masks without ``region_mask_cells`` (what the processor gave before): checked at the
+    """float32 masks without `region_mask_cells` (what the processor gave before): checked at the
     entry, thresholded once, the same logits."""
     model, raw = setup
     old = {k: v for k, v in raw.items() if k != "region_mask_cells"}

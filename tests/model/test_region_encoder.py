@@ -17,7 +17,7 @@ C, D, K = 72, 48, 32
 
 
 def exact_mask(h, w, cells):
-    """A binary ``[h, w]`` uint8 mask with exactly ``cells`` random cells inside."""
+    """A binary `[h, w]` uint8 mask with exactly `cells` random cells inside."""
     flat = torch.zeros(h * w, dtype=torch.uint8)
     flat[torch.randperm(h * w)[:cells]] = 1
     return flat.reshape(h, w)

@@ -1,8 +1,8 @@
-"""``pixelrefer-fast profile`` (``pixelrefer_fast.profiling.cli.main``): bad input, OOM points, a tiny run.
+"""`pixelrefer-fast profile` (`pixelrefer_fast.profiling.cli.main`): bad input, OOM points, a tiny run.
 
-Bad input gives one ``error:`` line on stderr and exit code 2. A sweep point that runs out of memory
-is reported as ``oom`` (later stages ``skipped``) while the other points run. The end-to-end runs use
-a tiny checkpoint config written to a temporary ``--model`` directory (no weights are read).
+Bad input gives one `error:` line on stderr and exit code 2. A sweep point that runs out of memory
+is reported as `oom` (later stages `skipped`) while the other points run. The end-to-end runs use
+a tiny checkpoint config written to a temporary `--model` directory (no weights are read).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The analytic FLOPs of ``pixelrefer_fast.profiling.flops`` equal FlopCounterMode's count.
+"""The analytic FLOPs of `pixelrefer_fast.profiling.flops` equal FlopCounterMode's count.
 
 Every stage that is pure matmul work is run on a tiny configuration under
-``torch.utils.flop_counter.FlopCounterMode`` (with ``register_flop_formulas()`` so the CPU SDPA
+`torch.utils.flop_counter.FlopCounterMode` (with `register_flop_formulas()` so the CPU SDPA
 kernel is counted) and compared exactly with the formula: the vision encoder (packed images and a
-stride-2 frame), the projector, the region encoder's ``feat_linear`` and ``pos_linear``, the Lite
+stride-2 frame), the projector, the region encoder's `feat_linear` and `pos_linear`, the Lite
 infusion (projections + attention, K/V shared per distinct segment), and the Qwen2 prefill (logits
 for the last position only) and decode step. K-means' distance term is analytic only (its official
 form is a broadcast, which FlopCounterMode does not see).

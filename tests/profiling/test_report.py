@@ -1,7 +1,7 @@
 """The profile's JSON and CSV schema, the validators, the table and the plot fallback.
 
-A tiny profile (``run_profile`` with a tiny preset) is written once; its files are read back and
-checked column by column against ``ROW_SCHEMA`` and ``DOCUMENT_KEYS``, independently of the writer's
+A tiny profile (`run_profile` with a tiny preset) is written once; its files are read back and
+checked column by column against `ROW_SCHEMA` and `DOCUMENT_KEYS`, independently of the writer's
 own validation. The validators reject missing, unknown and mistyped columns.
 """
 

@@ -1,5 +1,5 @@
 """What a profile does for its user: rows kept as points finish (Ctrl-C, a crash), file names that
-carry the sweep and never overwrite, the estimate that asks for ``--yes``, progress inside a point,
+carry the sweep and never overwrite, the estimate that asks for `--yes`, progress inside a point,
 and a figure whose series and memory panel can be read back."""
 
 from __future__ import annotations

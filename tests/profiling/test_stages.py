@@ -1,5 +1,5 @@
 """The profiler times the production forward: the model's stage methods, wrapped on the instance while
-``model(**placed)`` runs, cover the forward's work, and their sum matches an untimed call."""
+`model(**placed)` runs, cover the forward's work, and their sum matches an untimed call."""
 
 from __future__ import annotations
 
