@@ -254,12 +254,11 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int]) -> dict[int, 
     """Decode the frames at `indices` (presentation order, 0-based) as HWC uint8 RGB.
 
     Raises:
-        ValueError: an unreadable file or an index beyond the last frame (both named).
+        TypeError: an index that is not an int.
+        ValueError: an unreadable file, a negative index or one beyond the last frame (named).
     """
     path = _check_path(path)
-    wanted = sorted({int(i) for i in indices})
-    if wanted and wanted[0] < 0:
-        raise ValueError(f"frame index {wanted[0]} is negative (video {str(path)!r})")
+    wanted = sorted({check_frame_id(f"indices[{k}]", i) for k, i in enumerate(indices)})
     out: dict[int, np.ndarray] = {}
     if not wanted:
         return out
