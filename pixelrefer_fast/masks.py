@@ -205,8 +205,9 @@ def to_binary_mask(mask: Any, height: int | None = None, width: int | None = Non
             f"(x0, y0, x1, y1), got {type(mask).__name__}"
         )
     if height is not None and width is not None and binary.shape != (height, width):
+        hint = " (an (R, 4) array of boxes? pass it as the item's `masks` itself)" if binary.shape[1] == 4 else ""
         raise ValueError(f"{name}: mask size {binary.shape[0]}x{binary.shape[1]} (HxW) differs from the image "
-                         f"size {height}x{width}")
+                         f"size {height}x{width}{hint}")
     return binary
 
 

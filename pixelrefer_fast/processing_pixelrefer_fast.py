@@ -95,8 +95,9 @@ class PixelReferItem:
         image: a path, PIL image, HWC/CHW uint8 array or tensor. Exactly one of image/video.
         video: a video file path, or a list of frames (HWC uint8 arrays / PIL images).
         masks: one entry per region: a 2-D array/tensor, PIL image, COCO RLE dict or a box
-            (x0, y0, x1, y1) (see `masks.py`; inside = value > 0), or a 3-D [R, H, W] stack. Lite
-            video: an entry may be a list of masks, one object over several frames.
+            (x0, y0, x1, y1) (see `masks.py`; inside = value > 0); or a 3-D [R, H, W] stack, or an
+            (R, 4) array of boxes (`split_masks`). Lite video: an entry may be a list of masks, one
+            object over several frames.
         frame_ids: video only: the frame of each mask, same nesting as `masks` (an int applies to
             every mask). For a file: source frame indices (0-based, presentation order); for a
             frame list: indices into the list.
@@ -342,15 +343,10 @@ class PixelReferFastProcessor:
             raise ValueError("the batch is empty")
         return batch
 
-    @staticmethod
-    def _mask_list(label: str, item: PixelReferItem) -> list[Any]:
-        """The item's masks as a list (see `split_masks`)."""
-        return split_masks(item.masks, name=f"{label}: masks")
-
     # ------------------------------------------------------------------ per item
     def _encode_item(self, index: int, item: PixelReferItem) -> _Encoded:
         label = f"item {index}"
-        masks = self._mask_list(label, item)
+        masks = split_masks(item.masks, name=f"{label}: masks")
         if self.variant == "lite" and not masks:
             raise ValueError(f"{label}: PixelRefer-Lite needs at least one region mask (it has no global image tokens)")
         question = item.question
