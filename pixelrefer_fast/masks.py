@@ -62,7 +62,8 @@ def decode_rle(rle: Mapping[str, Any], height: int | None = None, width: int | N
         raise ValueError(f"{name}: RLE 'size' must be [height, width], two non-negative ints, got {size!r}")
     rle_height, rle_width = int(size[0]), int(size[1])
     if height is not None and width is not None and (rle_height, rle_width) != (height, width):
-        raise ValueError(f"{name}: RLE size {rle_height}x{rle_width} (HxW) differs from the image size {height}x{width}")
+        raise ValueError(f"{name}: RLE size {rle_height}x{rle_width} (HxW) differs from the image size "
+                         f"{height}x{width}")
     if rle_height * rle_width > MAX_IMAGE_PIXELS:
         raise ValueError(f"{name}: RLE size {rle_height}x{rle_width} is above the limit of MAX_IMAGE_PIXELS = "
                          f"{MAX_IMAGE_PIXELS} pixels")
