@@ -82,7 +82,8 @@ STREAM_END_TOKEN = "<|stream_end|>"
 SPECIAL_TOKENS = (IMAGE_TOKEN, STREAM_START_TOKEN, STREAM_END_TOKEN, REGION_TOKEN)
 LITE_FRAME_LIST_FPS = 3.0  # the official frame rate of a video given as a folder of frames
 VARIANTS = ("full", "lite")
-PROCESSOR_OPTIONS = ("variant", "mask_num", "video_fps", "max_frames", "reuse_first_local_crop", "use_token_compression")
+PROCESSOR_OPTIONS = ("variant", "mask_num", "video_fps", "max_frames", "reuse_first_local_crop",
+                     "use_token_compression")
 
 
 @dataclass

@@ -41,6 +41,8 @@ COMPRESSION_THRESHOLD = 0.1
 # Most frame slots the fps filter may produce before the max_frames subsampling (a 1 fps sampling of a
 # 1000-hour file, or a 10-minute file at 6990 fps); bounds what `fps_sample_indices` allocates.
 MAX_SAMPLED_SLOTS = 2**22
+# Largest frame time accepted, in seconds (about 31 years): beyond it the prompt's rounded time label overflows.
+MAX_TIMESTAMP = 1e9
 
 
 def check_rate(name: str, value: Any) -> float:
@@ -70,11 +72,12 @@ def check_frame_id(name: str, value: Any) -> int:
 
 
 def check_timestamps(name: str, values: Any, count: int) -> list[float]:
-    """Frame times in seconds: `count` finite real numbers, non-decreasing. Returns them as floats.
+    """Frame times in seconds: `count` finite real numbers of magnitude at most `MAX_TIMESTAMP`,
+    non-decreasing. Returns them as floats.
 
     Raises:
-        TypeError: not a sequence of real numbers; ValueError: wrong length, NaN/inf, or a time
-            smaller than the one before it.
+        TypeError: not a sequence of real numbers; ValueError: wrong length, NaN/inf, a magnitude
+            above `MAX_TIMESTAMP`, or a time smaller than the one before it.
     """
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, torch.Tensor)):
         raise TypeError(f"{name} must be a sequence of times in seconds, got {type(values).__name__}")
@@ -84,8 +87,9 @@ def check_timestamps(name: str, values: Any, count: int) -> list[float]:
     for i, t in enumerate(items):
         if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)):
             raise TypeError(f"{name}[{i}] must be a number of seconds, got {type(t).__name__} {t!r}")
-        if not math.isfinite(t):
-            raise ValueError(f"{name}[{i}] is {t}; timestamps must be finite")
+        if not (math.isfinite(t) and abs(t) <= MAX_TIMESTAMP):
+            raise ValueError(f"{name}[{i}] is {t}; timestamps must be finite seconds, at most {MAX_TIMESTAMP:g} "
+                             "in magnitude")
         if i and t < items[i - 1]:
             raise ValueError(f"{name} must be non-decreasing (frames in time order): {name}[{i}] = {t} comes after "
                              f"{items[i - 1]}")

@@ -203,7 +203,9 @@ def masks_for(draw, height: int, width: int):
         bad[0, 0] = -0.5
         return bad, "the mask has a negative value"
     if kind == "pil-negative":
-        return Image.fromarray(np.where(blob > 0, 1.0, -1.0).astype(np.float32), mode="F"), "the mask has negative values"
+        values = np.where(blob > 0, 1.0, -1.0).astype(np.float32)
+        values[0, 0] = -1.0  # at least one negative value, also in a 1x1 image
+        return Image.fromarray(values, mode="F"), "the mask has negative values"
     if kind == "empty":
         return np.zeros((height, width), np.uint8), None  # full: an error; Lite: accepted (placeholder)
     if kind == "3d":
@@ -271,8 +273,9 @@ def test_fuzz_video_frame_lists(processors, data, variant, frames, height, width
         stamps = data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, min_value=None), min_size=frames,
                                     max_size=frames))
         kwargs["timestamps"] = stamps
-        if not all(math.isfinite(t) for t in stamps) or any(b < a for a, b in zip(stamps, stamps[1:])):
-            reasons.append("timestamps not finite or decreasing")
+        in_range = all(math.isfinite(t) and abs(t) <= 1e9 for t in stamps)
+        if not in_range or any(b < a for a, b in zip(stamps, stamps[1:])):
+            reasons.append("timestamps not finite, above 1e9 s or decreasing")
     elif timing == "frames_fps":
         rate = data.draw(st.sampled_from([0.0, -1.0, float("inf"), float("nan"), 0.5, 3.0, 30.0]))
         kwargs["frames_fps"] = rate

@@ -266,7 +266,8 @@ FRAMES = [textured(60, 80, seed=i) for i in range(4)]
 
 
 @pytest.mark.parametrize("variant", ["full", "lite"])
-@pytest.mark.parametrize("bad, error", [(True, TypeError), (1.0, TypeError), ("1", TypeError), (np.float32(2), TypeError),
+@pytest.mark.parametrize("bad, error", [(True, TypeError), (1.0, TypeError), ("1", TypeError),
+                                        (np.float32(2), TypeError),
                                         (-1, ValueError)])
 @pytest.mark.parametrize("nested", [False, True])
 def test_bad_frame_ids_are_refused(full, lite, variant, bad, error, nested):
@@ -281,9 +282,11 @@ def test_bad_frame_ids_are_refused(full, lite, variant, bad, error, nested):
     [
         pytest.param(dict(timestamps=[0.0, float("nan"), 2.0, 3.0]), ValueError, "finite", id="nan-timestamp"),
         pytest.param(dict(timestamps=[0.0, 2.0, 1.0, 3.0]), ValueError, "non-decreasing", id="decreasing"),
+        pytest.param(dict(timestamps=[0.0, 1.0, 2.0, 1e308]), ValueError, "at most 1e\\+09", id="huge-timestamp"),
         pytest.param(dict(timestamps=[0, "1", 2, 3]), TypeError, "seconds", id="string-timestamp"),
         pytest.param(dict(timestamps=[0, 1]), ValueError, "2 timestamps for 4 frames", id="length"),
-        pytest.param(dict(frames_fps=float("inf")), ValueError, "frames_fps must be a finite number > 0", id="inf-rate"),
+        pytest.param(dict(frames_fps=float("inf")), ValueError, "frames_fps must be a finite number > 0",
+                     id="inf-rate"),
         pytest.param(dict(frames_fps=0), ValueError, "frames_fps must be a finite number > 0", id="zero-rate"),
         pytest.param(dict(frames_fps=True), TypeError, "frames_fps must be a number", id="bool-rate"),
         pytest.param(dict(frames_fps=2.0, timestamps=[0, 1, 2, 3]), ValueError, "not both", id="both"),
@@ -383,7 +386,8 @@ def test_vision_encoder_accepts_lists_for_the_grids():
     from pixelrefer_fast.configuration_pixelrefer_fast import PixelReferFastVisionConfig
     from pixelrefer_fast.modeling_vision import PixelReferFastVisionEncoder
 
-    config = PixelReferFastVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2)
+    config = PixelReferFastVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                        num_attention_heads=2)
     encoder = PixelReferFastVisionEncoder(config).eval()
     pixels = torch.randn(4 * 6 + 2 * 2, config.patch_dim)
     grid = torch.tensor([[1, 4, 6], [1, 2, 2]])
@@ -411,5 +415,6 @@ def test_non_finite_pixels_are_refused_at_the_model_entry(tmp_path, variant, key
     batch = model.place_inputs(processor(PixelReferItem(image=IMG, masks=[BOX], question="What is <region>?")))
     batch[key] = batch[key].clone()
     batch[key][1, 2] = float("nan")
-    with torch.inference_mode(), pytest.raises(ValueError, match=rf"{key} contains NaN or inf \(first at index \(1, 2\)\)"):
+    message = rf"{key} contains NaN or inf \(first at index \(1, 2\)\)"
+    with torch.inference_mode(), pytest.raises(ValueError, match=message):
         model(**batch)
