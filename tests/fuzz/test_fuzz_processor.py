@@ -5,21 +5,19 @@ finite pixels); every rejected one a ValueError or TypeError that names what was
 the argument). Inputs that are certainly invalid (NaN or negative masks, a placeholder count that
 differs from the mask count, a bool frame id) must be rejected.
 
-Bounded for CI: `PIXELREFER_FUZZ_EXAMPLES` examples per test (default 60, about 30 s in all on two
-cores), seed `PIXELREFER_FUZZ_SEED` (default: random, printed in the header line of the run so a failure
-can be replayed). A failure prints hypothesis' minimal (shrunk) example and its reproduction blob.
+Bounded for CI by the shared settings of `tests/fuzz/conftest.py` (profile, `PIXELREFER_FUZZ_EXAMPLES`
+examples per test, seed `PIXELREFER_FUZZ_SEED`, both printed at the start of the run); a failure
+prints hypothesis' minimal (shrunk) example and its reproduction blob.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 from tests.model.fixtures import make_tiny_tokenizer
@@ -28,25 +26,9 @@ from pixelrefer_fast.image_processing_pixelrefer_fast import PixelReferFastImage
 from pixelrefer_fast.masks import decode_rle
 from pixelrefer_fast.processing_pixelrefer_fast import REGION_PLACEHOLDER, PixelReferFastProcessor, PixelReferItem
 
-SEED = int(os.environ.get("PIXELREFER_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
-EXAMPLES = int(os.environ.get("PIXELREFER_FUZZ_EXAMPLES", "60"))
 MASK_NUM = 4
 SMALL_BUDGET = 64 * 14 * 14 * 4
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 ACCEPTED_ERRORS = (ValueError, TypeError)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _announce(request):
-    line = (f"\nprocessor fuzz: seed {SEED} (PIXELREFER_FUZZ_SEED), {EXAMPLES} examples per test "
-            "(PIXELREFER_FUZZ_EXAMPLES)")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        print(line)
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +196,6 @@ def masks_for(draw, height: int, width: int):
 
 
 # ------------------------------------------------------------------------------------------ properties
-@seed(SEED)
-@FUZZ
 @given(image=images())
 def test_fuzz_images(processors, image):
     """Any image, no regions, full model: a consistent batch, or a clear error."""
@@ -224,8 +204,6 @@ def test_fuzz_images(processors, image):
         pytest.fail(f"a {image.dtype} array was accepted (uint8 only)")
 
 
-@seed(SEED)
-@FUZZ
 @given(data=st.data(), variant=st.sampled_from(["full", "lite"]), height=st.integers(1, 80),
        width=st.integers(1, 80), count=st.integers(0, 4), placeholder_shift=st.sampled_from([0, 0, 0, -1, 1]),
        second_item=st.booleans())
@@ -253,8 +231,6 @@ def test_fuzz_masks_and_placeholders(processors, data, variant, height, width, c
     run(processors[variant], items, regions, must_fail="; ".join(reasons) or None)
 
 
-@seed(SEED)
-@FUZZ
 @given(data=st.data(), variant=st.sampled_from(["full", "lite"]), frames=st.integers(1, 4), height=st.integers(14, 48),
        width=st.integers(14, 48))
 def test_fuzz_video_frame_lists(processors, data, variant, frames, height, width):
@@ -319,8 +295,6 @@ def rle_dicts(draw):
             "counts": [0]}, None
 
 
-@seed(SEED)
-@FUZZ
 @given(rle=rle_dicts())
 def test_fuzz_rle(rle):
     """Valid RLE decodes to pycocotools' mask; anything else is a ValueError naming the mask."""
@@ -337,8 +311,6 @@ def test_fuzz_rle(rle):
         np.testing.assert_array_equal(decoded, expected)
 
 
-@seed(SEED)
-@FUZZ
 @given(image=images(), wrap=st.sampled_from(["single", "list", "tuple", "batch"]))
 def test_fuzz_preprocess_forms(image, wrap):
     """The image processor takes one image or a list in any accepted form, with the HWC result."""
