@@ -412,9 +412,11 @@ def test_non_finite_pixels_are_refused_at_the_model_entry(tmp_path, variant, key
     directory = make_tiny_checkpoint(tmp_path, variant)
     model = AutoModelForCausalLM.from_pretrained(directory)
     processor = PixelReferFastProcessor.from_pretrained(directory)
-    batch = model.place_inputs(processor(PixelReferItem(image=IMG, masks=[BOX], question="What is <region>?")))
+    batch = dict(processor(PixelReferItem(image=IMG, masks=[BOX], question="What is <region>?")))
     batch[key] = batch[key].clone()
     batch[key][1, 2] = float("nan")
     message = rf"{key} contains NaN or inf \(first at index \(1, 2\)\)"
     with torch.inference_mode(), pytest.raises(ValueError, match=message):
         model(**batch)
+    with pytest.raises(ValueError, match=message):
+        model.place_inputs(batch)
