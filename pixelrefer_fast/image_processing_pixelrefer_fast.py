@@ -18,6 +18,8 @@ Contract (docs/spec.md §2.1, §14.5, §14.8); every number matches the official
 
 Images enter as HWC uint8 RGB numpy arrays (`to_rgb_array` converts PIL images, tensors, CHW
 arrays and grey images; `load_image` reads files with OpenCV as the official `load_images` does).
+Files and PIL images larger than `MAX_IMAGE_PIXELS` are refused before anything is decoded, and a
+truncated JPEG or PNG is refused with the file named (decoders would pad it silently).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +45,12 @@ DEFAULT_PATCH_SIZE = 14
 DEFAULT_MERGE_SIZE = 2
 DEFAULT_MM_MAX_LENGTH = 8192
 MAX_ASPECT_RATIO = 200
+# Largest image (height * width) decoded or converted: 2**27 pixels (about 11585 x 11585, a 384 MiB RGB
+# array) is far above what the model sees (every image is resized to at most `max_pixels`) and below
+# PIL's own decompression-bomb limit.
+MAX_IMAGE_PIXELS = 2**27
+# 16-bit PIL modes: OpenCV's imread keeps the high byte (v >> 8); PIL's convert("RGB") would saturate.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def smart_resize(
@@ -79,14 +88,20 @@ def smart_resize(
     elif max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(
             f"smart_resize: the aspect ratio must be at most {MAX_ASPECT_RATIO}, got "
-            f"{max(height, width) / min(height, width):.1f} for an image of {height}x{width}"
+            f"{max(height, width) / min(height, width):.1f} for a {height}x{width} image"
         )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
+        if max_pixels < factor * factor:
+            raise ValueError(f"smart_resize: the pixel budget max_pixels={max_pixels} is below one {factor}x{factor} "
+                             f"patch ({factor * factor} pixels); raise max_pixels or process fewer images per call")
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = math.floor(height / beta / factor) * factor
         w_bar = math.floor(width / beta / factor) * factor
+        if h_bar == 0 or w_bar == 0:
+            raise ValueError(f"smart_resize: a {height}x{width} image fits the pixel budget max_pixels={max_pixels} "
+                             f"only with a side below {factor} px; raise max_pixels")
     elif h_bar * w_bar < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
@@ -94,21 +109,49 @@ def smart_resize(
     return h_bar, w_bar
 
 
+def check_image_size(height: int, width: int, *, name: str = "image") -> None:
+    """Refuse an image above `MAX_IMAGE_PIXELS` (called before decoding or converting it).
+
+    Raises:
+        ValueError: height * width > MAX_IMAGE_PIXELS (the message gives both).
+    """
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{name}: the image is {height}x{width} = {height * width} pixels, above the limit of "
+                         f"MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} (pixelrefer_fast.image_processing_pixelrefer_fast); "
+                         "downscale it first")
+
+
+def _pil_to_rgb_array(image: Image.Image, name: str) -> np.ndarray:
+    width, height = image.size
+    check_image_size(height, width, name=name)
+    source = getattr(image, "filename", "") or ""
+    where = f" (file {source!r})" if source else ""
+    try:
+        if image.mode in _SIXTEEN_BIT_MODES:
+            grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)  # as OpenCV reads the file
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
+    except OSError as exc:  # a lazily opened file that is truncated or corrupt
+        raise ValueError(f"{name}: could not decode the image{where} ({exc})") from exc
+
+
 def to_rgb_array(image: Any, *, name: str = "image") -> np.ndarray:
     """Convert an image to a contiguous HWC uint8 RGB numpy array.
 
-    Accepts a PIL image (any mode; converted with `Image.convert("RGB")`, as transformers 4.46's
-    `convert_to_rgb`; transparency is dropped, not composited), or a numpy array / torch tensor of
-    dtype uint8 shaped HxWx3, 3xHxW (channels-first is recognised when the first dim is 3 and the
-    last is not), HxWx1, HxWx4 (alpha dropped) or HxW (grey, replicated to 3 channels).
+    Accepts a PIL image (converted with `Image.convert("RGB")`, as transformers 4.46's
+    `convert_to_rgb`; transparency is dropped, not composited; 16-bit grey modes keep the high
+    byte, as OpenCV reads such a file), or a numpy array / torch tensor of dtype uint8 shaped
+    HxWx3, 3xHxW (channels-first is recognised when the first dim is 1, 3 or 4 and the last is
+    not), HxWx1, HxWx4 (alpha dropped) or HxW (grey, replicated to 3 channels).
 
     Raises:
         TypeError: another type, or a non-uint8 array (convert floats yourself: the official
             pipeline only ever sees uint8 pixels).
-        ValueError: an unsupported shape or an empty image.
+        ValueError: an unsupported shape, an empty image, a PIL image above `MAX_IMAGE_PIXELS`, or
+            a lazily opened PIL file that cannot be decoded (truncated).
     """
     if isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"))
+        array = _pil_to_rgb_array(image, name)
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
         if array.dtype != np.uint8:
@@ -116,7 +159,7 @@ def to_rgb_array(image: Any, *, name: str = "image") -> np.ndarray:
                 f"{name}: pixel arrays must be uint8 RGB (0..255), got dtype {array.dtype}; "
                 "convert it, e.g. (x * 255).round().astype(np.uint8)"
             )
-        if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] not in (1, 3, 4):
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
             array = array.transpose(1, 2, 0)  # CHW -> HWC
         if array.ndim == 2:
             array = np.repeat(array[:, :, None], 3, axis=2)
@@ -137,14 +180,65 @@ def to_rgb_array(image: Any, *, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _jpeg_is_complete(data: bytes) -> bool:
+    """True when a JPEG stream has its end-of-image marker after the first scan.
+
+    Walks the marker segments up to the first start-of-scan (FFDA) and looks for the end-of-image
+    marker (FFD9) after it; inside entropy-coded data a 0xFF byte is always followed by 0x00 or a
+    restart marker, so FFD9 there is the real end. (An EXIF thumbnail's FFD9 sits before the scan.)
+    """
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", pos + 2 + length) != -1
+        pos += 2 + length
+    return False
+
+
+def _check_complete(path: Path, name: str) -> None:
+    """Refuse a truncated JPEG or PNG, which OpenCV would decode with the missing part filled in grey."""
+    with path.open("rb") as handle:
+        data = handle.read()
+    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
+        raise ValueError(f"{name}: the JPEG file {str(path)!r} is truncated or corrupt (no end-of-image marker "
+                         "after its image data)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:]:
+        raise ValueError(f"{name}: the PNG file {str(path)!r} is truncated or corrupt (no IEND chunk at its end)")
+
+
+def _file_image_size(path: Path, name: str) -> tuple[int, int] | None:
+    """(height, width) from the file header (nothing decoded), or None when PIL cannot identify the format."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as pil:
+                width, height = pil.size
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{name}: the image file {str(path)!r} is too large to decode ({exc}); the limit here "
+                         f"is MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels") from exc
+    except (OSError, ValueError):
+        return None
+    return height, width
+
+
 def load_image(image: Any, *, name: str = "image") -> np.ndarray:
     """Load an image (a path, PIL image, array or tensor) as HWC uint8 RGB.
 
     Paths are read with OpenCV (`cv2.imread` + BGR->RGB), as the official `load_images`, so JPEG
     decoding and EXIF orientation match it; files OpenCV cannot read (e.g. GIF) fall back to PIL.
+    The header's size is checked against `MAX_IMAGE_PIXELS` before decoding, and a truncated JPEG
+    or PNG is refused.
 
     Raises:
-        ValueError: a path that does not exist or cannot be decoded (the message names it).
+        ValueError: a path that does not exist, is truncated, too large or cannot be decoded (the
+            message names it).
     """
     if isinstance(image, (str, os.PathLike)):
         import cv2
@@ -152,7 +246,14 @@ def load_image(image: Any, *, name: str = "image") -> np.ndarray:
         path = Path(image)
         if not path.is_file():
             raise ValueError(f"{name}: image file {str(path)!r} does not exist")
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        size = _file_image_size(path, name)
+        if size is not None:
+            check_image_size(*size, name=f"{name} ({str(path)!r})")
+        _check_complete(path, name)
+        try:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        except cv2.error as exc:
+            raise ValueError(f"{name}: OpenCV could not decode the image file {str(path)!r} ({exc})") from exc
         if bgr is not None:
             return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         try:
@@ -212,8 +313,12 @@ class PixelReferFastImageProcessor:
     ) -> None:
         for arg, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels),
                            ("patch_size", patch_size), ("merge_size", merge_size)):
-            if int(value) != value or value <= 0:
+            if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+                    or not math.isfinite(value) or int(value) != value or value <= 0):
                 raise ValueError(f"PixelReferFastImageProcessor: {arg} must be a positive integer, got {value!r}")
+        if max_pixels < max(min_pixels, patch_size * patch_size):
+            raise ValueError(f"PixelReferFastImageProcessor: max_pixels={max_pixels} must be at least min_pixels="
+                             f"{min_pixels} and one {patch_size}x{patch_size} patch")
         if len(image_mean) != 3 or len(image_std) != 3 or any(s == 0 for s in image_std):
             raise ValueError(
                 f"PixelReferFastImageProcessor: image_mean and image_std need 3 values (std non-zero), "
@@ -344,10 +449,16 @@ class PixelReferFastImageProcessor:
         grid = grid.transpose(0, 3, 1, 4, 6, 2, 5)  # (gh/ds, gw/ds, ds, ds, C, p, p)
         return np.ascontiguousarray(grid).reshape(gh * gw, channels * p * p)
 
-    def process_image(self, image: np.ndarray, *, downsampling: int = 1, num_images: int = 1
+    def process_image(self, image: np.ndarray, *, downsampling: int = 1, num_images: int = 1, name: str = "image"
                       ) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """One HWC uint8 RGB image -> (pixel_values [gh*gw, 3*p*p] float32, (1, gh, gw))."""
-        height, width = self.target_size(image.shape[0], image.shape[1], downsampling, num_images)
+        """One HWC uint8 RGB image -> (pixel_values [gh*gw, 3*p*p] float32, (1, gh, gw)).
+
+        `name` describes the image in errors (e.g. the crop of a region, whose size the user never gave).
+        """
+        try:
+            height, width = self.target_size(image.shape[0], image.shape[1], downsampling, num_images)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
         resized = self.resize(image, height, width)
         patches = self.patchify(resized, downsampling)  # (N, 3*p*p) uint8
         pp = self.patch_size * self.patch_size
@@ -357,24 +468,40 @@ class PixelReferFastImageProcessor:
             out[:, cols] = self._lut[channel][patches[:, cols]]
         return out, (1, height // self.patch_size, width // self.patch_size)
 
-    def preprocess(self, images: list[np.ndarray], *, downsampling: int = 1, num_images: int | None = None
-                   ) -> ProcessedImages:
+    def preprocess(self, images: Any, *, downsampling: int = 1, num_images: int | None = None,
+                   names: Sequence[str] | None = None) -> ProcessedImages:
         """Process the images of one official call.
 
         Args:
-            images: HWC uint8 RGB arrays (see `to_rgb_array`).
+            images: one image or a list of them; an image is a PIL image, or a uint8 numpy array /
+                torch tensor shaped HxWx3, 3xHxW, HxWx1, HxWx4 or HxW (see `to_rgb_array`); a 4-D
+                uint8 array or tensor is a batch (N, H, W, 3) or (N, 3, H, W).
             downsampling: 1 (images, crops, Lite views) or `merge_size` (video frames, window-major).
-            num_images: the budget divisor; defaults to `len(images)` (the official call size).
+            num_images: the budget divisor; defaults to the number of images (the official call size).
+            names: one description per image for error messages (default `images[i]`).
 
         Returns:
             `ProcessedImages(pixel_values [sum(gh*gw), 3*p*p] float32, grid_thw [I, 3] int64)`.
+
+        Raises:
+            TypeError / ValueError: an image of another type, dtype or shape (named `images[i]`); a
+                size the resize rule refuses (aspect ratio above 200, a budget below one patch).
         """
-        if downsampling not in (1, self.merge_size):
-            raise ValueError(f"downsampling must be 1 or merge_size={self.merge_size}, got {downsampling}")
-        count = len(images) if num_images is None else num_images
+        if isinstance(downsampling, bool) or downsampling not in (1, self.merge_size):
+            raise ValueError(f"downsampling must be 1 or merge_size={self.merge_size}, got {downsampling!r}")
+        batch = _image_list(images)
+        if names is None:
+            names = [f"images[{i}]" for i in range(len(batch))]
+        elif len(names) != len(batch):
+            raise ValueError(f"names has {len(names)} entries for {len(batch)} images")
+        if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer))
+                                       or num_images < 1):
+            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        count = len(batch) if num_images is None else int(num_images)
         rows, grids = [], []
-        for image in images:
-            values, grid = self.process_image(image, downsampling=downsampling, num_images=max(count, 1))
+        for image, name in zip(batch, names):
+            array = to_rgb_array(image, name=name)
+            values, grid = self.process_image(array, downsampling=downsampling, num_images=max(count, 1), name=name)
             rows.append(values)
             grids.append(grid)
         width = 3 * self.patch_size**2
@@ -386,6 +513,23 @@ class PixelReferFastImageProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict())})"
+
+
+def _image_list(images: Any) -> list[Any]:
+    """`preprocess`'s `images` as a list: a single image becomes [image], a 4-D batch its N images."""
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim == 4:
+            return list(images)
+        if images.ndim in (2, 3):
+            return [images]
+        raise ValueError(f"images: expected an image (2-D or 3-D array), a batch (4-D) or a list, got an array of "
+                         f"shape {tuple(images.shape)}")
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    raise TypeError(f"images: expected a PIL image, a uint8 numpy array or torch tensor, or a list of them, got "
+                    f"{type(images).__name__}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

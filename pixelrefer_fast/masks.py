@@ -30,46 +30,76 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image_processing_pixelrefer_fast import MAX_IMAGE_PIXELS
 
-def decode_rle(rle: Mapping[str, Any], *, name: str = "mask") -> np.ndarray:
+
+def decode_rle(rle: Mapping[str, Any], height: int | None = None, width: int | None = None, *,
+               name: str = "mask") -> np.ndarray:
     """Decode a COCO run-length encoding to an HxW uint8 {0, 1} mask.
 
     Args:
         rle: `{"size": [h, w], "counts": ...}`. `counts` is either the compressed COCO string
-            (str or bytes; 6-bit chunks offset by 48, runs after the second stored as deltas to the
-            run two places before) or the uncompressed list of run lengths. Runs alternate
+            (ASCII str or bytes; 6-bit chunks offset by 48, runs after the second stored as deltas
+            to the run two places before) or the uncompressed list of run lengths. Runs alternate
             0, 1, 0, ... starting with background and walk the pixels in column-major order.
+        height, width: the image size, when known: a different `size` is refused before anything
+            is decoded.
 
     Returns:
         [h, w] uint8, C-contiguous.
 
     Raises:
-        ValueError: missing keys, bad sizes, negative runs, or runs that do not add up to h*w.
+        ValueError: missing keys, bad sizes (not two non-negative ints, not the image's, above
+            `MAX_IMAGE_PIXELS`), a non-ASCII or malformed counts string, negative runs, or runs
+            that do not add up to h*w.
     """
-    if "size" not in rle or "counts" not in rle:
-        raise ValueError(f"{name}: a COCO RLE dict needs 'size' and 'counts', got keys {sorted(rle)}")
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        keys = sorted(map(str, rle)) if isinstance(rle, Mapping) else type(rle).__name__
+        raise ValueError(f"{name}: a COCO RLE dict needs 'size' and 'counts', got {keys}")
     size = rle["size"]
-    if len(size) != 2 or any(int(v) != v or v < 0 for v in size):
-        raise ValueError(f"{name}: RLE 'size' must be [height, width] of non-negative ints, got {size!r}")
-    height, width = int(size[0]), int(size[1])
+    if (isinstance(size, (str, bytes)) or not isinstance(size, (Sequence, np.ndarray)) or len(size) != 2
+            or not all(_is_int(v) and v >= 0 for v in size)):
+        raise ValueError(f"{name}: RLE 'size' must be [height, width], two non-negative ints, got {size!r}")
+    rle_height, rle_width = int(size[0]), int(size[1])
+    if height is not None and width is not None and (rle_height, rle_width) != (height, width):
+        raise ValueError(f"{name}: RLE size {rle_height}x{rle_width} (HxW) differs from the image size "
+                         f"{height}x{width}")
+    if rle_height * rle_width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{name}: RLE size {rle_height}x{rle_width} is above the limit of MAX_IMAGE_PIXELS = "
+                         f"{MAX_IMAGE_PIXELS} pixels")
+    total = rle_height * rle_width
     counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        runs = _rle_counts_from_string(counts.encode("ascii") if isinstance(counts, str) else counts, name)
+    if isinstance(counts, str):
+        if not counts.isascii():
+            raise ValueError(f"{name}: a compressed RLE 'counts' string must be ASCII (characters 48-111)")
+        runs = _rle_counts_from_string(counts.encode("ascii"), total, name)
+    elif isinstance(counts, bytes):
+        runs = _rle_counts_from_string(counts, total, name)
     elif isinstance(counts, (list, tuple, np.ndarray)):
-        runs = np.asarray(counts, dtype=np.int64).reshape(-1)
+        if not all(_is_int(v) for v in np.asarray(counts, dtype=object).reshape(-1)):
+            raise ValueError(f"{name}: uncompressed RLE 'counts' must be a list of ints")
+        values = [int(v) for v in np.asarray(counts, dtype=object).reshape(-1)]
+        if any(v < 0 or v > total for v in values):
+            raise ValueError(f"{name}: RLE counts must be non-negative run lengths of at most h*w = {total}")
+        runs = np.asarray(values, dtype=np.int64)
     else:
         raise ValueError(f"{name}: RLE 'counts' must be a str, bytes or a list of ints, got {type(counts).__name__}")
     if (runs < 0).any():
         raise ValueError(f"{name}: RLE counts must be non-negative")
-    if int(runs.sum()) != height * width:
-        raise ValueError(f"{name}: RLE counts add up to {int(runs.sum())} pixels, but size {height}x{width} "
-                         f"has {height * width}")
+    if int(runs.sum()) != total:
+        raise ValueError(f"{name}: RLE counts add up to {int(runs.sum())} pixels, but size {rle_height}x{rle_width} "
+                         f"has {total}")
     values = (np.arange(runs.size) % 2).astype(np.uint8)
     flat = np.repeat(values, runs)
-    return np.ascontiguousarray(flat.reshape(width, height).T)  # column-major, as COCO
+    return np.ascontiguousarray(flat.reshape(rle_width, rle_height).T)  # column-major, as COCO
 
 
-def _rle_counts_from_string(data: bytes, name: str) -> np.ndarray:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _rle_counts_from_string(data: bytes, total: int, name: str) -> np.ndarray:
+    """Runs of a compressed COCO counts string; every run is checked against `total` (h*w) as it is read."""
     counts: list[int] = []
     pos = 0
     while pos < len(data):
@@ -79,15 +109,20 @@ def _rle_counts_from_string(data: bytes, name: str) -> np.ndarray:
                 raise ValueError(f"{name}: truncated compressed RLE string")
             chunk = data[pos] - 48
             if not 0 <= chunk < 64:
-                raise ValueError(f"{name}: invalid character {chr(data[pos])!r} in a compressed RLE string")
+                raise ValueError(f"{name}: invalid character {chr(data[pos])!r} in a compressed RLE string "
+                                 "(accepted: characters 48-111)")
             value |= (chunk & 0x1F) << shift
             more = bool(chunk & 0x20)
             pos += 1
             shift += 5
+            if more and shift > 40:
+                raise ValueError(f"{name}: a run of the compressed RLE string overflows (more than 8 chunks)")
             if not more and chunk & 0x10:
                 value -= 1 << shift  # sign-extend the last 5-bit group
         if len(counts) > 2:
             value += counts[-2]
+        if not 0 <= value <= total:
+            raise ValueError(f"{name}: compressed RLE run {len(counts)} is {value}, outside [0, {total}] (h*w)")
         counts.append(value)
     return np.asarray(counts, dtype=np.int64)
 
@@ -143,20 +178,26 @@ def to_binary_mask(mask: Any, height: int | None = None, width: int | None = Non
             or an invalid RLE/box.
     """
     if isinstance(mask, Mapping):
-        binary = decode_rle(mask, name=name)
+        binary = decode_rle(mask, height, width, name=name)
     elif is_box(mask):
         if height is None or width is None:
             raise ValueError(f"{name}: a box needs the image size to become a mask")
         return box_to_mask(mask.tolist() if hasattr(mask, "tolist") else mask, height, width, name=name)
     elif isinstance(mask, Image.Image):
+        mask_width, mask_height = mask.size
+        if mask_height * mask_width > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{name}: the mask image is {mask_height}x{mask_width}, above the limit of "
+                             f"MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels")
+        if height is not None and width is not None and (mask_height, mask_width) != (height, width):
+            raise ValueError(f"{name}: mask size {mask_height}x{mask_width} (HxW) differs from the image size "
+                             f"{height}x{width}")
         array = np.asarray(mask)
         if array.ndim == 3:
             bands = mask.getbands()
             colour = [i for i, band in enumerate(bands) if band != "A"] or list(range(len(bands)))
-            binary = (array[:, :, colour] > 0).any(axis=2)
-        else:
-            binary = array > 0
-        binary = binary.astype(np.uint8)
+            binary = (array[:, :, colour] > 0).any(axis=2).astype(np.uint8)
+        else:  # "1", "L", "P", "I", "I;16", "F": negative or NaN values are refused as for arrays
+            binary = _array_to_binary(array, name)
     elif isinstance(mask, (np.ndarray, torch.Tensor)):
         binary = _array_to_binary(mask, name)
     else:
@@ -165,15 +206,24 @@ def to_binary_mask(mask: Any, height: int | None = None, width: int | None = Non
             f"(x0, y0, x1, y1), got {type(mask).__name__}"
         )
     if height is not None and width is not None and binary.shape != (height, width):
+        hint = " (an (R, 4) array of boxes? pass it as the item's `masks` itself)" if binary.shape[1] == 4 else ""
         raise ValueError(f"{name}: mask size {binary.shape[0]}x{binary.shape[1]} (HxW) differs from the image "
-                         f"size {height}x{width}")
+                         f"size {height}x{width}{hint}")
     return binary
 
 
 def _array_to_binary(mask: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask
+    if isinstance(mask, torch.Tensor):
+        if mask.is_floating_point() and mask.dtype not in (torch.float16, torch.float32, torch.float64):
+            mask = mask.float()  # bf16 / fp8 have no numpy dtype; float32 holds them exactly
+        array = mask.detach().cpu().numpy()
+    else:
+        array = mask
     if array.ndim != 2:
-        hint = " (pass one mask per region, e.g. masks[0])" if array.ndim == 3 else ""
+        hint = ""
+        if array.ndim == 3:
+            hint = (" (an HxWxC mask image: take one channel, e.g. mask[..., 0])" if array.shape[-1] in (1, 3, 4)
+                    else " (pass one mask per region, e.g. masks[0])")
         raise ValueError(f"{name}: a mask must be 2-D (H, W), got shape {tuple(array.shape)}{hint}")
     if array.dtype == np.bool_:
         return array.astype(np.uint8)

@@ -190,6 +190,28 @@ _REGION_KEYS = ("crop_pixel_values", "crop_grid_thw", "region_masks", "region_ma
 _LITE_VIEW_KEYS = ("global_pixel_values", "global_grid_thw", "region_global", "local_pixel_values", "local_grid_thw", "region_local")
 
 
+_PIXEL_KEYS = {"images": "pixel_values", "crops": "crop_pixel_values", "global": "global_pixel_values",
+               "local": "local_pixel_values"}
+
+
+def check_pixels_finite(name: str, pixels: torch.Tensor) -> None:
+    """Refuse NaN/inf pixel values on the CPU (one sum, then a full scan only if the sum is not finite).
+
+    Tensors on an accelerator are not read (that would cost a device sync); the processor's pixels
+    are always finite. The same rule as the region encoder's feature check, so every pixel source
+    (images, crops, Lite views) is treated alike.
+    """
+    if pixels.device.type != "cpu" or not pixels.is_floating_point() or pixels.numel() == 0:
+        return
+    if bool(torch.isfinite(pixels.sum(dtype=torch.float32))):
+        return
+    bad = ~torch.isfinite(pixels)
+    if bool(bad.any()):
+        first = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(f"{name} contains NaN or inf (first at index {first}); accepted: finite pixel values "
+                         "(the processor's normalised patches)")
+
+
 def _host_offsets(grid_thw: torch.Tensor) -> torch.Tensor:
     """CPU int32 `[V+1]` row offsets of the views of a packed call (kept on the host: no device sync)."""
     return F.pad(grid_thw.to("cpu", torch.long).prod(-1).cumsum(0), (1, 0)).to(torch.int32)
@@ -433,6 +455,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         for name, pixels, _, _ in sources:
             if pixels is None:
                 raise ValueError(f"{name} grid_thw was given without its pixels")
+            check_pixels_finite(_PIXEL_KEYS[name], pixels)
         pixels = torch.cat([p.to(device, non_blocking=True) for _, p, _, _ in sources]) if sources else None
         grid = torch.cat([g for _, _, g, _ in sources]) if sources else None
         merge = torch.cat([m for _, _, _, m in sources]) if sources else None

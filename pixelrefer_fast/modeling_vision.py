@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,10 +56,16 @@ class VisionPacking:
     positions: torch.Tensor
 
 
-def _host_long(name: str, value: torch.Tensor, ndim: int) -> torch.Tensor:
+def _host_long(name: str, value: torch.Tensor | np.ndarray | list | tuple, ndim: int) -> torch.Tensor:
+    """An integer tensor, numpy array or (nested) list of ints as a CPU long tensor of `ndim` dims."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        try:
+            value = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be integers ([I, 3] for grid_thw, [I] for merge_sizes), got {value!r}") from exc
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() != ndim:
+        raise TypeError(f"{name} must be a torch.Tensor, numpy array or list of ints, got {type(value).__name__}")
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool or value.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D integer tensor, got dtype={value.dtype} shape={tuple(value.shape)}")
     return value.detach().to("cpu", torch.long)
 
@@ -250,15 +257,18 @@ class PixelReferFastVisionEncoder(nn.Module):
         self.vision_encoder = PixelReferFastVisionTransformer(config)
 
     def forward(
-        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, merge_sizes: torch.Tensor, *, packing: VisionPacking | None = None
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor | list, merge_sizes: torch.Tensor | list | None = None,
+        *, packing: VisionPacking | None = None,
     ) -> torch.Tensor:
         """Encode a packed batch of images.
 
         Args:
             pixel_values: `[N, num_channels*patch_size**2]` (588) normalised patches, any float dtype
                 (cast to the encoder's dtype).
-            grid_thw: `[I, 3]` integer (t, h, w) per image; `sum(t*h*w) == N`.
-            merge_sizes: `[I]` integer stride per image (row order, see the module docstring).
+            grid_thw: `[I, 3]` integer (t, h, w) per image, a tensor, numpy array or list of lists;
+                `sum(t*h*w) == N`.
+            merge_sizes: `[I]` integer stride per image (row order, see the module docstring), a tensor,
+                array or list; default all 1 (still images in raster order).
             packing: the layout `pack_layout` already built and checked for these grids (the model's
                 checked batch); None builds it here.
 
@@ -274,6 +284,9 @@ class PixelReferFastVisionEncoder(nn.Module):
             raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}")
         weight = self.vision_encoder.embeddings.patch_embedding.weight
         if packing is None:
+            grid_thw = _host_long("grid_thw", grid_thw, 2)
+            if merge_sizes is None:
+                merge_sizes = torch.ones(grid_thw.shape[0], dtype=torch.long)
             packing = pack_layout(grid_thw, merge_sizes, pixel_values.shape[0], weight.device)
         if pixel_values.shape[0] == 0:
             return pixel_values.new_zeros((0, self.config.hidden_size), dtype=weight.dtype, device=weight.device)

@@ -62,13 +62,24 @@ from .crops import (
 from .image_processing_pixelrefer_fast import PixelReferFastImageProcessor, _read_json, load_image, to_rgb_array
 from .masks import is_box, to_binary_mask
 from .tokens import IMAGE_TOKEN, REGION_PLACEHOLDER, REGION_TOKEN, SPECIAL_TOKENS, VIDEO_TOKEN
-from .video import DEFAULT_MAX_FRAMES, DEFAULT_VIDEO_FPS, frame_token_keep, load_video, load_video_frames
+from .video import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_VIDEO_FPS,
+    check_frame_id,
+    check_rate,
+    check_timestamps,
+    frame_token_keep,
+    load_video,
+    load_video_frames,
+)
 
 logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 LITE_FRAME_LIST_FPS = 3.0  # the official frame rate of a video given as a folder of frames
 VARIANTS = ("full", "lite")
+PROCESSOR_OPTIONS = ("variant", "mask_num", "video_fps", "max_frames", "reuse_first_local_crop",
+                     "use_token_compression")
 
 
 @dataclass
@@ -81,8 +92,9 @@ class PixelReferItem:
         image: a path, PIL image, HWC/CHW uint8 array or tensor. Exactly one of image/video.
         video: a video file path, or a list of frames (HWC uint8 arrays / PIL images).
         masks: one entry per region: a 2-D array/tensor, PIL image, COCO RLE dict or a box
-            (x0, y0, x1, y1) (see `masks.py`; inside = value > 0), or a 3-D [R, H, W] stack. Lite
-            video: an entry may be a list of masks, one object over several frames.
+            (x0, y0, x1, y1) (see `masks.py`; inside = value > 0); or a 3-D [R, H, W] stack, or an
+            (R, 4) array of boxes (`split_masks`). Lite video: an entry may be a list of masks, one
+            object over several frames.
         frame_ids: video only: the frame of each mask, same nesting as `masks` (an int applies to
             every mask). For a file: source frame indices (0-based, presentation order); for a
             frame list: indices into the list.
@@ -136,9 +148,10 @@ class PixelReferFastProcessor:
         variant: "full" or "lite".
         mask_num: K, the config's `mask_num` (32).
         video_fps, max_frames: full-model video sampling (official eval: 1 fps, 768 frames).
-        reuse_first_local_crop: Lite parity quirk (default True, as the weights were trained): later
-            masks on an image or frame reuse the first mask's local view. False gives every mask its own.
-        token_compression: full-model video frame-token pruning (the official code always prunes).
+        reuse_first_local_crop: Lite parity quirk (default True, as the weights were trained): later masks on an image or
+            frame reuse the first mask's local view. False gives every mask its own.
+        use_token_compression: full-model video frame-token pruning (the official code always
+            prunes); the config field of the same name.
 
     Call: `processor(items)` with a list of `PixelReferItem` or dicts with the same keys, or
     `processor(images=[...], masks=[[...], ...], text=[...])` / `processor(videos=..., frame_ids=...)`.
@@ -154,15 +167,17 @@ class PixelReferFastProcessor:
     def __init__(self, tokenizer: Any, image_processor: PixelReferFastImageProcessor | None = None, *,
                  variant: str = "full", mask_num: int = 32, video_fps: float = DEFAULT_VIDEO_FPS,
                  max_frames: int = DEFAULT_MAX_FRAMES, reuse_first_local_crop: bool = True,
-                 token_compression: bool = True) -> None:
+                 use_token_compression: bool = True) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if int(mask_num) != mask_num or mask_num < 1:
-            raise ValueError(f"mask_num must be a positive integer, got {mask_num!r}")
-        if int(max_frames) != max_frames or max_frames < 1:
-            raise ValueError(f"max_frames must be a positive integer, got {max_frames!r}")
-        if not video_fps > 0:
-            raise ValueError(f"video_fps must be positive, got {video_fps!r}")
+        for name, value in (("mask_num", mask_num), ("max_frames", max_frames)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("reuse_first_local_crop", reuse_first_local_crop),
+                            ("use_token_compression", use_token_compression)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+        check_rate("video_fps", video_fps)
         self.tokenizer = tokenizer
         self.image_processor = image_processor if image_processor is not None else PixelReferFastImageProcessor()
         self.variant = variant
@@ -170,7 +185,7 @@ class PixelReferFastProcessor:
         self.video_fps = float(video_fps)
         self.max_frames = int(max_frames)
         self.reuse_first_local_crop = bool(reuse_first_local_crop)
-        self.token_compression = bool(token_compression)
+        self.use_token_compression = bool(use_token_compression)
         missing = [tok for tok in SPECIAL_TOKENS if tok not in tokenizer.get_vocab()]
         if missing:
             logger.info("adding special tokens %s to the tokenizer", missing)
@@ -184,26 +199,26 @@ class PixelReferFastProcessor:
                         **kwargs: Any) -> PixelReferFastProcessor:
         """Load from a checkpoint directory (an official one or one we saved).
 
-        Reads the tokenizer (`AutoTokenizer`), `config.json` (`model_type` -> variant: a name
-        containing "lite" is Lite; `mask_num`; `spatial_merge_size` and `mm_max_length` for the
-        image processor), `preprocessor_config.json` and our `processor_config.json`. Keyword
-        arguments override: the `__init__` options (variant, mask_num, ...) and `image_processor`;
-        the rest go to `AutoTokenizer.from_pretrained`.
+        Reads the tokenizer (`AutoTokenizer`), the model's `config.json` (`model_type` -> variant: a
+        name containing "lite" is Lite; `mask_num`, `reuse_first_local_crop`, `use_token_compression`;
+        `spatial_merge_size` and `mm_max_length` for the image processor), `preprocessor_config.json`
+        and our `processor_config.json`. An option comes from, in this order of precedence: the
+        keyword arguments, `processor_config.json` (written by `save_pretrained`), `config.json`;
+        when the two files disagree a warning names both values. Other keyword arguments override
+        `image_processor` or go to `AutoTokenizer.from_pretrained`.
         """
         directory = Path(pretrained_model_name_or_path)
         if not directory.is_dir():
             raise ValueError(f"PixelReferFastProcessor.from_pretrained: {str(directory)!r} is not a directory "
                              "(download the checkpoint first, e.g. with huggingface_hub.snapshot_download)")
-        model_config = _read_json(directory / "config.json")
+        from_config = options_from_model_config(_read_json(directory / "config.json"))
         saved = _read_json(directory / PROCESSOR_CONFIG_NAME)
-        options: dict[str, Any] = {}
-        model_type = str(model_config.get("model_type", ""))
-        if model_type:
-            options["variant"] = "lite" if "lite" in model_type.lower() else "full"
-        if "mask_num" in model_config:
-            options["mask_num"] = model_config["mask_num"]
-        for key in ("variant", "mask_num", "video_fps", "max_frames", "reuse_first_local_crop", "token_compression"):
+        options: dict[str, Any] = dict(from_config)
+        for key in PROCESSOR_OPTIONS:
             if key in saved:
+                if key in from_config and saved[key] != from_config[key]:
+                    logger.warning("%s: %s=%r in %s overrides %r from config.json", directory, key, saved[key],
+                                   PROCESSOR_CONFIG_NAME, from_config[key])
                 options[key] = saved[key]
             if key in kwargs:
                 options[key] = kwargs.pop(key)
@@ -219,7 +234,8 @@ class PixelReferFastProcessor:
         """The processor options as saved in `processor_config.json`."""
         return {"processor_class": type(self).__name__, "variant": self.variant, "mask_num": self.mask_num,
                 "video_fps": self.video_fps, "max_frames": self.max_frames,
-                "reuse_first_local_crop": self.reuse_first_local_crop, "token_compression": self.token_compression}
+                "reuse_first_local_crop": self.reuse_first_local_crop,
+                "use_token_compression": self.use_token_compression}
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
         """Write the tokenizer, `preprocessor_config.json` and `processor_config.json`; returns the files."""
@@ -324,23 +340,10 @@ class PixelReferFastProcessor:
             raise ValueError("the batch is empty")
         return batch
 
-    @staticmethod
-    def _mask_list(item: PixelReferItem) -> list[Any]:
-        """The item's masks as a list; a single mask (2-D array, PIL image, RLE dict, box) becomes [mask]."""
-        masks = item.masks
-        if masks is None:
-            return []
-        if isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 3:
-            return list(masks)  # an [R, H, W] stack
-        single_array = isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 2
-        if single_array or isinstance(masks, (Mapping, Image.Image)) or is_box(masks):
-            return [masks]
-        return list(masks)
-
     # ------------------------------------------------------------------ per item
     def _encode_item(self, index: int, item: PixelReferItem) -> _Encoded:
         label = f"item {index}"
-        masks = self._mask_list(item)
+        masks = split_masks(item.masks, name=f"{label}: masks")
         if self.variant == "lite" and not masks:
             raise ValueError(f"{label}: PixelRefer-Lite needs at least one region mask (it has no global image tokens)")
         question = item.question
@@ -354,8 +357,9 @@ class PixelReferFastProcessor:
                     raise ValueError(f"{label}: PixelRefer-Lite prompts cannot contain {token!r} (Lite has no "
                                      "global image tokens); remove it")
         if item.image is not None:
-            if item.frame_ids is not None or item.timestamps is not None:
-                raise ValueError(f"{label}: frame_ids/timestamps are for videos only")
+            extra = [key for key in ("frame_ids", "timestamps", "fps", "frames_fps") if getattr(item, key) is not None]
+            if extra:
+                raise ValueError(f"{label}: {'/'.join(extra)} are for videos only")
             return self._encode_image_item(label, item, masks)
         if self.variant == "full":
             return self._encode_full_video_item(label, item, masks)
@@ -370,7 +374,7 @@ class PixelReferFastProcessor:
             out.crops = [full_region_crop(image, m, patch_size=self.image_processor.patch_size,
                                           mask_num=self.mask_num, name=f"{label}, region {r}")
                          for r, m in enumerate(binary)]
-            processed = self.image_processor.preprocess([image], downsampling=1)
+            processed = self.image_processor.preprocess([image], downsampling=1, names=[f"{label}: image"])
             out.pixel_values.append(processed.pixel_values)
             out.grid_thw.append(processed.grid_thw)
             out.merge_sizes.append(1)
@@ -387,7 +391,7 @@ class PixelReferFastProcessor:
             self._lite_views(out, [0] * len(out.crops), {0: image})
             question = self._fill_regions(item.question, [self._region_string([self.mask_num])] * len(out.crops))
             out.prompt = render_prompt(question, variant="lite")
-        self._crop_pixels(out)
+        self._crop_pixels(label, out)
         return out
 
     def _encode_full_video_item(self, label: str, item: PixelReferItem, masks: list[Any]) -> _Encoded:
@@ -395,8 +399,8 @@ class PixelReferFastProcessor:
         if isinstance(item.video, (str, os.PathLike)):
             if item.timestamps is not None or item.frames_fps is not None:
                 raise ValueError(f"{label}: timestamps/frames_fps are for frame lists; use `fps` for a video file")
-            sampled = load_video(item.video, fps=item.fps or self.video_fps, max_frames=self.max_frames,
-                                 frame_ids=sorted(set(frame_of)))
+            fps = check_rate(f"{label}: fps", item.fps) if item.fps is not None else self.video_fps
+            sampled = load_video(item.video, fps=fps, max_frames=self.max_frames, frame_ids=sorted(set(frame_of)))
             frames, timestamps, region_frames = sampled.frames, sampled.timestamps, sampled.region_frames
         else:
             frames = self._frame_list(label, item)
@@ -410,10 +414,11 @@ class PixelReferFastProcessor:
                 raise ValueError(f"{label}: all frames of a video must have the same size, got "
                                  f"{sorted({f.shape[:2] for f in frames})}")
         merge = self.image_processor.merge_size
-        processed = self.image_processor.preprocess(frames, downsampling=merge)
+        processed = self.image_processor.preprocess(frames, downsampling=merge,
+                                                    names=[f"{label}: video frame {i}" for i in range(len(frames))])
         num_frames = len(frames)
         grid_hw = (int(processed.grid_thw[0, 1]), int(processed.grid_thw[0, 2]))
-        if self.token_compression:
+        if self.use_token_compression:
             keep = frame_token_keep(processed.pixel_values, num_frames, grid_hw, merge_size=merge)
         else:
             keep = torch.ones(num_frames * (grid_hw[0] // merge) * (grid_hw[1] // merge), dtype=torch.bool)
@@ -432,7 +437,7 @@ class PixelReferFastProcessor:
         self._warn_vanished(label, out.crops)
         question = self._fill_regions(item.question, [self._region_string([c.token_count]) for c in out.crops])
         out.prompt = render_prompt(question, variant="full", media="video", timestamps=timestamps)
-        self._crop_pixels(out)
+        self._crop_pixels(label, out)
         return out
 
     def _encode_lite_video_item(self, label: str, item: PixelReferItem, masks: list[Any]) -> _Encoded:
@@ -440,22 +445,30 @@ class PixelReferFastProcessor:
             raise ValueError(f"{label}: a video item needs `frame_ids` (the frame of each mask)")
         objects = [m if isinstance(m, list) and not is_box(m) else [m] for m in masks]
         ids = item.frame_ids
-        if isinstance(ids, (int, np.integer)):
-            object_ids = [[int(ids)] * len(obj) for obj in objects]
+        if not isinstance(ids, (list, tuple, np.ndarray, torch.Tensor)):
+            one = check_frame_id(f"{label}: frame_ids", ids)
+            object_ids = [[one] * len(obj) for obj in objects]
         else:
-            ids = list(ids)
+            ids = ids.tolist() if isinstance(ids, (np.ndarray, torch.Tensor)) else list(ids)
             if len(ids) != len(objects):
                 raise ValueError(f"{label}: `frame_ids` has {len(ids)} entries for {len(objects)} regions")
-            object_ids = [list(f) if isinstance(f, (list, tuple)) else [f] for f in ids]
+            object_ids = [
+                [check_frame_id(f"{label}: frame_ids[{r}][{k}]", f) for k, f in enumerate(fids)]
+                if isinstance(fids, (list, tuple)) else [check_frame_id(f"{label}: frame_ids[{r}]", fids)]
+                for r, fids in enumerate(ids)
+            ]
         for r, (obj, fids) in enumerate(zip(objects, object_ids)):
             if len(obj) != len(fids):
                 raise ValueError(f"{label}, region {r}: {len(obj)} masks but {len(fids)} frame ids")
             if not obj:
                 raise ValueError(f"{label}, region {r}: an object needs at least one mask")
-        unique_ids = sorted({int(f) for fids in object_ids for f in fids})
+        unique_ids = sorted({f for fids in object_ids for f in fids})
         if isinstance(item.video, (str, os.PathLike)):
             if item.timestamps is not None or item.frames_fps is not None:
                 raise ValueError(f"{label}: timestamps/frames_fps are for frame lists")
+            if item.fps is not None:
+                raise ValueError(f"{label}: `fps` is the full model's sampling rate; PixelRefer-Lite reads only the "
+                                 "frames in `frame_ids` (timed by the file's frame rate)")
             frames, times = load_video_frames(item.video, unique_ids)
         else:
             frame_list = self._frame_list(label, item)
@@ -481,7 +494,7 @@ class PixelReferFastProcessor:
         self._lite_views(out, keys, frames)
         question = self._fill_regions(item.question, region_strings)
         out.prompt = render_prompt(question, variant="lite")
-        self._crop_pixels(out)
+        self._crop_pixels(label, out)
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -495,12 +508,12 @@ class PixelReferFastProcessor:
             return []
         if ids is None:
             raise ValueError(f"{label}: a video item with masks needs `frame_ids` (the frame of each mask)")
-        if isinstance(ids, (int, np.integer)):
-            return [int(ids)] * len(masks)
-        ids = list(ids)
-        if len(ids) != len(masks) or not all(isinstance(f, (int, np.integer)) for f in ids):
-            raise ValueError(f"{label}: `frame_ids` must hold one int per mask ({len(masks)}), got {ids!r}")
-        return [int(f) for f in ids]
+        if not isinstance(ids, (list, tuple, np.ndarray, torch.Tensor)):
+            return [check_frame_id(f"{label}: frame_ids", ids)] * len(masks)
+        ids = ids.tolist() if isinstance(ids, (np.ndarray, torch.Tensor)) else list(ids)
+        if len(ids) != len(masks):
+            raise ValueError(f"{label}: `frame_ids` must hold one int per mask ({len(masks)}), got {len(ids)} entries")
+        return [check_frame_id(f"{label}: frame_ids[{r}]", f) for r, f in enumerate(ids)]
 
     @staticmethod
     def _frame_list(label: str, item: PixelReferItem) -> list[np.ndarray]:
@@ -520,12 +533,10 @@ class PixelReferFastProcessor:
             raise ValueError(f"{label}: `fps` is the sampling rate of a video file; for a frame list give "
                              "`timestamps` or `frames_fps`")
         if item.timestamps is not None:
-            if len(item.timestamps) != count:
-                raise ValueError(f"{label}: {len(item.timestamps)} timestamps for {count} frames")
-            return [float(t) for t in item.timestamps]
-        rate = item.frames_fps if item.frames_fps is not None else default_fps
-        if not rate > 0:
-            raise ValueError(f"{label}: frames_fps must be positive, got {rate!r}")
+            if item.frames_fps is not None:
+                raise ValueError(f"{label}: give either `timestamps` or `frames_fps`, not both")
+            return check_timestamps(f"{label}: timestamps", item.timestamps, count)
+        rate = check_rate(f"{label}: frames_fps", item.frames_fps) if item.frames_fps is not None else default_fps
         return list(np.arange(count) / rate)
 
     def _region_string(self, counts: list[int], times: list[float] | None = None) -> str:
@@ -565,9 +576,12 @@ class PixelReferFastProcessor:
         out.local_pixel_values, out.local_grid_thw = locals_.pixel_values, locals_.grid_thw
         out.region_global, out.region_local = plan.region_global, plan.region_local
 
-    def _crop_pixels(self, out: _Encoded) -> None:
+    def _crop_pixels(self, label: str, out: _Encoded) -> None:
         out.region_token_total = sum(c.token_count for c in out.crops)
-        processed = self.image_processor.preprocess([c.image for c in out.crops], downsampling=1)
+        names = [f"{label}, the crop of mask {i} ({c.image.shape[0]}x{c.image.shape[1]} px: its box "
+                 f"{c.box[2] - c.box[0] + 1}x{c.box[3] - c.box[1] + 1} px in the {c.image_hw[0]}x{c.image_hw[1]} "
+                 "image, scaled by the region crop)" for i, c in enumerate(out.crops)]
+        processed = self.image_processor.preprocess([c.image for c in out.crops], downsampling=1, names=names)
         out.crop_pixel_values, out.crop_grid_thw = processed.pixel_values, processed.grid_thw
 
     # ------------------------------------------------------------------ batching
@@ -639,6 +653,55 @@ class PixelReferFastProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict())}, image_processor={self.image_processor!r})"
+
+
+def split_masks(masks: Any, *, name: str = "masks") -> list[Any]:
+    """An item's `masks` as a list of per-region entries.
+
+    A list or tuple is taken as one entry per region. A single mask (2-D array or tensor, PIL image,
+    RLE dict or one box) becomes a list of one; a 3-D array/tensor is an [R, H, W] stack; a 2-D
+    array/tensor of shape (R, 4) is R boxes (x0, y0, x1, y1).
+
+    Raises:
+        ValueError: a 3-D array whose last dimension is 1, 3 or 4 (an HxWxC mask image, ambiguous
+            with a stack of R masks: take one channel and wrap it in a list), or an array of
+            another number of dimensions.
+    """
+    if masks is None:
+        return []
+    if isinstance(masks, (np.ndarray, torch.Tensor)):
+        shape = tuple(masks.shape)
+        if masks.ndim == 3:
+            if shape[-1] in (1, 3, 4):
+                raise ValueError(f"{name}: a 3-D array of shape {shape} is read as an [R, H, W] stack of masks, "
+                                 f"which would be {shape[0]} masks {shape[2]} px wide; for one HxWxC mask image "
+                                 "pass [mask[..., 0]] (one 2-D mask per region, in a list)")
+            return list(masks)
+        if masks.ndim == 2:
+            return list(masks) if shape[-1] == 4 else [masks]  # (R, 4) boxes, else one HxW mask
+        if masks.ndim == 1 and is_box(masks):
+            return [masks]
+        raise ValueError(f"{name}: expected a list of masks, an [R, H, W] stack, an (R, 4) box array or a single "
+                         f"2-D mask, got an array of shape {shape}")
+    if isinstance(masks, (Mapping, Image.Image)) or is_box(masks):
+        return [masks]
+    if isinstance(masks, (list, tuple)):
+        return list(masks)
+    raise TypeError(f"{name}: expected a list of masks (arrays, tensors, PIL images, RLE dicts or boxes), got "
+                    f"{type(masks).__name__}")
+
+
+def options_from_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The processor options a model `config.json` dict sets: `variant` (from `model_type`: Lite when it
+    contains "lite"), `mask_num`, `reuse_first_local_crop`, `use_token_compression`."""
+    options: dict[str, Any] = {}
+    model_type = str(config.get("model_type") or "")
+    if model_type:
+        options["variant"] = "lite" if "lite" in model_type.lower() else "full"
+    for key in ("mask_num", "reuse_first_local_crop", "use_token_compression"):
+        if config.get(key) is not None:
+            options[key] = config[key]
+    return options
 
 
 def render_prompt(question: str, *, variant: str, media: str | None = None,

@@ -38,6 +38,62 @@ import torch
 DEFAULT_VIDEO_FPS = 1.0
 DEFAULT_MAX_FRAMES = 768
 COMPRESSION_THRESHOLD = 0.1
+# Most frame slots the fps filter may produce before the max_frames subsampling (a 1 fps sampling of a
+# 1000-hour file, or a 10-minute file at 6990 fps); bounds what `fps_sample_indices` allocates.
+MAX_SAMPLED_SLOTS = 2**22
+# Largest frame time accepted, in seconds (about 31 years): beyond it the prompt's rounded time label overflows.
+MAX_TIMESTAMP = 1e9
+
+
+def check_rate(name: str, value: Any) -> float:
+    """A frame rate: a real number (not a bool), finite and > 0. Returns it as a float.
+
+    Raises:
+        TypeError: not a real number; ValueError: zero, negative, NaN or infinite.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number of frames per second, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0 (frames per second), got {value!r}")
+    return float(value)
+
+
+def check_frame_id(name: str, value: Any) -> int:
+    """A frame index: an int (Python or NumPy, not a bool), >= 0. Returns it as an int.
+
+    Raises:
+        TypeError: a bool, float, str or other type; ValueError: a negative index.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int frame index, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} = {value} is out of range: frame indices are 0-based (>= 0)")
+    return int(value)
+
+
+def check_timestamps(name: str, values: Any, count: int) -> list[float]:
+    """Frame times in seconds: `count` finite real numbers of magnitude at most `MAX_TIMESTAMP`,
+    non-decreasing. Returns them as floats.
+
+    Raises:
+        TypeError: not a sequence of real numbers; ValueError: wrong length, NaN/inf, a magnitude
+            above `MAX_TIMESTAMP`, or a time smaller than the one before it.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a sequence of times in seconds, got {type(values).__name__}")
+    items = values.tolist() if isinstance(values, (np.ndarray, torch.Tensor)) else list(values)
+    if len(items) != count:
+        raise ValueError(f"{name}: {len(items)} timestamps for {count} frames")
+    for i, t in enumerate(items):
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name}[{i}] must be a number of seconds, got {type(t).__name__} {t!r}")
+        if not (math.isfinite(t) and abs(t) <= MAX_TIMESTAMP):
+            raise ValueError(f"{name}[{i}] is {t}; timestamps must be finite seconds, at most {MAX_TIMESTAMP:g} "
+                             "in magnitude")
+        if i and t < items[i - 1]:
+            raise ValueError(f"{name} must be non-decreasing (frames in time order): {name}[{i}] = {t} comes after "
+                             f"{items[i - 1]}")
+    return [float(t) for t in items]
 
 
 def _import_av() -> Any:
@@ -152,9 +208,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def _as_fraction(fps: float) -> Fraction:
-    if not fps > 0 or not math.isfinite(fps):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    return Fraction(str(fps)).limit_denominator(1_001_000)
+    return Fraction(str(check_rate("fps", fps))).limit_denominator(1_001_000)
 
 
 def fps_sample_indices(frame_times: Sequence[Fraction | float], end_time: Fraction | float, fps: float) -> np.ndarray:
@@ -167,12 +221,18 @@ def fps_sample_indices(frame_times: Sequence[Fraction | float], end_time: Fracti
 
     Returns:
         [N] int64 indices into the frames (repeats possible), N = floor(end*fps) - floor(t0*fps).
+
+    Raises:
+        ValueError: a bad `fps`, or N above `MAX_SAMPLED_SLOTS` (checked before allocating).
     """
     rate = _as_fraction(fps)
     slots = np.array([math.floor(Fraction(t) * rate) for t in frame_times], dtype=np.int64)
     last_slot = math.floor(Fraction(end_time) * rate)
     if slots.size == 0 or last_slot <= slots[0]:
         return np.zeros(0, dtype=np.int64)
+    if last_slot - slots[0] > MAX_SAMPLED_SLOTS:
+        raise ValueError(f"fps={fps} samples {last_slot - slots[0]} frames from {float(end_time):.3f} s of video, "
+                         f"above the limit of MAX_SAMPLED_SLOTS = {MAX_SAMPLED_SLOTS}; lower fps")
     wanted = np.arange(slots[0], last_slot, dtype=np.int64)
     return np.searchsorted(slots, wanted, side="right") - 1
 
@@ -198,12 +258,11 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int]) -> dict[int, 
     """Decode the frames at `indices` (presentation order, 0-based) as HWC uint8 RGB.
 
     Raises:
-        ValueError: an unreadable file or an index beyond the last frame (both named).
+        TypeError: an index that is not an int.
+        ValueError: an unreadable file, a negative index or one beyond the last frame (named).
     """
     path = _check_path(path)
-    wanted = sorted({int(i) for i in indices})
-    if wanted and wanted[0] < 0:
-        raise ValueError(f"frame index {wanted[0]} is negative (video {str(path)!r})")
+    wanted = sorted({check_frame_id(f"indices[{k}]", i) for k, i in enumerate(indices)})
     out: dict[int, np.ndarray] = {}
     if not wanted:
         return out
@@ -241,10 +300,19 @@ def load_video(path: str | os.PathLike, *, fps: float = DEFAULT_VIDEO_FPS, max_f
         `SampledVideo`. Decodes the file twice (times first, then the needed pixels).
 
     Raises:
-        ValueError: unreadable file, no frames sampled, or a frame id out of range.
+        TypeError: `fps` not a number, a frame id not an int.
+        ValueError: `fps` zero, negative or not finite, an unreadable file, no frames sampled, more
+            than `MAX_SAMPLED_SLOTS` frames before subsampling, or a frame id out of range.
     """
+    fps = check_rate("fps", fps)
+    if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
+        raise ValueError(f"max_frames must be a positive int, got {max_frames!r}")
+    frame_ids = [check_frame_id(f"frame_ids[{i}]", f) for i, f in enumerate(frame_ids)]
     info = probe_video(path)
-    chosen = fps_sample_indices(info.frame_times, info.end_time, fps)
+    try:
+        chosen = fps_sample_indices(info.frame_times, info.end_time, fps)
+    except ValueError as exc:
+        raise ValueError(f"video {str(path)!r}: {exc}") from exc
     if chosen.size == 0:
         raise ValueError(f"sampling {str(path)!r} at {fps} fps gives no frame (the video is "
                          f"{float(info.end_time):.3f} s long)")
@@ -266,6 +334,7 @@ def load_video_frames(path: str | os.PathLike, frame_ids: Sequence[int]
     Returns:
         (frame id -> HWC uint8 RGB frame, frame id -> timestamp in seconds).
     """
+    frame_ids = [check_frame_id(f"frame_ids[{i}]", f) for i, f in enumerate(frame_ids)]
     info = probe_video(path)
     _check_frame_ids(path, frame_ids, info.num_frames)
     if not info.avg_fps > 0:
