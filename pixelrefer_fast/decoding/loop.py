@@ -5,7 +5,7 @@ the fixed buffers of the step (the token fed, its position, the key mask, the ne
 finished flags, the generated-token set of the repetition penalty, the output ``[B, L]``). One call:
 
 1. prefill through the model's public ``forward`` (``input_ids`` + the processor's multimodal
-   inputs, ``logits_to_keep=1``) into the static cache;
+   inputs, ``logits_to_keep=1``), its keys and values then copied into the static cache;
 2. the first token chosen from the prefill logits (``processors.process_scores`` + ``choose_tokens``);
 3. decode steps: Qwen2 (transformers' own ``Qwen2Model.forward``, D5) on one token per row, ``lm_head``,
    the processors, the choice, finished rows emitting ``pad_token_id``: no host read anywhere in a step.
@@ -215,12 +215,19 @@ class StaticDecoder:
     # ---- one call ----------------------------------------------------------------------------------
 
     def _prefill(self, batch: dict, model_kwargs: dict, options: SamplingOptions) -> torch.Tensor:
-        """Reset the bucket, run the prompt through the model's forward into the cache; ``[B, V]`` logits."""
+        """Reset the bucket, run the prompt through the model's forward, copy its keys and values into the
+        static cache; ``[B, V]`` float32 logits of the last position.
+
+        The prefill itself uses the forward's own (dynamic) cache: its attention then spans the prompt
+        only, with SDPA's causal kernel, instead of the whole bucket under a mask (and its numbers are
+        those of ``generate``'s prefill)."""
         attention_mask = batch["attention_mask"]
         length = attention_mask.shape[1]
+        out = self.model(**batch, **model_kwargs, use_cache=True, logits_to_keep=1, return_dict=True)
+        prompt_cache = next(out[key] for key in ("cache", "past_key_values") if out.get(key) is not None)
         self.cache.reset()
-        out = self.model(**batch, **model_kwargs, use_cache=True, logits_to_keep=1, return_dict=True,
-                         **{CACHE_KEYWORD: self.cache})
+        for index, layer in enumerate(prompt_cache.layers):
+            self.cache.update(layer.keys, layer.values, index)
         self.valid.zero_()
         self.valid[:, :length] = attention_mask.bool()
         self.positions.copy_(attention_mask.long().sum(-1, keepdim=True))
