@@ -399,3 +399,57 @@ def test_streamer_gets_the_prompt_then_the_tokens(setup):
     assert sum(streamer.puts[1:], []) == tokens[0].tolist()
     with pytest.raises(ValueError, match="streamer= takes a batch of one item"):
         generate_new_tokens(model, batches[2], plan, streamer=_ListStreamer())
+
+
+# ---------------------------------------------------------------------------- CUDA (the captured step)
+
+
+@pytest.fixture(scope="module")
+def cuda_setup(tmp_path_factory):
+    directory = make_tiny_checkpoint(tmp_path_factory.mktemp("cuda"), "full", tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(directory).to("cuda")
+    processor = PixelReferFastProcessor.from_pretrained(directory)
+    model.set_special_token_ids(processor.tokenizer)
+    return model, processor, model.place_inputs(processor([dict(i) for i in ITEMS]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graph", ["cuda_graph", "compile"])
+@pytest.mark.parametrize("options", [pytest.param({}, id="greedy"), pytest.param({"do_sample": True}, id="sample")])
+def test_cuda_captured_step_matches_hf(cuda_setup, graph, options):
+    model, processor, batch = cuda_setup
+    plan = resolve_options(model.generation_config, processor.tokenizer, NEW, {"eos_token_id": NEVER, **options})
+    with pixelrefer_kernels.force("torch"):
+        hf = generate_new_tokens(model, batch, plan, decoding="hf", seed=5)
+        first = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)
+        again = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)  # replayed, not recaptured
+    assert torch.equal(first, hf), f"{graph}: fast {first.tolist()} != hf {hf.tolist()}"
+    assert torch.equal(again, first)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_without_host_sync(cuda_setup, monkeypatch):
+    model, processor, batch = cuda_setup
+    options = resolve_options(model.generation_config, processor.tokenizer, 9,
+                              {"eos_token_id": NEVER, "min_new_tokens": 9}).sampling
+    decoder = StaticDecoder(model, 2, 256, "cuda_graph")
+    replays = []
+    capture = decoder._capture
+
+    def checked_capture():
+        replay = capture()
+
+        def guarded():
+            replays.append(1)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                replay()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return guarded
+
+    monkeypatch.setattr(decoder, "_capture", checked_capture)
+    with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+        tokens = decoder.generate(batch, options, model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)},
+                                  check_every=4)
+    assert tokens.shape == (2, 9) and len(replays) == 8
