@@ -84,11 +84,10 @@ def _measure(benchmark, case: DecodeCase, role: str, device: torch.device, dtype
         with force("auto"):
             return generate_new_tokens(model, batch, p, decoding=ROLES[role], seed=0)
 
-    tokens = run_pair(benchmark, call, pair=pair, role=role, device=device, warmup=2, dtype=str(dtype).replace("torch.", ""),
-                      shape=case.describe(), preset=case.preset, variant=case.variant, batch=case.batch,
-                      new_tokens=case.new_tokens, prompt_tokens=int(batch["input_ids"].shape[1]),
-                      threads=torch.get_num_threads(), decoding=ROLES[role],
-                      llm_attention=model.config._attn_implementation)  # fmt: skip
+    info = dict(dtype=str(dtype).replace("torch.", ""), shape=case.describe(), preset=case.preset, variant=case.variant,
+                batch=case.batch, new_tokens=case.new_tokens, prompt_tokens=int(batch["input_ids"].shape[1]),
+                threads=torch.get_num_threads(), decoding=ROLES[role], llm_attention=model.config._attn_implementation)
+    tokens = run_pair(benchmark, call, pair=pair, role=role, device=device, warmup=2, **info)
     assert tokens.shape == (case.batch, case.new_tokens)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:
@@ -112,6 +111,8 @@ def test_decode_cpu(benchmark, case, role):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case, role", [pytest.param(c, r, id=f"{c.name}-{r}") for c in DECODE_CUDA for r in ("baseline", "fast")])
+@pytest.mark.parametrize(
+    "case, role", [pytest.param(c, r, id=f"{c.name}-{r}") for c in DECODE_CUDA for r in ("baseline", "fast")]
+)
 def test_decode_cuda(benchmark, case, role):
     _measure(benchmark, case, role, torch.device("cuda"), torch.bfloat16, f"decode_cuda_bf16_{case.name}_fast_vs_hf")

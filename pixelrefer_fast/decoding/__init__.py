@@ -107,7 +107,8 @@ def generate_new_tokens(
             _fallback(reason)
             decoding = "hf"
     if decoding == "hf":
-        return hf_generate(model, batch, plan, seed=seed, streamer=streamer, on_tokens=on_tokens, model_kwargs=model_kwargs)
+        return hf_generate(model, batch, plan, seed=seed, streamer=streamer, on_tokens=on_tokens,
+                           model_kwargs=model_kwargs)
     generator = sampling_generator(seed, model.device) if plan.sampling.do_sample else None
     callback = on_tokens
     if streamer is not None:

@@ -150,7 +150,9 @@ def _check_search(config: GenerationConfig) -> None:
         )
     groups = getattr(config, "num_beam_groups", None)
     if groups not in (None, 1):
-        raise ValueError(f"group beam search is not supported by describe() (num_beam_groups={groups!r}); accepted: 1 or unset")
+        raise ValueError(
+            f"group beam search is not supported by describe() (num_beam_groups={groups!r}); accepted: 1 or unset"
+        )
     sequences = config.num_return_sequences if config.num_return_sequences is not None else 1
     if sequences != 1:
         raise ValueError(
@@ -161,7 +163,9 @@ def _check_search(config: GenerationConfig) -> None:
 
 def _check_sampling(sampling: SamplingOptions) -> None:
     if not sampling.repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be a positive float (1.0 = off), got {sampling.repetition_penalty!r}")
+        raise ValueError(
+            f"repetition_penalty must be a positive float (1.0 = off), got {sampling.repetition_penalty!r}"
+        )
     if sampling.do_sample:
         if not sampling.temperature > 0:
             raise ValueError(f"temperature must be > 0 when do_sample=True, got {sampling.temperature!r}")
@@ -235,7 +239,8 @@ def resolve_options(base: GenerationConfig, tokenizer, max_new_tokens, generate_
         top_p=_number(config.top_p, "top_p", 1.0),
     )
     _check_sampling(sampling)
-    return DecodePlan(sampling, config, model_kwargs, generate_arguments, _fast_refusal(config, model_kwargs, generate_arguments))
+    refusal = _fast_refusal(config, model_kwargs, generate_arguments)
+    return DecodePlan(sampling, config, model_kwargs, generate_arguments, refusal)
 
 
 def _fast_refusal(config: GenerationConfig, model_kwargs: dict, generate_arguments: dict) -> str | None:

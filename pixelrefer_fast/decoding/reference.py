@@ -47,7 +47,9 @@ def _seeded(seed: int | None, device: torch.device):
     """The global RNGs seeded for ``generate`` (restored afterwards); nothing when no seed."""
     if seed is None:
         return contextlib.nullcontext()
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     stack = contextlib.ExitStack()
     stack.enter_context(torch.random.fork_rng(devices=devices))
     torch.manual_seed(seed)

@@ -266,7 +266,8 @@ def test_resolved_options_keep_the_checkpoint_processors(setup):
     assert plan.model_kwargs == {"kmeans_generator": generator} and plan.fast_refusal is None
     assert processor.tokenizer.convert_tokens_to_ids("<|im_end|>") in sampling.eos_token_ids
     sample = resolve_options(model.generation_config, processor.tokenizer, 7, {"do_sample": True}).sampling
-    assert (sample.do_sample, sample.temperature, sample.top_k, sample.top_p) == (True, 0.7, 20, 0.8)  # the checkpoint's
+    # the checkpoint's sampling values
+    assert (sample.do_sample, sample.temperature, sample.top_k, sample.top_p) == (True, 0.7, 20, 0.8)
     assert DEFAULT_MAX_NEW_TOKENS == 2048
 
 
@@ -422,7 +423,8 @@ def test_cuda_captured_step_matches_hf(cuda_setup, graph, options):
     with pixelrefer_kernels.force("torch"):
         hf = generate_new_tokens(model, batch, plan, decoding="hf", seed=5)
         first = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)
-        again = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)  # replayed, not recaptured
+        # the bucket's step is replayed, not captured again
+        again = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)
     assert torch.equal(first, hf), f"{graph}: fast {first.tolist()} != hf {hf.tolist()}"
     assert torch.equal(again, first)
 
