@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from transformers import GenerationConfig
 
-DECODINGS = ("fast", "hf")
+from ..defaults import DECODINGS
+
 EOS_TOKEN = "<|im_end|>"
 
 # generate() arguments that are not GenerationConfig fields; the fast loop implements none of them
