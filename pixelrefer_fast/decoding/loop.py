@@ -315,7 +315,9 @@ class DecoderPool:
 
     def get(self, model, batch_size: int, needed_len: int, graph: str) -> StaticDecoder:
         cache_len = -(-needed_len // LENGTH_BUCKET) * LENGTH_BUCKET
-        key = (batch_size, cache_len, graph, str(model.device), model.dtype, model.config._attn_implementation)
+        # the weights' address too: a captured graph reads the parameters where they were at capture
+        weights = model.lm_head.weight.data_ptr()
+        key = (batch_size, cache_len, graph, str(model.device), model.dtype, model.config._attn_implementation, weights)
         if key in self.buckets:
             self.buckets.move_to_end(key)
             return self.buckets[key]
