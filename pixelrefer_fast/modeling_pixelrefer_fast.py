@@ -33,6 +33,7 @@ from the parameters), the prefill computes logits only for the last position und
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, fields
 
@@ -757,6 +758,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         if multimodal_inputs is not None and not raw.is_empty:
             raise ValueError("pass either multimodal_inputs (from place_inputs) or the processor's fields, not both")
         multimodal = multimodal_inputs if multimodal_inputs is not None else raw
+        if multimodal_inputs is not None and kmeans_generator is not None:  # a generator given with a placed batch
+            multimodal = dataclasses.replace(multimodal_inputs, kmeans_generator=kmeans_generator)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
