@@ -157,3 +157,44 @@ MODEL_CUDA = (
     ModelCase("lite2b_16img_4reg_16tok", "lite-2b", "lite", items=16, regions=4, new_tokens=16, image_size=(640, 480)),
     ModelCase("2b_1img_1reg_32tok", "2b", "full", items=1, regions=1, new_tokens=32, image_size=(640, 480)),
 )
+
+
+# ---- decoding (bench_decode.py) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeCase:
+    """One batch decoded by `describe()`'s two decodings on a random-weight preset model.
+
+    Attributes:
+        name: the pair name's shape part.
+        preset: a profiling preset, or `"tiny"` (cpu-default's vision with a 2 x 64 LLM).
+        variant: `"full"` or `"lite"`.
+        batch: items per call (one image and one region each).
+        new_tokens: tokens generated per item (eos suppressed, so exactly this many).
+        image_size: (width, height) of the drawn sample image.
+    """
+
+    name: str
+    preset: str
+    variant: str
+    batch: int
+    new_tokens: int
+    image_size: tuple[int, int] = (336, 252)
+
+    def describe(self) -> str:
+        return (f"{self.preset} {self.variant}, batch {self.batch} x 1 image {self.image_size[0]}x{self.image_size[1]} "
+                f"x 1 region, {self.new_tokens} new tokens (prefill included)")
+
+
+DECODE_CPU = (
+    DecodeCase("tiny_lite_b1_32tok", "tiny", "lite", batch=1, new_tokens=32),
+    DecodeCase("cpudefault_lite_b1_32tok", "cpu-default", "lite", batch=1, new_tokens=32),
+    DecodeCase("cpudefault_full_b4_32tok", "cpu-default", "full", batch=4, new_tokens=32),
+)
+DECODE_CUDA = (
+    DecodeCase("lite2b_b1_32tok", "lite-2b", "lite", batch=1, new_tokens=32, image_size=(640, 480)),
+    DecodeCase("lite2b_b16_32tok", "lite-2b", "lite", batch=16, new_tokens=32, image_size=(640, 480)),
+    DecodeCase("2b_b1_32tok", "2b", "full", batch=1, new_tokens=32, image_size=(640, 480)),
+    DecodeCase("2b_b16_32tok", "2b", "full", batch=16, new_tokens=32, image_size=(640, 480)),
+)

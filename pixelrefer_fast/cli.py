@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .defaults import DEFAULT_MAX_NEW_TOKENS
+from .defaults import DECODINGS, DEFAULT_MAX_NEW_TOKENS
 
 PROG = "pixelrefer-fast"
 # (module, parser-adding function) per subcommand
@@ -97,8 +97,10 @@ def add_describe_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
     run.add_argument("--kernels", choices=KERNEL_MODES, default="auto",
                      help="kernel path: auto (best available), triton (ours, forced) or torch (reference)")
+    run.add_argument("--decoding", choices=DECODINGS, default="fast",
+                     help="fast: the static-cache decode loop (CUDA graph on CUDA); hf: transformers' generate")
     run.add_argument("--static-cache", action="store_true",
-                     help="static KV cache; on CUDA the decoding step is compiled (faster after the first call)")
+                     help="--decoding hf: a static KV cache, the step compiled on CUDA (the fast loop always has one)")
     parser.set_defaults(handler=run_describe)
     return parser
 
@@ -354,6 +356,7 @@ def run_describe(args: argparse.Namespace) -> int:
             frame_ids=[inputs.frame_ids] if inputs.frame_ids is not None else None,
             questions=[args.question],
             max_new_tokens=args.max_new_tokens,
+            decoding=args.decoding,
             static_cache=args.static_cache,
             **kwargs,
         )[0]

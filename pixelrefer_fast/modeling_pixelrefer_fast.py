@@ -33,7 +33,7 @@ from the parameters), the prefill computes logits only for the last position und
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, fields
@@ -788,6 +788,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         if multimodal_inputs is not None and not raw.is_empty:
             raise ValueError("pass either multimodal_inputs (from place_inputs) or the processor's fields, not both")
         multimodal = multimodal_inputs if multimodal_inputs is not None else raw
+        if multimodal_inputs is not None and kmeans_generator is not None:  # a generator given with a placed batch
+            multimodal = dataclasses.replace(multimodal_inputs, kmeans_generator=kmeans_generator)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -802,9 +804,13 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         result = CausalLMOutputWithPast(logits=logits, **{k: v for k, v in outputs.items() if k != "last_hidden_state"})
         return result if return_dict is not False else result.to_tuple()
 
-    def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
-        """transformers' preparation; pixel, mask and view inputs go only to the prefill step."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration, **kwargs)
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, is_first_iteration: bool | None = False,
+                                      **kwargs):
+        """transformers' preparation; pixel, mask and view inputs go only to the prefill step. `inputs_embeds`
+        is accepted (the official call convention, `generate(inputs_embeds=...)`)."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if not is_first_iteration and model_inputs.get("use_cache", True):
             for key in (*MULTIMODAL_KEYS, PACKED_KEY):
                 model_inputs.pop(key, None)
@@ -820,7 +826,13 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         frame_ids=None,
         *,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        decoding: str = "fast",
+        seed: int | None = None,
+        streamer=None,
+        on_tokens=None,
         static_cache: bool = False,
+        graph: str = "auto",
+        check_every: int | None = None,
         inputs=None,
         return_details: bool = False,
         **generate_kwargs,
@@ -836,51 +848,70 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 batch of one (then images / masks / videos / frame_ids are that item's values).
             videos: per item, a video path or frame list, or None for an image item.
             frame_ids: per video item, the frame of each mask (see the processor).
-            max_new_tokens: generation budget (`defaults.DEFAULT_MAX_NEW_TOKENS`, 2048 as the official scripts).
-            static_cache: decode with a static KV cache (`cache_implementation="static"`); on CUDA
-                transformers then compiles the decoding step with `torch.compile` (lower latency per
-                token once compiled; the first call pays the compilation).
+            max_new_tokens: generation budget, an integer >= 1 (default `defaults.DEFAULT_MAX_NEW_TOKENS`
+                = 2048, the official scripts'); rows stop at their eos.
+            decoding: `"fast"` (default): the static-cache decode loop of `pixelrefer_fast.decoding`
+                (CUDA-graph step on CUDA); `"hf"`: transformers' `generate`. Both pick the same tokens.
+                Options the fast loop does not implement make it fall back to `"hf"` with one logged line.
+            seed: seeds the sampling draws (`do_sample=True`) and the k-means init (unless
+                `kmeans_generator` is given): the same seed gives the same answers in both decodings.
+            streamer: a transformers streamer (`TextStreamer`) for a batch of one item.
+            on_tokens: streaming callback for any batch: gets a `decoding.StreamChunk` (new token ids
+                per row) as they come; returns the rows to cancel.
+            static_cache: `"hf"` only: `generate` with `cache_implementation="static"` (the fast loop
+                always uses its own static cache).
+            graph: the fast loop's step on CUDA: `"auto"` (= `"cuda_graph"`), `"cuda_graph"`,
+                `"compile"` (`torch.compile` reduce-overhead) or `"eager"`; CPU runs eager.
+            check_every: fast loop: decode steps between two host reads of the finished flags (default
+                8; 1 when streaming).
             inputs: the processor's output for the batch, made beforehand (e.g. in a worker process);
                 then images / masks / questions / videos / frame_ids are not given.
             return_details: return one dict per item, `{"text", "prompt_tokens", "completion_tokens"}`
                 (prompt tokens without padding; generated tokens up to and including eos).
-            **generate_kwargs: passed to `generate` (e.g. `do_sample=True`, `repetition_penalty`).
+            **generate_kwargs: generation options (`do_sample=True`, `temperature`, `top_k`,
+                `top_p`, `repetition_penalty`, `min_new_tokens`, `eos_token_id`, ...) and model
+                inputs (`kmeans_generator`).
 
         Returns:
             One answer per item (or its details dict), special tokens skipped, stripped. Decoding is greedy
             by default (as the official scripts) and keeps the checkpoint's `generation_config` processors
-            (`repetition_penalty`, which transformers applies in greedy mode too) and eos.
+            (`repetition_penalty`, over the generated tokens only as in the official code) and eos.
 
         Raises:
             ValueError: bad inputs, e.g. no masks for Lite, more or fewer `<region>` than masks, a
-                processor of the other variant.
+                processor of the other variant, beam search or `num_return_sequences > 1`, a
+                `max_new_tokens` that is not an integer >= 1.
         """
+        from .decoding import check_decoding, check_loop_options, check_seed, generate_new_tokens, resolve_options
+
         self._check_processor(processor)
+        if inputs is None and questions is None:
+            raise ValueError("describe() needs questions (one per item)")
+        check_decoding(decoding)
+        check_seed(seed)
+        check_loop_options(graph, check_every)
+        plan = resolve_options(self.generation_config, processor.tokenizer, max_new_tokens, generate_kwargs)
+        if static_cache:
+            plan.generation_config.cache_implementation = "static"
         if inputs is not None:
             if any(v is not None for v in (images, masks, questions, videos, frame_ids)):
                 raise ValueError("describe(): pass either `inputs` (a processor output) or images/masks/questions/"
                                  "videos/frame_ids, not both")
             batch = inputs
         else:
-            if questions is None:
-                raise ValueError("describe() needs questions (one per item)")
             if isinstance(questions, str):
                 questions = [questions]
                 images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
             batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
         self.set_special_token_ids(processor.tokenizer)
         batch = self.place_inputs(batch)
-        generation_config, model_kwargs = self._describe_generation_config(
-            processor.tokenizer, max_new_tokens, static_cache, **generate_kwargs
-        )
-        with torch.inference_mode():
-            sequences = self.generate(**batch, generation_config=generation_config, **model_kwargs)
-        new_tokens = sequences[:, batch["input_ids"].shape[1] :]
+        new_tokens = generate_new_tokens(self, batch, plan, decoding=decoding, seed=seed, streamer=streamer,
+                                         on_tokens=on_tokens, graph=graph, check_every=check_every)
         texts = [text.strip() for text in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         if not return_details:
             return texts
         prompt_tokens = batch["attention_mask"].sum(-1).tolist()
-        completion_tokens = _completion_lengths(new_tokens, generation_config.eos_token_id)
+        completion_tokens = _completion_lengths(new_tokens, list(plan.sampling.eos_token_ids))
         return [{"text": t, "prompt_tokens": p, "completion_tokens": c}
                 for t, p, c in zip(texts, prompt_tokens, completion_tokens)]
 
@@ -912,26 +943,6 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             raise ValueError(f"the processor is for the {processor.variant!r} model but this model is {variant!r}")
         if getattr(processor, "mask_num", self.config.mask_num) != self.config.mask_num:
             raise ValueError(f"processor mask_num={processor.mask_num} differs from config.mask_num={self.config.mask_num}")
-
-    def _describe_generation_config(self, tokenizer, max_new_tokens: int, static_cache: bool, **generate_kwargs):
-        """The checkpoint's generation config made greedy, updated with `generate_kwargs`; returns it
-        and the keyword arguments that are not generation options (model inputs such as `kmeans_generator`)."""
-        config = copy.deepcopy(self.generation_config)
-        config.do_sample = False
-        config.max_new_tokens = max_new_tokens
-        if static_cache:
-            config.cache_implementation = "static"
-        model_kwargs = config.update(**generate_kwargs)
-        if not config.do_sample:
-            # neutral sampling knobs: None would be refilled from the checkpoint's sampling defaults by
-            # generate() and trigger "flags ignored" warnings
-            config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
-        if config.eos_token_id is None:
-            config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if config.pad_token_id is None:
-            eos = config.eos_token_id
-            config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
-        return config, model_kwargs
 
 
 def _completion_lengths(new_tokens: torch.Tensor, eos_token_id) -> list[int]:

@@ -237,3 +237,15 @@ def test_parser_has_every_subcommand():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert {"describe", "profile", "init-random", "env"} <= set(commands)
+
+
+def test_decoding_flag_gives_the_same_answer(files, capsys):
+    _, model, image, mask = files
+    answers = []
+    for decoding in ("fast", "hf"):
+        assert main(_describe(model, image, "--mask", str(mask), extra=["--no-stream", "--decoding", decoding])) == 0
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(_describe(model, image, "--mask", str(mask), extra=["--decoding", "beam"]))
+    assert exit_info.value.code == 2

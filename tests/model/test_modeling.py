@@ -238,16 +238,3 @@ def test_variant_specific_errors(setup, tmp_path):
                                     mask_num=processor.mask_num)
     with pytest.raises(ValueError, match="processor is for"):
         model.describe(other, images=[item["image"]], masks=[item["masks"]], questions=[item["question"]])
-
-
-def test_describe_is_greedy_and_keeps_the_checkpoint_processors(setup):
-    variant, model, processor = setup
-    assert model.generation_config.repetition_penalty == 1.1  # from generation_config.json
-    generator = torch.Generator()
-    config, rest = model._describe_generation_config(processor.tokenizer, 7, True, kmeans_generator=generator)
-    assert (config.do_sample, config.repetition_penalty, config.max_new_tokens) == (False, 1.1, 7)
-    assert config.cache_implementation == "static" and rest == {"kmeans_generator": generator}
-    assert processor.tokenizer.convert_tokens_to_ids("<|im_end|>") in config.eos_token_id
-    sampling, _ = model._describe_generation_config(processor.tokenizer, 7, False, do_sample=True)
-    assert (sampling.do_sample, sampling.temperature, sampling.top_k) == (True, 0.7, 20)  # the checkpoint's
-
