@@ -77,7 +77,8 @@ class PixelReferFastInputs:
         global_pixel_values, global_grid_thw ``[G, 3]``, region_global ``[R]``;
         local_pixel_values, local_grid_thw ``[L, 3]``, region_local ``[R]``.
     Other:
-        kmeans_generator: ``torch.Generator`` for the k-means init (default: the global CPU RNG).
+        kmeans_generator: CPU ``torch.Generator`` for the parity k-means init, or a list of them, one per
+            region (default: the global CPU RNG).
     """
 
     pixel_values: torch.Tensor | None = None
