@@ -15,6 +15,7 @@ import time
 import httpx
 import numpy as np
 import openai
+import pixelrefer_kernels
 import pytest
 import torch
 from PIL import Image
@@ -42,15 +43,16 @@ def coco_rle(mask: np.ndarray) -> dict:
 
 def reference(loaded, image, masks, question, max_tokens=MAX_TOKENS, seed=0) -> str:
     model, processor = loaded
-    return model.describe(processor, images=[image], masks=[masks], questions=[question], max_new_tokens=max_tokens,
-                          kmeans_generator=torch.Generator().manual_seed(seed))[0]
+    with pixelrefer_kernels.force("torch"):  # the server tests' engines run the torch path (fast on the CPU)
+        return model.describe(processor, images=[image], masks=[masks], questions=[question],
+                              max_new_tokens=max_tokens, kmeans_generator=torch.Generator().manual_seed(seed))[0]
 
 
 @pytest.fixture(scope="module")
 def server(loaded, checkpoint):
     model, processor = loaded
     settings = ServerSettings(model=str(checkpoint), max_batch=4, batch_window_ms=20, max_body_bytes=2**20)
-    with running_server(create_app(settings, engine=Engine(model, processor))) as url:
+    with running_server(create_app(settings, engine=Engine(model, processor, kernels="torch"))) as url:
         yield url
 
 
@@ -244,7 +246,7 @@ def test_local_files_stay_inside_the_allowed_folder(loaded, checkpoint, tmp_path
     Image.fromarray(image).save(inside / "a.png")
     Image.fromarray(image).save(tmp_path / "outside.png")
     settings = ServerSettings(model=str(checkpoint), allow_local_files=str(inside))
-    with running_server(create_app(settings, engine=Engine(model, processor))) as url:
+    with running_server(create_app(settings, engine=Engine(model, processor, kernels="torch"))) as url:
         def post(path):
             return httpx.post(url + "/v1/chat/completions", json=with_("messages.0.content.0.image_url.url", path),
                               timeout=60)
@@ -258,7 +260,7 @@ def test_local_files_stay_inside_the_allowed_folder(loaded, checkpoint, tmp_path
 def test_api_key(loaded, checkpoint):
     model, processor = loaded
     settings = ServerSettings(model=str(checkpoint), api_key="sesame")
-    with running_server(create_app(settings, engine=Engine(model, processor))) as url:
+    with running_server(create_app(settings, engine=Engine(model, processor, kernels="torch"))) as url:
         for key in ("wrong", None):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
@@ -288,7 +290,7 @@ class GatedEngine(Engine):
 
 def test_full_queue_answers_429(loaded, checkpoint):
     model, processor = loaded
-    engine = GatedEngine(model, processor)
+    engine = GatedEngine(model, processor, kernels="torch")
     settings = ServerSettings(model=str(checkpoint), max_batch=1, max_queue=1, batch_window_ms=0)
     with running_server(create_app(settings, engine=engine)) as url:
         results = []
@@ -324,7 +326,7 @@ def test_disconnect_cancels_the_row(loaded, checkpoint, stream):
     model, processor = loaded
     settings = ServerSettings(model=str(checkpoint), max_tokens_limit=100_000)
     body = {**GOOD, "max_tokens": 100_000, "stream": stream}
-    with running_server(create_app(settings, engine=Engine(model, processor))) as url:
+    with running_server(create_app(settings, engine=Engine(model, processor, kernels="torch"))) as url:
         if stream:
             with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
                 assert response.status_code == 200
