@@ -61,8 +61,7 @@ def run_on_ray(settings: ServerSettings, *, host: str, port: int, num_replicas: 
     from ray import serve
 
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
-             runtime_env={"env_vars": {"PIXELREFER_FAST_KERNELS": os.environ.get("PIXELREFER_FAST_KERNELS", "auto")}})
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     app = ray_application(settings, num_replicas=num_replicas, autoscaling_config=autoscaling_config)
     serve.run(app, name=DEPLOYMENT_NAME, route_prefix="/", blocking=blocking)
