@@ -19,7 +19,8 @@ LOOPBACK_NAMES = ("localhost",)
 
 @dataclass
 class Answer:
-    """One request's outcome: ``index`` into the bodies, HTTP ``status``, the response JSON and latency."""
+    """One request's outcome: ``index`` into the bodies, HTTP ``status`` (0: no response, the error in
+    ``body``), the response JSON and latency."""
 
     index: int
     status: int
@@ -90,8 +91,12 @@ def run_load(url: str, bodies: list[dict], concurrency: int, *, deadline_s: floa
                 if index is None:
                     return
                 sent = time.perf_counter()
-                response = http.post("/v1/chat/completions", json=bodies[index])
-                answer = Answer(index, response.status_code, response.json(), time.perf_counter() - sent)
+                try:
+                    response = http.post("/v1/chat/completions", json=bodies[index])
+                    status, body = response.status_code, response.json()
+                except (httpx.HTTPError, ValueError) as exc:  # recorded as status 0, never lost
+                    status, body = 0, {"error": {"message": f"{type(exc).__name__}: {exc}"}}
+                answer = Answer(index, status, body, time.perf_counter() - sent)
                 with lock:
                     result.answers.append(answer)
 

@@ -1,20 +1,17 @@
 """Shared helpers of the server tests: a tiny checkpoint that writes visible text, media as data URLs,
-and an in-process server on 127.0.0.1 (a free port, a uvicorn thread)."""
+and an in-process server on 127.0.0.1 (``pixelrefer_fast.serve.local``)."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pixelrefer_fast.serve import local
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
 
 HEIGHT, WIDTH = 56, 70
@@ -53,28 +50,5 @@ def image_message(url: str, text: str, *, image_first: bool = True) -> list[dict
     return [{"role": "user", "content": parts if image_first else parts[::-1]}]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(app, timeout: float = 30.0):
-    """Run ``app`` with uvicorn on 127.0.0.1 in a thread; yields the base URL; stops it afterwards."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
+free_port = local.free_port
+running_server = local.serve_in_thread

@@ -341,3 +341,37 @@ def test_disconnect_cancels_the_row(loaded, checkpoint, stream):
         tokens = next(float(line.split()[-1]) for line in httpx.get(url + "/metrics").text.splitlines()
                       if line.startswith("pixelrefer_completion_tokens_total"))
         assert tokens < 100_000
+
+
+def _write_video(path, frames: int = 6, fps: int = 2) -> list[np.ndarray]:
+    av = pytest.importorskip("av")
+    images = [random_image(10 + i) for i in range(frames)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for image in images:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return images
+
+
+def test_video_request_equals_describe(loaded, client, tmp_path):
+    model, processor = loaded
+    video = tmp_path / "clip.mp4"
+    _write_video(video)
+    mask = box_to_mask(BOX, HEIGHT, WIDTH)
+    question = "What does <region> do?"
+    with pixelrefer_kernels.force("torch"):
+        expected = model.describe(processor, videos=[str(video)], masks=[[mask]], frame_ids=[[2]], questions=[question],
+                                  max_new_tokens=MAX_TOKENS, kmeans_generator=torch.Generator().manual_seed(0))[0]
+    assert expected
+    url = "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode()
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                             {"type": "text", "text": question}]}]
+    answer = client.chat.completions.create(model="tiny-pixelrefer", messages=messages, max_tokens=MAX_TOKENS,
+                                            extra_body={"regions": [{"rle": coco_rle(mask)}], "frame_ids": [2]})
+    assert answer.choices[0].message.content == expected
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="tiny-pixelrefer", messages=messages, max_tokens=2,
+                                       extra_body={"regions": [{"rle": coco_rle(mask)}]})
+    assert error.value.body["param"] == "frame_ids"
