@@ -96,9 +96,10 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.ray:
         return _run_ray(args, settings)
-    from .app import create_app
+    from .app import create_app, load_engine
 
-    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+    engine = load_engine(settings)  # before binding the port: a checkpoint that does not load exits 2
+    config = uvicorn.Config(create_app(settings, engine=engine), host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it caught once it has shut down; with this handler in place that

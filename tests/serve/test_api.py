@@ -101,6 +101,26 @@ def test_answers_equal_describe(loaded, client, form):
     assert stream_usage.prompt_tokens == usage.prompt_tokens and stream_usage.completion_tokens == MAX_TOKENS
 
 
+def test_lite_checkpoint_answers_equal_describe(tmp_path):
+    from pixelrefer_fast.checkpoint import load_pretrained
+    from pixelrefer_fast.processing_pixelrefer_fast import PixelReferFastProcessor
+    from tests.serve.helpers import make_serving_checkpoint
+
+    directory = make_serving_checkpoint(tmp_path / "tiny-lite", "lite")
+    lite = load_pretrained(directory), PixelReferFastProcessor.from_pretrained(directory)
+    image = random_image(3)
+    masks = [box_to_mask(BOX, HEIGHT, WIDTH), box_to_mask(BOX2, HEIGHT, WIDTH)]
+    expected = reference(lite, image, masks, "Compare <region> with <region>.")
+    assert expected
+    settings = ServerSettings(model=str(directory))
+    with running_server(create_app(settings, engine=Engine(*lite, kernels="torch"))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(
+            model="tiny-lite", messages=image_message(png_data_url(image), "Compare <region> with <region>."),
+            max_tokens=MAX_TOKENS, extra_body={"regions": [{"box": BOX}, {"rle": coco_rle(masks[1])}]})
+    assert answer.choices[0].message.content == expected
+
+
 def test_dam_style_rgba_request(loaded, client):
     """Describe Anything's convention: the alpha channel is the mask, no regions, `<image>` in the text."""
     image = random_image(1)
@@ -216,6 +236,8 @@ ERROR_CASES = [
     pytest.param(with_("messages", [{"role": "system", "content": "hi"}, *GOOD["messages"]]), 400, "messages",
                  "exactly one message", id="two-messages"),
     pytest.param(with_("max_tokens", 10**6), 400, "max_tokens", "limit", id="budget-limit"),
+    pytest.param(with_("seed", 2**64), 400, "seed", "less than", id="seed-range"),
+    pytest.param(with_("stop", ["a", ""]), 400, "stop", "non-empty", id="empty-stop"),
 ]
 
 
