@@ -99,8 +99,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from .app import create_app, load_engine
 
     engine = load_engine(settings)  # before binding the port: a checkpoint that does not load exits 2
-    config = uvicorn.Config(create_app(settings, engine=engine), host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=None)
+    config = uvicorn.Config(create_app(settings, engine=engine), host=args.host, port=args.port,
+                            log_level=args.log_level, timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it caught once it has shut down; with this handler in place that
     # re-raise is harmless and the process exits 0 after the drain

@@ -25,7 +25,8 @@ class ServerMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("pixelrefer_requests", "Chat completion requests by HTTP status", ["status"], registry=r)
+        self.requests = Counter("pixelrefer_requests", "Chat completion requests by HTTP status", ["status"],
+                                registry=r)
         self.rows_finished = Counter("pixelrefer_rows_finished", "Answers by finish reason", ["reason"], registry=r)
         self.queue_depth = Gauge("pixelrefer_queue_depth", "Requests waiting for a batch", registry=r)
         self.batch_size = Histogram("pixelrefer_batch_size", "Rows per batch", buckets=BATCH_BUCKETS, registry=r)

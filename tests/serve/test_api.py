@@ -126,7 +126,8 @@ def test_dam_style_rgba_request(loaded, client):
     image = random_image(1)
     alpha = box_to_mask(BOX, HEIGHT, WIDTH) * 255
     rgba = np.dstack([image, alpha]).astype(np.uint8)
-    expected = reference(loaded, image, [(alpha > 0).astype(np.uint8)], "<region>\nDescribe the masked region in detail.")
+    question = "<region>\nDescribe the masked region in detail."
+    expected = reference(loaded, image, [(alpha > 0).astype(np.uint8)], question)
     messages = image_message(png_data_url(rgba), "<image>\nDescribe the masked region in detail.")
     assert ask(client, messages).choices[0].message.content == expected
     plain = image_message(png_data_url(rgba), "Describe the masked region in detail.")

@@ -59,7 +59,8 @@ def test_200_requests_from_16_clients(loaded, checkpoint, record_property):
     assert sorted(a.index for a in result.answers) == list(range(REQUESTS)), "a request was lost or duplicated"
     assert [a.status for a in result.answers] == [200] * REQUESTS
     assert len({a.body["id"] for a in result.answers}) == REQUESTS
-    wrong = [a.index for a in result.answers if a.body["choices"][0]["message"]["content"] != expected[a.index % VARIANTS]]
+    wrong = [a.index for a in result.answers
+             if a.body["choices"][0]["message"]["content"] != expected[a.index % VARIANTS]]
     assert not wrong, f"answers differ from the sequential ones for requests {wrong}"
     for key, value in result.summary().items():
         record_property(key, value)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pixelrefer_kernels.kmeans import kmeans_init_indices
 
 from pixelrefer_fast.serve.streaming import RowText
-from pixelrefer_kernels.kmeans import kmeans_init_indices
 from tests.model.fixtures import make_tiny_tokenizer
 
 EOS = 9999
