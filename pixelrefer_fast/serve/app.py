@@ -12,25 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine
-from .errors import APIError, bad_request, param_path
+from .errors import APIError
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .parse import ParseOptions, parse_request
-from .scheduler import BatchScheduler, Row, RowEvent
-from .schema import ChatCompletionRequest
+from .responses import Reply
+from .scheduler import BatchScheduler
+from .schema import parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -130,54 +127,6 @@ class _Server:
         return b"".join(chunks)
 
 
-def _validation_error(exc: ValidationError) -> APIError:
-    first = exc.errors()[0]
-    location = [part for part in first["loc"] if isinstance(part, int) or part.isidentifier()]
-    param = param_path(location)
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = f"unknown field {param!r}; see the request schema in the README"
-    elif param:
-        message = f"{param}: {message}"
-    return bad_request(message, param)
-
-
-def parse_body(body: bytes) -> ChatCompletionRequest:
-    """JSON text to a validated request; 400 ``APIError`` naming the field otherwise."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the body is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise bad_request(f"the body must be a JSON object, got {type(data).__name__}")
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_error(exc) from exc
-
-
-async def _wait_disconnect(request: Request) -> None:
-    """Return when the client has gone (the body is read by then, so ``receive`` only reports that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        await asyncio.sleep(0.05)  # a server whose receive returns at once must not make this spin
-
-
-async def _next_event(row: Row, disconnect: asyncio.Task) -> RowEvent | None:
-    """The row's next event, or None when the client disconnected first (the row is then cancelled)."""
-    getter = asyncio.ensure_future(row.events.get())
-    done, _ = await asyncio.wait({getter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    if getter in done:
-        return getter.result()
-    getter.cancel()
-    row.cancel()
-    return None
-
-
-def _usage(prompt_tokens: int, region_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "region_tokens": region_tokens}
-
-
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
     """The server app for ``settings``; ``engine``: a ready engine (else the checkpoint loads at startup)."""
     server = _Server(settings, engine)
@@ -236,98 +185,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         except APIError:
             job.close()
             raise
-        reply = _Reply(server, body, row, request, arrived)
+        reply = Reply(server.metrics, body, row, request, arrived)
         return await (reply.stream() if body.stream else reply.complete())
 
     return app
 
 
-class _Reply:
-    """Answers one submitted row, as one JSON or as server-sent events."""
-
-    def __init__(self, server: _Server, body: ChatCompletionRequest, row: Row, request: Request, arrived: float):
-        self.server = server
-        self.body = body
-        self.row = row
-        self.request = request
-        self.arrived = arrived
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.usage = (0, 0)
-
-    def _done(self, status: int) -> None:
-        self.server.metrics.requests.labels(str(status)).inc()
-        self.server.metrics.latency.observe(time.perf_counter() - self.arrived)
-
-    async def complete(self) -> Response:
-        disconnect = asyncio.ensure_future(_wait_disconnect(self.request))
-        try:
-            while (event := await _next_event(self.row, disconnect)) is not None:
-                if event.kind == "started":
-                    self.usage = event.payload
-                elif event.kind == "failed":
-                    raise event.payload[0]
-                elif event.kind == "finished":
-                    _, text, reason, completion = event.payload
-                    self._done(200)
-                    return JSONResponse({
-                        "id": self.id, "object": "chat.completion", "created": self.created,
-                        "model": self.body.model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                     "finish_reason": reason, "logprobs": None}],
-                        "usage": _usage(*self.usage, completion),
-                    })
-            self._done(499)
-            return Response(status_code=499)  # nobody reads it: the client is gone
-        finally:
-            disconnect.cancel()
-
-    async def stream(self) -> Response:
-        disconnect = asyncio.ensure_future(_wait_disconnect(self.request))
-        event = await _next_event(self.row, disconnect)
-        if event is None:
-            disconnect.cancel()
-            self._done(499)
-            return Response(status_code=499)
-        if event.kind == "failed":
-            disconnect.cancel()
-            raise event.payload[0]
-        return StreamingResponse(self._events(event, disconnect), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    def _chunk(self, delta: dict, finish_reason: str | None = None, usage: dict | None = None) -> str:
-        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.body.model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
-        if usage is not None:
-            chunk["choices"], chunk["usage"] = [], usage
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    async def _events(self, first: RowEvent, disconnect: asyncio.Task) -> AsyncIterator[str]:
-        finished = False
-        try:
-            yield self._chunk({"role": "assistant", "content": ""})
-            event: RowEvent | None = first
-            while event is not None:
-                if event.kind == "started":
-                    self.usage = event.payload
-                elif event.kind == "delta":
-                    yield self._chunk({"content": event.payload[0]})
-                elif event.kind == "failed":
-                    yield f"data: {json.dumps(event.payload[0].body())}\n\n"
-                    break
-                else:
-                    delta, _, reason, completion = event.payload
-                    if delta:
-                        yield self._chunk({"content": delta})
-                    yield self._chunk({}, reason)
-                    if self.body.stream_options is not None and self.body.stream_options.include_usage:
-                        yield self._chunk({}, usage=_usage(*self.usage, completion))
-                    break
-                event = await _next_event(self.row, disconnect)
-            finished = event is not None
-            yield "data: [DONE]\n\n"
-        finally:
-            disconnect.cancel()
-            if not finished:
-                self.row.cancel()
-            self._done(200 if finished else 499)

@@ -13,13 +13,17 @@ OpenAI's chat schema, narrowed to what a region model answers, plus two PixelRef
 
 Wrong types and unknown fields are errors (never silently ignored); OpenAI fields with no meaning
 here are accepted only at their neutral value (``n`` = 1, ``logprobs`` false, penalties 0).
+``parse_body`` turns the raw body into a validated request, or a 400 naming the field.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import APIError, bad_request, param_path
 
 MAX_STOP_STRINGS = 4
 
@@ -131,3 +135,29 @@ class ChatCompletionRequest(_Strict):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("give max_tokens or max_completion_tokens, not both")
         return self
+
+
+def _validation_error(exc: ValidationError) -> APIError:
+    first = exc.errors()[0]
+    location = [part for part in first["loc"] if isinstance(part, int) or part.isidentifier()]
+    param = param_path(location)
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = f"unknown field {param!r}; see the request schema in the README"
+    elif param:
+        message = f"{param}: {message}"
+    return bad_request(message, param)
+
+
+def parse_body(body: bytes) -> ChatCompletionRequest:
+    """JSON text to a validated request; 400 ``APIError`` naming the field otherwise."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the body is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise bad_request(f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc
