@@ -34,7 +34,7 @@ from pixelrefer_fast.profiling.sample import sample_scene  # noqa: E402
 from pixelrefer_fast.profiling.stages import build_model, make_processor  # noqa: E402
 from pixelrefer_fast.profiling.sweep import SweepPoint  # noqa: E402
 
-REQUESTS, CLIENTS, REGIONS, NEW_TOKENS = 8, 8, 2, 16
+REQUESTS, CLIENTS, REGIONS, NEW_TOKENS = 16, 16, 2, 16
 IMAGE_SIZE = (112, 84)
 PAIR = f"serve_cpu_fp32_full_{REQUESTS}req_{REGIONS}reg_{NEW_TOKENS}tok_batched_vs_one_at_a_time"
 SETTINGS = {"fast": {"max_batch": 16, "batch_window_ms": 10.0}, "baseline": {"max_batch": 1, "batch_window_ms": 0.0}}
