@@ -82,7 +82,7 @@ class RowStopping(StoppingCriteria):
         for text, sink, token in zip(self.texts, self.sinks, tokens):
             if not text.done:
                 if sink.cancelled:
-                    text.finish_reason = "cancelled"
+                    text.cancel()
                     sink.finished("", "", "cancelled", len(text.tokens))
                 else:
                     delta = text.push(token)

@@ -33,10 +33,13 @@ async def _wait_disconnect(request: Request) -> None:
 async def _next_event(row: Row, disconnect: asyncio.Task) -> RowEvent | None:
     """The row's next event, or None when the client disconnected first (the row is then cancelled)."""
     getter = asyncio.ensure_future(row.events.get())
-    done, _ = await asyncio.wait({getter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait({getter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():  # the client went away, or this task was cancelled: leave no waiter behind
+            getter.cancel()
     if getter in done:
         return getter.result()
-    getter.cancel()
     row.cancel()
     return None
 

@@ -52,6 +52,10 @@ class RowText:
             self.finish_reason = "length"
         return "" if self.done else self._advance(self._ready_text())
 
+    def cancel(self) -> None:
+        """End the row now (its client went away); nothing more is sent."""
+        self.finish_reason = "cancelled"
+
     def final_text(self) -> str:
         """The whole answer (call once the row is done)."""
         return self._text.strip()
