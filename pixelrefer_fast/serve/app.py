@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from .engine import Engine
 from .errors import APIError
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -56,7 +57,7 @@ class ServerSettings:
     max_body_bytes: int = 32 * 2**20
     allow_local_files: str | None = None
     default_max_tokens: int = 512
-    max_tokens_limit: int = 2048
+    max_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS
     device: str | None = None
     dtype: str = "auto"
     kernels: str = "auto"

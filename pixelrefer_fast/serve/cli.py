@@ -16,6 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
+
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 KERNEL_MODES = ("auto", "triton", "torch")
 
@@ -43,7 +45,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                         help="let requests name files under DIR by path (default: data: URLs only)")
     parser.add_argument("--default-max-tokens", type=int, default=512,
                         help="budget of a request that gives no max_tokens (default 512)")
-    parser.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens accepted (default 2048)")
+    parser.add_argument("--max-tokens-limit", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"largest max_tokens accepted (default {DEFAULT_MAX_NEW_TOKENS})")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
     parser.add_argument("--kernels", choices=KERNEL_MODES, default="auto", help="kernel path (default auto)")
