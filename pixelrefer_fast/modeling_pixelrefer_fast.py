@@ -840,6 +840,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
             batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
         self.set_special_token_ids(processor.tokenizer)
+        if "kmeans_generator" in generate_kwargs:  # a model input: it must be packed with the batch
+            batch = {**batch, "kmeans_generator": generate_kwargs.pop("kmeans_generator")}
         batch = self.place_inputs(batch)
         generation_config, model_kwargs = self._describe_generation_config(
             processor.tokenizer, max_new_tokens, static_cache, **generate_kwargs
