@@ -398,3 +398,15 @@ def test_video_request_equals_describe(loaded, client, tmp_path):
         client.chat.completions.create(model="tiny-pixelrefer", messages=messages, max_tokens=2,
                                        extra_body={"regions": [{"rle": coco_rle(mask)}]})
     assert error.value.body["param"] == "frame_ids"
+
+
+def test_describe_honours_its_kmeans_generator(loaded):
+    """The server's per-request k-means draws rely on describe(kmeans_generator=...) reaching the
+    region encoder: the same seeded generator gives the same answer whatever the global RNG did."""
+    image = random_image(0)
+    masks = [box_to_mask(BOX, HEIGHT, WIDTH), box_to_mask(BOX2, HEIGHT, WIDTH)]
+    answers = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        answers.append(reference(loaded, image, masks, "Compare <region> with <region>."))
+    assert answers[0] == answers[1]
