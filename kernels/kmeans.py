@@ -30,6 +30,7 @@ data-dependent ``allclose`` exit. Here every region of a batch is clustered at o
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -644,7 +645,8 @@ def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, 
 
 
 def kmeans_init_indices(
-    counts, num_clusters: int, mode: str = "deterministic", *, generator: torch.Generator | None = None
+    counts, num_clusters: int, mode: str = "deterministic", *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Row indices (local to each region) of the initial centroids.
 
@@ -656,7 +658,9 @@ def kmeans_init_indices(
             from ``generator`` (default: the global CPU generator) once per region with ``n > K``, in
             region order, so after the same ``torch.manual_seed`` the official code draws the same
             numbers. Parity needs the counts on the host (a CUDA ``counts`` syncs once).
-        generator: a CPU ``torch.Generator`` for ``"parity"``.
+        generator: a CPU ``torch.Generator`` for ``"parity"``, or a sequence of R of them, one per
+            region (a server gives each request's regions that request's generator, so its draws do
+            not depend on the other requests of the batch).
 
     Returns:
         ``[R, K]`` int64: on ``counts``' device (deterministic) or the CPU (parity). Rows of regions
@@ -676,11 +680,20 @@ def kmeans_init_indices(
     if mode == "deterministic":
         spaced = k[None, :] * counts[:, None] // num_clusters  # (R, K)
         return torch.where(counts[:, None] > num_clusters, spaced, k[None, :].expand_as(spaced))
-    _check_generator(generator)
+    if isinstance(generator, Sequence):
+        if len(generator) != counts.numel():
+            raise ValueError(
+                f"generator has {len(generator)} entries for {counts.numel()} regions; give one per region"
+            )
+        generators = list(generator)
+    else:
+        generators = [generator] * counts.numel()
+    for g in generators:
+        _check_generator(g)
     indices = k[None, :].repeat(counts.numel(), 1).cpu()  # (R, K)
     for r, n in enumerate(counts.tolist()):
         if n > num_clusters:
-            indices[r] = torch.randperm(n, generator=generator)[:num_clusters]
+            indices[r] = torch.randperm(n, generator=generators[r])[:num_clusters]
     return indices
 
 

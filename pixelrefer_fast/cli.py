@@ -42,6 +42,7 @@ SUBCOMMANDS = (
     ("pixelrefer_fast.cli", "add_init_random_parser"),
     ("pixelrefer_fast.cli", "add_env_parser"),
     ("pixelrefer_fast.caption.cli", "add_caption_parser"),
+    ("pixelrefer_fast.serve.cli", "add_serve_parser"),
 )
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 KERNEL_MODES = ("auto", "triton", "torch")

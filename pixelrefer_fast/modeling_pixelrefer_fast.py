@@ -80,7 +80,8 @@ class PixelReferFastInputs:
         global_pixel_values, global_grid_thw `[G, 3]`, region_global `[R]`;
         local_pixel_values, local_grid_thw `[L, 3]`, region_local `[R]`.
     Other:
-        kmeans_generator: `torch.Generator` for the k-means init (default: the global CPU RNG).
+        kmeans_generator: CPU `torch.Generator` for the parity k-means init, or a list of them, one per
+            region (default: the global CPU RNG).
     """
 
     pixel_values: torch.Tensor | None = None
@@ -904,6 +905,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
             batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
         self.set_special_token_ids(processor.tokenizer)
+        if "kmeans_generator" in generate_kwargs:  # a model input: it must be packed with the batch
+            batch = {**batch, "kmeans_generator": generate_kwargs.pop("kmeans_generator")}
         batch = self.place_inputs(batch)
         new_tokens = generate_new_tokens(self, batch, plan, decoding=decoding, seed=seed, streamer=streamer,
                                          on_tokens=on_tokens, graph=graph, check_every=check_every)
