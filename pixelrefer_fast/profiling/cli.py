@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ..defaults import DECODINGS
 from .presets import PRESETS, VARIANTS, ProfileInputError
 
 PROG = "pixelrefer-fast profile"
@@ -91,6 +92,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     sweep.add_argument("--frames", type=_int_list, default=None, help="1 = image, n > 1 = video of n frames (default 1)")
     sweep.add_argument("--batch", type=_int_list, default=None, help="items per call (default 1)")
     sweep.add_argument("--decode-tokens", type=int, default=8, help="tokens generated per point for decode timing (default 8)")
+    sweep.add_argument("--decoding", choices=DECODINGS, default=DECODINGS[0],
+                       help=f"decode loop timed, as describe(decoding=...) (default {DECODINGS[0]})")
     run = parser.add_argument_group("measurement")
     run.add_argument("--repeats", type=int, default=3, help="timed calls per stage (default 3)")
     run.add_argument("--warmup", type=int, default=1, help="untimed calls per stage first (default 1)")
@@ -130,6 +133,7 @@ def sweep_from_args(args: argparse.Namespace, *, cuda: bool):
         frames=args.frames if args.frames is not None else defaults.frames,
         batches=args.batch if args.batch is not None else defaults.batches,
         decode_tokens=args.decode_tokens,
+        decoding=args.decoding,
     )
 
 

@@ -366,7 +366,7 @@ def _document(arch, sweep, points, device, dtype_name, mode, machine, peaks, rep
         "preset": arch.to_dict(),
         "settings": {"device": str(device), "dtype": dtype_name, "repeats": repeats, "warmup": warmup, "kernels": mode,
                      "threads": torch.get_num_threads(),
-                     "seed": seed, "decode_tokens": sweep.decode_tokens,
+                     "seed": seed, "decode_tokens": sweep.decode_tokens, "decoding": sweep.decoding,
                      "timing": "CUDA events around each call, device synchronised" if device.type == "cuda" else "time.perf_counter"},
         "sweep": {"variants": list(dict.fromkeys(p.variant for p in points)), "regions": list(sweep.regions),
                   "mask_nums": list(sweep.mask_nums), "image_sizes": [list(s) for s in sweep.image_sizes],
@@ -413,7 +413,7 @@ def _sweep(arch, sweep, points, device, dtype, mode, notes, machine, paths, repe
                     else:
                         with progress.listening(_point_progress(bar, where)):
                             outcome = run_point(built, arch, point, warmup=warmup, repeats=repeats,
-                                                decode_tokens=sweep.decode_tokens, seed=seed)
+                                                decode_tokens=sweep.decode_tokens, seed=seed, decoding=sweep.decoding)
                     point_rows = [_row(context, index, point, outcome, result, peaks, weights_mb) for result in outcome.results]
                     point_rows.append(_summary_row(point_rows, peaks))
                     report.append_rows(point_rows, paths.rows)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..defaults import DECODINGS
 from . import flops, progress
 from .measure import MemoryReading, StageTimer, Timing, count_launches, memory_scope, out_of_memory_errors, time_stage
 from .presets import ArchPreset
@@ -47,8 +48,6 @@ STAGE_METHODS = {
     "infusion": ("infuse_regions",),
     "prefill": ("splice", "run_llm"),
 }
-# decoding -> extra `generate` options; the fast loop of `describe(decoding="fast")` is one more entry
-DECODINGS = {"hf": {}}
 
 
 def stage_methods(model) -> dict[str, tuple[str, ...]]:
@@ -270,13 +269,13 @@ class _PointRun:
     """Runs the stages of one point in order, stopping (`skipped`) after the first failure."""
 
     def __init__(self, built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmup: int, repeats: int,
-                 decode_tokens: int, decoding: str = "hf"):
+                 decode_tokens: int, decoding: str = DECODINGS[0]):
         self.built, self.preset, self.point = built, preset, point
         self.model = built.model
         self.device, self.dtype = built.device, built.dtype
         self.warmup, self.repeats, self.decode_tokens = warmup, repeats, decode_tokens
         if decoding not in DECODINGS:
-            raise ValueError(f"decoding must be one of {sorted(DECODINGS)}, got {decoding!r}")
+            raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
         self.decoding = decoding
         self.results: list[StageResult] = []
         self.outcome = PointOutcome(results=self.results)
@@ -434,15 +433,17 @@ class _PointRun:
         return costs
 
     def _decode(self, batch, batch_size, seq_len) -> None:
-        """Decode steps with `self.decoding` (`DECODINGS`): a `generate` call of `1 + steps` new
+        """Decode steps with `self.decoding` (`describe`'s loop, `generate_new_tokens`): `1 + steps` new
         tokens timed whole, minus its first forward (the prefill, timed by a hook on the same call)."""
+        from ..decoding import generate_new_tokens, resolve_options
+
         model, steps = self.model, self.decode_tokens
-        options = DECODINGS[self.decoding]
+        plan = resolve_options(model.generation_config, self.built.tokenizer, steps + 1, {"min_new_tokens": steps + 1})
         prefill_ms: list[float] = []
 
         def generate(placed):
             with StageTimer(self.device, {"forward": [(model, "forward")]}) as timer:
-                model.generate(**placed, **options, max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
+                generate_new_tokens(model, placed, plan, decoding=self.decoding)
                 prefill_ms.append(timer.collect_calls()["forward"][0])
 
         self.measure(
@@ -514,7 +515,7 @@ def _llm_shape(config):
 
 
 def run_point(built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, warmup: int, repeats: int,
-              decode_tokens: int, seed: int = 0, decoding: str = "hf") -> PointOutcome:
+              decode_tokens: int, seed: int = 0, decoding: str = DECODINGS[0]) -> PointOutcome:
     """Measure every stage of `point` on `built` (see the module docstring); never raises for a
     failing stage: failures become `oom` / `error` results."""
     run = _PointRun(built, preset, point, warmup=warmup, repeats=repeats, decode_tokens=decode_tokens, decoding=decoding)

@@ -19,6 +19,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from ..defaults import DECODINGS
 from .presets import VARIANTS, ArchPreset, ProfileInputError
 
 # hard limits on an axis value (larger values are typing mistakes, or would fill any memory)
@@ -77,6 +78,7 @@ class SweepSpec:
         frames: 1 = image; n > 1 = a video of n frames.
         batches: items per call.
         decode_tokens: tokens generated per point for the decode timing (>= 1).
+        decoding: the decode loop timed, as `describe(decoding=...)`: `"fast"` (default) or `"hf"`.
     """
 
     variants: tuple[str, ...] | None = None
@@ -87,6 +89,7 @@ class SweepSpec:
     frames: tuple[int, ...] = (1,)
     batches: tuple[int, ...] = (1,)
     decode_tokens: int = 8
+    decoding: str = DECODINGS[0]
 
     def validate(self) -> None:
         """Raise `ProfileInputError` for an empty axis, a non-positive value or an unknown variant."""
@@ -117,6 +120,8 @@ class SweepSpec:
                 raise ProfileInputError(f"image size {size[0]}x{size[1]} has an aspect ratio of {max(size) / min(size):.0f}; "
                                         f"the image processor accepts at most {MAX_ASPECT_RATIO}")
         _positive("decode_tokens", self.decode_tokens)
+        if self.decoding not in DECODINGS:
+            raise ProfileInputError(f"--decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
 
     def points(self, preset: ArchPreset) -> list[SweepPoint]:
         """All points in order (variant, image size, budget, frames, batch, regions, mask_num), each checked."""
@@ -152,6 +157,8 @@ def sweep_name(preset_name: str, sweep: SweepSpec, variants: tuple[str, ...]) ->
             parts.append(prefix + "-".join("model" if v is None else str(v) for v in values))
     if sweep.decode_tokens != default.decode_tokens:
         parts.append(f"dec{sweep.decode_tokens}")
+    if sweep.decoding != default.decoding:
+        parts.append(sweep.decoding)
     name = "_".join(parts)
     if len(name) > 80:
         import hashlib

@@ -236,3 +236,18 @@ def test_model_that_does_not_fit_marks_its_points(capsys, monkeypatch, tiny_mode
     assert lite["preprocess"]["status"] == "oom" and "building the lite model ran out of memory" in lite["preprocess"]["message"]
     assert all(lite[s]["status"] == "skipped" for s in ("vision", "region", "infusion", "prefill", "decode"))
     assert all(r["status"] in ("ok", "skipped") for r in rows if r["variant"] == "full")
+
+
+@pytest.mark.parametrize("decoding", ["fast", "hf"])
+def test_decode_stage_times_the_chosen_decoding(capsys, tiny_model, tmp_path, decoding):
+    """`--decoding` picks the loop `describe(decoding=...)` runs; its decode row says which, and the
+    document records it (the default is the fast loop, as in `describe`)."""
+    extra = [] if decoding == "fast" else ["--decoding", decoding]
+    code, out, err = run_cli(capsys, "--model", str(tiny_model), "--variants", "lite", "--regions", "1",
+                             "--mask-num", "4", *FAST, *extra, "--out", str(tmp_path / "profiles"))
+    assert code == 0, err
+    decode = next(r for r in _rows(out) if r["stage"] == "decode")
+    assert decode["status"] == "ok", decode
+    assert decode["shapes"]["decoding"] == decoding and decode["latency_ms"] > 0
+    document = next(line for line in out.splitlines() if line.startswith("JSON:")).split(":", 1)[1].strip()
+    assert json.loads(Path(document).read_text())["settings"]["decoding"] == decoding
