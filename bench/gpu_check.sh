@@ -18,6 +18,7 @@
 #   gpu_tests.log        pytest tests -m gpu (one autotune config per kernel: PIXELREFER_FAST_SKIP_AUTOTUNE=1)
 #   bench-kernels.json   region tokenizer, infusion, attention benchmarks (-m gpu), before the model ones
 #   bench-model.json     model benchmarks (-m gpu; peak memory counted after the warm-up)
+#   bench-decode.json    decode ms/token fast vs hf, Lite-2B and 2B at batch 1 and 16 (last: cut first by the budget)
 #   bench.log  gate.txt  the benchmark runs' output; python -m bench.gate on both JSON files (never fatal)
 #   profile.log  profile.tar.gz   profiles of lite-2b, then 2b (json, csv, png)
 #   decode_probes.json   ms per token: hf dynamic cache, hf static cache, fast (skipped with the reason
@@ -40,9 +41,10 @@ STEPS=(
   "bench-kernels|60|1|bench.log|python3 -m pytest bench/bench_region.py bench/bench_infusion.py bench/bench_attention.py -m gpu -q -p no:cacheprovider -rfEs --benchmark-enable --benchmark-min-rounds=5 --benchmark-max-time=0.3 --benchmark-warmup=off --benchmark-json=\"\$OUT/bench-kernels.json\""
   "bench-model|60|1|bench.log|python3 -m pytest bench/bench_model.py -m gpu -q -p no:cacheprovider -rfEs --benchmark-enable --benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-warmup=off --benchmark-json=\"\$OUT/bench-model.json\""
   "gate|15|0|gate.txt|python3 -m bench.gate --json \"\$OUT/bench-kernels.json\" --machine cuda; python3 -m bench.gate --json \"\$OUT/bench-model.json\" --machine cuda"
-  "profile-lite-2b|50|1|profile.log|python3 -m pixelrefer_fast.profiling.cli --preset lite-2b --device cuda --dtype bfloat16 --regions 1,16 --mask-num 32 --decode-tokens 8 --repeats 3 --warmup 1 --no-progress \$PLOT_FLAG --out \"\$OUT/profile\""
-  "profile-2b|50|1|profile.log|python3 -m pixelrefer_fast.profiling.cli --preset 2b --device cuda --dtype bfloat16 --regions 1,16 --mask-num 32 --decode-tokens 8 --repeats 3 --warmup 1 --no-progress \$PLOT_FLAG --out \"\$OUT/profile\""
+  "profile-lite-2b|50|1|profile.log|python3 -m pixelrefer_fast.profiling.cli --preset lite-2b --device cuda --dtype bfloat16 --regions 1,16 --mask-num 32 --decode-tokens 8 --repeats 3 --warmup 1 --no-progress --yes \$PLOT_FLAG --out \"\$OUT/profile\""
+  "profile-2b|50|1|profile.log|python3 -m pixelrefer_fast.profiling.cli --preset 2b --device cuda --dtype bfloat16 --regions 1,16 --mask-num 32 --decode-tokens 8 --repeats 3 --warmup 1 --no-progress --yes \$PLOT_FLAG --out \"\$OUT/profile\""
   "decode-probes|50|0|bench.log|python3 -m bench.decode_probe --preset lite-2b --device cuda --dtype bfloat16 --tokens 32 --repeats 3 --out \"\$OUT/decode_probes.json\""
+  "bench-decode|60|0|bench.log|python3 -m pytest bench/bench_decode.py -m gpu -q -p no:cacheprovider -rfEs --benchmark-enable --benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-warmup=off --benchmark-json=\"\$OUT/bench-decode.json\""
 )
 
 step_field() { local IFS='|'; read -r -a f <<<"$1"; echo "${f[$2]}"; }
