@@ -1,15 +1,18 @@
 """One batch of `DescribeJob`s through `model.describe`, with per-row streaming, stops and cancel.
 
-`Engine.run_batch` calls `describe` once for the batch and hands it three hooks (passed through
-`describe`'s generation keywords), so the model code is the library's own:
+`Engine.run_batch` runs the processor once for the batch, reports each row's prompt and region
+tokens, and calls `describe` once with hooks, so the model code is the library's own:
 
-- `RowStopping` (a stopping criterion, called once per step with the tokens so far): feeds each
-  row's new token to its `RowText`, sends the text delta to the row's sink, and reports the row done
-  on eos, a stop string, its `max_tokens` or a cancel (a disconnected client). Rows that are done
-  produce padding only; the loop ends when every row is done.
-- `RowSampler` (a logits processor): rows with `temperature > 0` draw their token from their own
-  generator (seeded by the request's `seed`) with their own `temperature` / `top_p`; the batch
-  then decodes greedily, so the drawn token is the one taken. Greedy rows are untouched.
+- A batch of greedy requests runs on the fast decode loop (`decoding="fast"`) with `RowStream` as
+  its `on_tokens` callback: each row's new tokens go to its `RowText`, the text delta to the row's
+  sink, and the rows that are done (eos, a stop string, their `max_tokens`, a disconnected client)
+  are cancelled in the loop; it ends when every row is done.
+- A batch with a sampled request (`temperature > 0`) needs a generator per request, which the fast
+  loop (one generator per batch) does not have: it runs on transformers' `generate`
+  (`decoding="hf"`) with `RowStopping` (a stopping criterion doing `RowStream`'s bookkeeping once
+  per step) and `RowSampler` (a logits processor: sampled rows draw their token from their own
+  generator, seeded by the request's `seed`, with their own `temperature` / `top_p`; the batch then
+  decodes greedily, so the drawn token is the one taken; greedy rows are untouched).
 - `kmeans_generator`: one CPU generator per region, the region's request's, seeded the same way.
 
 So a request's answer does not depend on the other requests of its batch. A batch `describe`
@@ -65,41 +68,47 @@ class BatchStats:
     seconds: float
 
 
-class RowStopping(StoppingCriteria):
-    """Per-row bookkeeping at every decoding step (see the module docstring)."""
+def advance_row(text: RowText, sink: RowSink, tokens: Sequence[int]) -> bool:
+    """Feed a row's new tokens to its `RowText` and its sink (deltas, then `finished` once); a
+    cancelled sink (the client left) ends the row first. Returns whether the row is done."""
+    if not text.done and sink.cancelled:
+        text.cancel()
+        sink.finished("", "", "cancelled", len(text.tokens))
+    for token in tokens:
+        if text.done:
+            break
+        delta = text.push(token)
+        if delta:
+            sink.delta(delta)
+        if text.done:
+            sink.finished(text.final_delta(), text.final_text(), text.finish_reason, len(text.tokens))
+    return text.done
 
-    def __init__(self, texts: list[RowText], sinks: Sequence[RowSink], pad_id: int, region_id: int):
+
+class RowStream:
+    """The fast loop's `on_tokens` callback: per-row bookkeeping at every host check; returns the
+    rows that are done, which the loop then stops."""
+
+    def __init__(self, texts: list[RowText], sinks: Sequence[RowSink]):
         self.texts = texts
         self.sinks = sinks
-        self.pad_id = pad_id
-        self.region_id = region_id
-        self.started = False
+
+    def __call__(self, chunk) -> list[int]:
+        rows = zip(self.texts, self.sinks, chunk.tokens)
+        return [row for row, (text, sink, tokens) in enumerate(rows) if text.done or advance_row(text, sink, tokens)]
+
+
+class RowStopping(StoppingCriteria):
+    """`RowStream`'s bookkeeping as a stopping criterion of `generate`, called once per step."""
+
+    def __init__(self, texts: list[RowText], sinks: Sequence[RowSink]):
+        self.texts = texts
+        self.sinks = sinks
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         tokens = input_ids[:, -1].tolist()  # the step's tokens on the host: streaming needs them
-        if not self.started:
-            self._start(input_ids[:, :-1].cpu())
-        done = []
-        for text, sink, token in zip(self.texts, self.sinks, tokens):
-            if not text.done:
-                if sink.cancelled:
-                    text.cancel()
-                    sink.finished("", "", "cancelled", len(text.tokens))
-                else:
-                    delta = text.push(token)
-                    if delta:
-                        sink.delta(delta)
-                    if text.done:
-                        sink.finished(text.final_delta(), text.final_text(), text.finish_reason, len(text.tokens))
-            done.append(text.done)
+        done = [text.done or advance_row(text, sink, [token]) for text, sink, token in zip(self.texts, self.sinks, tokens)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    def _start(self, prompts: torch.Tensor) -> None:
-        self.started = True
-        for row, sink in enumerate(self.sinks):
-            ids = prompts[row]
-            leading_pad = int((ids != self.pad_id).int().argmax()) if bool((ids != self.pad_id).any()) else len(ids)
-            sink.started(len(ids) - leading_pad, int((ids == self.region_id).sum()))
 
 
 class RowSampler(LogitsProcessor):
@@ -145,8 +154,6 @@ class Engine:
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [tokenizer.convert_tokens_to_ids("<|im_end|>")])
         self.eos_ids = set(eos)
-        pad = model.generation_config.pad_token_id
-        self.pad_id = pad if pad is not None else eos[0]
         self.region_id = tokenizer.convert_tokens_to_ids(REGION_TOKEN)
 
     def run_batch(self, jobs: Sequence[DescribeJob], sinks: Sequence[RowSink]) -> BatchStats:
@@ -175,22 +182,29 @@ class Engine:
     def _generate(self, jobs: list[DescribeJob], sinks: list[RowSink]) -> list[RowText]:
         tokenizer = self.processor.tokenizer
         texts = [RowText(tokenizer, self.eos_ids, job.sampling.max_tokens, job.sampling.stop) for job in jobs]
-        stopping = RowStopping(texts, sinks, self.pad_id, self.region_id)
         kmeans_generators = [torch.Generator().manual_seed(job.sampling.seed) for job in jobs]
         per_region = [kmeans_generators[i] for i, job in enumerate(jobs) for _ in job.masks]
-        self.model.describe(
-            self.processor,
+        batch = self.processor(
             images=[job.image for job in jobs],
             videos=[str(job.video.path) if job.video is not None else None for job in jobs],
             masks=[job.masks for job in jobs],
             frame_ids=[job.frame_ids for job in jobs] if any(job.frame_ids for job in jobs) else None,
-            questions=[job.question for job in jobs],
-            max_new_tokens=max(job.sampling.max_tokens for job in jobs),
-            static_cache=self.static_cache,
-            stopping_criteria=StoppingCriteriaList([stopping]),
-            logits_processor=LogitsProcessorList([RowSampler([job.sampling for job in jobs])]),
-            kmeans_generator=per_region or None,
+            text=[job.question for job in jobs],
         )
+        prompt_tokens = batch["attention_mask"].sum(1).tolist()  # (B,) host tensors from the processor
+        region_tokens = (batch["input_ids"] == self.region_id).sum(1).tolist()
+        for sink, prompt, regions in zip(sinks, prompt_tokens, region_tokens):
+            sink.started(int(prompt), int(regions))
+        common = {"inputs": batch, "max_new_tokens": max(job.sampling.max_tokens for job in jobs),
+                  "kmeans_generator": per_region or None}
+        if any(job.sampling.temperature > 0 for job in jobs):
+            self.model.describe(
+                self.processor, decoding="hf", static_cache=self.static_cache,
+                stopping_criteria=StoppingCriteriaList([RowStopping(texts, sinks)]),
+                logits_processor=LogitsProcessorList([RowSampler([job.sampling for job in jobs])]), **common,
+            )
+        else:
+            self.model.describe(self.processor, decoding="fast", on_tokens=RowStream(texts, sinks), **common)
         for text, sink in zip(texts, sinks):
             if not text.done:  # a safety net: describe stopped before our criterion ended the row
                 text.finish_reason = "length"

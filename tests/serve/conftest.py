@@ -21,7 +21,7 @@ def loaded(checkpoint):
     """`(model, processor)` of the checkpoint (CPU, float32)."""
     from transformers.utils import logging as hf_logging
 
-    from pixelrefer_fast.checkpoint import load_pretrained
+    from pixelrefer_fast import load_pretrained
     from pixelrefer_fast.processing_pixelrefer_fast import PixelReferFastProcessor
 
     hf_logging.disable_progress_bar()

@@ -102,7 +102,7 @@ def test_answers_equal_describe(loaded, client, form):
 
 
 def test_lite_checkpoint_answers_equal_describe(tmp_path):
-    from pixelrefer_fast.checkpoint import load_pretrained
+    from pixelrefer_fast import load_pretrained
     from pixelrefer_fast.processing_pixelrefer_fast import PixelReferFastProcessor
     from tests.serve.helpers import make_serving_checkpoint
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,54 @@ def test_kmeans_init_takes_one_generator_per_region():
         kmeans_init_indices(counts, 4, "parity", generator=mine)
     with pytest.raises(TypeError, match="CPU torch.Generator"):
         kmeans_init_indices(counts, 4, "parity", generator=[None, None, None, "seed"])
+
+
+class _RecordingSink:
+    cancelled = False
+
+    def __init__(self):
+        self.deltas, self.final, self.usage = [], None, None
+
+    def started(self, prompt_tokens, region_tokens):
+        self.usage = (prompt_tokens, region_tokens)
+
+    def delta(self, text):
+        self.deltas.append(text)
+
+    def finished(self, delta, text, finish_reason, completion_tokens):
+        self.final = (text, finish_reason, completion_tokens)
+        self.deltas.append(delta)
+
+    def failed(self, error):
+        raise AssertionError(error)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7], ids=["greedy", "sampled"])
+def test_engine_runs_greedy_batches_on_the_fast_loop(loaded, monkeypatch, temperature):
+    """A greedy batch decodes with `decoding="fast"` (streamed through `on_tokens`); a batch with a
+    sampled request needs per-request generators and uses `generate` ("hf"). Both answer in full."""
+    from pixelrefer_fast.serve.engine import Engine
+    from pixelrefer_fast.serve.parse import DescribeJob, SamplingParams
+
+    model, processor = loaded
+    calls = []
+    real = model.describe
+
+    def describe(*args, **kwargs):
+        calls.append(kwargs.get("decoding"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "describe", describe)
+    image = np.random.default_rng(0).integers(0, 256, (84, 112, 3), dtype=np.uint8)
+    mask = np.zeros((84, 112), dtype=np.uint8)
+    mask[20:60, 30:90] = 1
+    jobs = [DescribeJob("What is <region>?", [mask], SamplingParams(max_tokens=6, temperature=t, seed=3), image=image)
+            for t in (0.0, temperature)]
+    sinks = [_RecordingSink(), _RecordingSink()]
+    Engine(model, processor, kernels="torch").run_batch(jobs, sinks)
+    assert calls == ["fast" if temperature == 0 else "hf"]
+    for sink in sinks:
+        assert sink.usage[0] > 0 and sink.usage[1] > 0
+        text, reason, completion = sink.final
+        assert reason in ("stop", "length") and 0 < completion <= 6
+        assert "".join(sink.deltas) == text  # the streamed deltas and the last one make the answer
