@@ -1,13 +1,13 @@
 """pixelrefer_kernels: tensors in, tensors out.
 
 Custom Triton kernels for PixelRefer's hot spots, each beside a plain PyTorch reference (also the CPU
-path) and a dispatcher that says why it picked a backend. See ``README.md`` in this folder for the
-shape vocabulary and the op table, and ``python -m pixelrefer_kernels.info`` for what runs here.
+path) and a dispatcher that says why it picked a backend. See `README.md` in this folder for the
+shape vocabulary and the op table, and `python -m pixelrefer_kernels.info` for what runs here.
 
 Importing never touches CUDA: Triton (when installed) is imported, backends are probed on first use.
-Importing also registers the ops with ``torch.library`` (``torch.ops.pixelrefer.<op>``, see ``library.py``).
-The public names are bound here eagerly: an op's module shares the op's name (``region_pool``,
-``kmeans``), and binding the function after the submodule import keeps ``pixelrefer_kernels.kmeans``
+Importing also registers the ops with `torch.library` (`torch.ops.pixelrefer.<op>`, see `library.py`).
+The public names are bound here eagerly: an op's module shares the op's name (`region_pool`,
+`kmeans`), and binding the function after the submodule import keeps `pixelrefer_kernels.kmeans`
 the function whichever import runs first.
 """
 
@@ -24,7 +24,7 @@ from .varlen import varlen_attention_ref
 
 __version__ = "0.1.0"
 
-# submodules whose dispatchers ``python -m pixelrefer_kernels.info`` reports
+# submodules whose dispatchers `python -m pixelrefer_kernels.info` reports
 OP_MODULES = ("region_pool", "kmeans", "attention", "infusion")
 
 __all__ = [

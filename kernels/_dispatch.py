@@ -1,16 +1,16 @@
 """Backend choice with stated reasons.
 
 Every public op lists its candidate backends in priority order. Each candidate says *why not* for a
-given call (an empty list means it can run). ``choose`` picks:
+given call (an empty list means it can run). `choose` picks:
 
-- mode ``auto``: the first candidate with no reasons; falling back past a candidate is logged once
+- mode `auto`: the first candidate with no reasons; falling back past a candidate is logged once
   at debug level;
-- mode ``triton`` / ``torch``: the first candidate of that family that can run;
-- mode ``<backend name>``: exactly that candidate.
+- mode `triton` / `torch`: the first candidate of that family that can run;
+- mode `<backend name>`: exactly that candidate.
 
-A forced choice that cannot run raises ``BackendUnavailableError`` listing every candidate's reasons.
+A forced choice that cannot run raises `BackendUnavailableError` listing every candidate's reasons.
 Modes that name neither a family nor one of the op's backends are an error too, so a typo in
-``PIXELREFER_FAST_KERNELS`` never silently means ``auto``.
+`PIXELREFER_FAST_KERNELS` never silently means `auto`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class Backend:
     """One way to run an op.
 
     Attributes:
-        name: short unique name within the op (``"triton"``, ``"torch"``, ``"sdpa"``, ...).
-        family: ``"triton"`` (our kernels), ``"torch"`` (plain PyTorch, the reference family) or
-            ``"external"`` (optional third-party libraries such as flash-attn or xformers).
+        name: short unique name within the op (`"triton"`, `"torch"`, `"sdpa"`, ...).
+        family: `"triton"` (our kernels), `"torch"` (plain PyTorch, the reference family) or
+            `"external"` (optional third-party libraries such as flash-attn or xformers).
         reasons: called with the op's inputs; returns why this backend cannot run them.
         run: the implementation, called with the same inputs.
     """
@@ -50,7 +50,7 @@ class Backend:
 
 
 def no_reasons(*args, **kwargs) -> list[str]:
-    """The ``reasons`` of a backend that runs any input (the torch reference paths)."""
+    """The `reasons` of a backend that runs any input (the torch reference paths)."""
     return []
 
 
@@ -67,7 +67,7 @@ def _record(op: str, backend: str) -> None:
 
 
 def last_backend(op: str | None = None) -> str | None:
-    """Name of the backend that ran the last dispatched call in this thread (of ``op`` if given)."""
+    """Name of the backend that ran the last dispatched call in this thread (of `op` if given)."""
     if op is None:
         return getattr(_local, "last_any", None)
     return getattr(_local, "last", {}).get(op)
@@ -81,7 +81,7 @@ def _format_reasons(op: str, mode: str, table: list[tuple[str, list[str]]]) -> s
 
 
 def choose(op: str, backends: Sequence[Backend], *args, **kwargs) -> Backend:
-    """Pick the backend for one call of ``op`` (see the module docstring) and record it."""
+    """Pick the backend for one call of `op` (see the module docstring) and record it."""
     mode = current_mode()
     names = [b.name for b in backends]
     if mode not in MODES and mode not in names:

@@ -18,7 +18,7 @@ MAX_GRID_YZ = 65_535
 
 
 def device_guard(tensor: torch.Tensor):
-    """Make ``tensor``'s CUDA device current for a launch (Triton otherwise launches on cuda:0)."""
+    """Make `tensor`'s CUDA device current for a launch (Triton otherwise launches on cuda:0)."""
     if tensor.device.type == "cuda":
         return torch.cuda.device(tensor.device.index)
     return contextlib.nullcontext()
@@ -27,7 +27,7 @@ def device_guard(tensor: torch.Tensor):
 def grad_reasons(**tensors: torch.Tensor | None) -> list[str]:
     """Why a Triton kernel must not run: an input requires grad while autograd is recording.
 
-    Parameters that require grad are fine under ``torch.no_grad()`` / ``torch.inference_mode()``.
+    Parameters that require grad are fine under `torch.no_grad()` / `torch.inference_mode()`.
     """
     if not torch.is_grad_enabled():
         return []
@@ -38,7 +38,7 @@ def grad_reasons(**tensors: torch.Tensor | None) -> list[str]:
 
 
 def refuse_grad(op: str, **tensors: torch.Tensor | None) -> None:
-    """Raise in a launcher when ``grad_reasons`` finds a reason (no silent autograd breakage)."""
+    """Raise in a launcher when `grad_reasons` finds a reason (no silent autograd breakage)."""
     reasons = grad_reasons(**tensors)
     if reasons:
         raise RuntimeError(
@@ -50,14 +50,14 @@ def refuse_grad(op: str, **tensors: torch.Tensor | None) -> None:
 def tile_configs(configs: list, *, interpreter=None) -> list:
     """The tiles a kernel runs with: the one rule every kernel follows.
 
-    ``configs`` are the GPU choices (``triton.Config`` for autotuned kernels, plain dicts of block
+    `configs` are the GPU choices (`triton.Config` for autotuned kernels, plain dicts of block
     sizes for kernels that launch one fixed tile), best first. Returns:
 
-    - under the interpreter: ``[interpreter]`` when given, else the first GPU choice. The
+    - under the interpreter: `[interpreter]` when given, else the first GPU choice. The
       interpreter's cost is per operation, not per element, so a larger tile (fewer programs and
       shorter loops) keeps the CPU test suite fast;
-    - with ``PIXELREFER_FAST_SKIP_AUTOTUNE=1``: the first GPU choice (autotuning needs a timed run);
-    - otherwise every choice, for ``triton.autotune`` to time (a fixed-tile kernel takes the first).
+    - with `PIXELREFER_FAST_SKIP_AUTOTUNE=1`: the first GPU choice (autotuning needs a timed run);
+    - otherwise every choice, for `triton.autotune` to time (a fixed-tile kernel takes the first).
     """
     if interpret_mode():
         return [interpreter if interpreter is not None else configs[0]]

@@ -1,8 +1,8 @@
 """Host-side helpers shared by the ops and the model: packing per-region lists into the varlen layout,
 grid-size tensors, and the offset checks tied to them.
 
-Packed ("varlen") layout: the rows of all regions one after another, with ``cu_<x> [R+1]`` offsets
-(``cu[0] == 0``, ``cu[-1] == N``); grid sizes are ``[R, 2]`` (rows, columns) integer tensors on the
+Packed ("varlen") layout: the rows of all regions one after another, with `cu_<x> [R+1]` offsets
+(`cu[0] == 0`, `cu[-1] == N`); grid sizes are `[R, 2]` (rows, columns) integer tensors on the
 CPU, so launchers size grids without a device sync.
 """
 
@@ -22,7 +22,7 @@ MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, *F
 
 
 def host_grid_sizes(name: str, value, count: int | None) -> torch.Tensor:
-    """A ``[R, 2]`` grid-size tensor on the CPU as int64 (a CUDA tensor costs one sync)."""
+    """A `[R, 2]` grid-size tensor on the CPU as int64 (a CUDA tensor costs one sync)."""
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value)
     if value.dim() != 2 or value.shape[1] != 2:
@@ -42,7 +42,7 @@ def host_grid_sizes(name: str, value, count: int | None) -> torch.Tensor:
 
 
 def check_offsets_match(name: str, offsets: torch.Tensor, sizes: torch.Tensor, total: int) -> None:
-    """``offsets`` must be the running sum of the host-known ``sizes`` and end at ``total``."""
+    """`offsets` must be the running sum of the host-known `sizes` and end at `total`."""
     check_tensor(name, offsets, ndim=1, dtypes=INDEX_DTYPES)
     if offsets.numel() != sizes.numel() + 1:
         raise ValueError(f"{name} must have {sizes.numel() + 1} entries (regions + 1), got {offsets.numel()}")
@@ -59,15 +59,15 @@ def check_offsets_match(name: str, offsets: torch.Tensor, sizes: torch.Tensor, t
 
 
 def pack_region_lists(features: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]):
-    """Pack per-region lists into the varlen layout of ``region_pool``.
+    """Pack per-region lists into the varlen layout of `region_pool`.
 
     Args:
-        features: R tensors ``[h_r, w_r, C]`` (raster crop features), one per region.
-        masks: R tensors ``[mh_r, mw_r]`` (mask grids, any float/bool/uint8 dtype).
+        features: R tensors `[h_r, w_r, C]` (raster crop features), one per region.
+        masks: R tensors `[mh_r, mw_r]` (mask grids, any float/bool/uint8 dtype).
 
     Returns:
-        ``(features [N_f, C], cu_features [R+1] int32, feature_hw [R, 2] int64 CPU, masks [N_m],
-        cu_masks [R+1] int32, mask_hw [R, 2] int64 CPU)``; offsets and packed tensors on the features'
+        `(features [N_f, C], cu_features [R+1] int32, feature_hw [R, 2] int64 CPU, masks [N_m],
+        cu_masks [R+1] int32, mask_hw [R, 2] int64 CPU)`; offsets and packed tensors on the features'
         device, the packed masks on the masks' device.
     """
     if isinstance(features, torch.Tensor) and features.dim() == 4:

@@ -1,15 +1,15 @@
 """Lazy capability probes and the kernel-path switch.
 
 Nothing here touches CUDA or imports an optional backend at import time: every probe runs on first
-use and is cached (``functools.cache``). Tests that flip ``TRITON_INTERPRET`` call
-``clear_probe_cache()``.
+use and is cached (`functools.cache`). Tests that flip `TRITON_INTERPRET` call
+`clear_probe_cache()`.
 
 The switch:
 
-- ``PIXELREFER_FAST_KERNELS=auto|triton|torch`` (environment, read on every dispatch);
-- ``force(mode)``: a context manager that overrides the environment inside its block (per thread and
-  per asyncio task), e.g. ``with pixelrefer_kernels.force("torch"): ...``. ``mode`` is one of the
-  families above or the name of one backend of an op (``"sdpa"``, ``"xformers"``, ...).
+- `PIXELREFER_FAST_KERNELS=auto|triton|torch` (environment, read on every dispatch);
+- `force(mode)`: a context manager that overrides the environment inside its block (per thread and
+  per asyncio task), e.g. `with pixelrefer_kernels.force("torch"): ...`. `mode` is one of the
+  families above or the name of one backend of an op (`"sdpa"`, `"xformers"`, ...).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _find_module(name: str) -> bool:
 
 @functools.cache
 def has_triton() -> bool:
-    """True when ``import triton`` works (it is an optional extra)."""
+    """True when `import triton` works (it is an optional extra)."""
     if not _find_module("triton"):
         return False
     try:
@@ -53,7 +53,7 @@ def has_triton() -> bool:
 
 @functools.cache
 def has_flash_attn() -> bool:
-    """True when ``flash_attn.flash_attn_varlen_func`` imports (optional extra ``flash``)."""
+    """True when `flash_attn.flash_attn_varlen_func` imports (optional extra `flash`)."""
     if not _find_module("flash_attn"):
         return False
     try:
@@ -65,7 +65,7 @@ def has_flash_attn() -> bool:
 
 @functools.cache
 def has_xformers() -> bool:
-    """True when ``xformers.ops.fmha`` imports (optional extra ``xformers``)."""
+    """True when `xformers.ops.fmha` imports (optional extra `xformers`)."""
     if not _find_module("xformers"):
         return False
     try:
@@ -76,7 +76,7 @@ def has_xformers() -> bool:
 
 
 def interpret_mode() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    """True when Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -92,8 +92,8 @@ def clear_probe_cache() -> None:
 
 
 def triton_reasons(device: torch.device, dtype: torch.dtype | None = None, *, name: str = "dtype") -> list[str]:
-    """Why a Triton kernel cannot run on ``device`` (empty list: it can); with ``dtype``, also whether our
-    kernels take that dtype (fp16, bf16, fp32; ``name`` labels the tensor in the reason)."""
+    """Why a Triton kernel cannot run on `device` (empty list: it can); with `dtype`, also whether our
+    kernels take that dtype (fp16, bf16, fp32; `name` labels the tensor in the reason)."""
     if not has_triton():
         return ["triton is not installed (pip install 'pixelrefer-fast[triton]')"]
     if device.type == "cuda":
@@ -110,16 +110,16 @@ def triton_reasons(device: torch.device, dtype: torch.dtype | None = None, *, na
 
 
 def interpreter_dot_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Why a kernel built on ``tl.dot`` cannot run ``dtype`` on ``device`` (empty list: it can).
+    """Why a kernel built on `tl.dot` cannot run `dtype` on `device` (empty list: it can).
 
-    Triton's interpreter computes bf16 ``tl.dot`` wrongly (triton-lang/triton#4972)."""
+    Triton's interpreter computes bf16 `tl.dot` wrongly (triton-lang/triton#4972)."""
     if dtype == torch.bfloat16 and device.type == "cpu" and interpret_mode():
         return ["bf16 tl.dot is wrong in the Triton interpreter (triton-lang/triton#4972); bf16 runs on CUDA"]
     return []
 
 
 def current_mode() -> str:
-    """The active kernel mode: the innermost ``force()`` block, else the environment, else ``auto``."""
+    """The active kernel mode: the innermost `force()` block, else the environment, else `auto`."""
     forced = _forced_mode.get()
     if forced is not None:
         return forced
@@ -132,9 +132,9 @@ def force(mode: str) -> Iterator[None]:
     """Force a kernel path inside the block.
 
     Args:
-        mode: ``"auto"``, ``"triton"``, ``"torch"``, or one backend name of an op (see
-            ``python -m pixelrefer_kernels.info``). A forced path that cannot run raises
-            ``BackendUnavailableError`` listing every candidate's reasons.
+        mode: `"auto"`, `"triton"`, `"torch"`, or one backend name of an op (see
+            `python -m pixelrefer_kernels.info`). A forced path that cannot run raises
+            `BackendUnavailableError` listing every candidate's reasons.
 
     Example:
         >>> with pixelrefer_kernels.force("torch"):

@@ -1,9 +1,9 @@
-"""``triton`` and ``triton.language`` for kernel modules, or stand-ins when Triton is absent.
+"""`triton` and `triton.language` for kernel modules, or stand-ins when Triton is absent.
 
-Kernel files do ``from ._triton import tl, triton`` and define their ``@triton.jit`` kernels at module
-level. Without Triton (a CPU install without the ``triton`` extra) the stand-ins let those modules
-import; the dispatcher never picks a Triton backend then (``triton_reasons`` says why), and calling a
-stand-in kernel raises ``ImportError``.
+Kernel files do `from ._triton import tl, triton` and define their `@triton.jit` kernels at module
+level. Without Triton (a CPU install without the `triton` extra) the stand-ins let those modules
+import; the dispatcher never picks a Triton backend then (`triton_reasons` says why), and calling a
+stand-in kernel raises `ImportError`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ TRITON_AVAILABLE = has_triton()
 
 
 class _Missing:
-    """Attribute chains resolve (``tl.constexpr``, ``triton.Config``); decorators keep the function."""
+    """Attribute chains resolve (`tl.constexpr`, `triton.Config`); decorators keep the function."""
 
     def __init__(self, path: str):
         self._path = path
@@ -55,16 +55,16 @@ else:
 
 
 
-# Decided at import, as Triton decides at decoration whether ``@triton.jit`` compiles or interprets.
+# Decided at import, as Triton decides at decoration whether `@triton.jit` compiles or interprets.
 _INTERPRETED = tl.constexpr(interpret_mode()) if TRITON_AVAILABLE else False
 
 
 @triton.jit
 def loop_bound(x):
-    """``x`` (a kernel int argument, a loaded offset, a program id) as a ``range()`` bound.
+    """`x` (a kernel int argument, a loaded offset, a program id) as a `range()` bound.
 
-    Compiled: ``x`` itself. Interpreted: a Python int, because Triton 3.6's interpreter holds scalars
-    as one-element arrays and takes ``int()`` of them at ``range()`` bounds, which numpy >= 2.4
+    Compiled: `x` itself. Interpreted: a Python int, because Triton 3.6's interpreter holds scalars
+    as one-element arrays and takes `int()` of them at `range()` bounds, which numpy >= 2.4
     refuses (Triton >= 3.7 squeezes them first).
     """
     if _INTERPRETED:

@@ -1,9 +1,9 @@
 """Argument checks shared by the ops' public entry points.
 
-Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape or
+Every check raises `TypeError` (wrong kind of object or dtype) or `ValueError` (wrong shape or
 value) with a message that names the argument, says what was wrong and what is accepted. The checks
 that read tensor values (finiteness, offsets) synchronise with the device once; public ops take
-``validate=False`` to skip them on a hot, already-validated path.
+`validate=False` to skip them on a hot, already-validated path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def check_tensor(
     dtypes: Sequence[torch.dtype] | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Check that ``value`` is a tensor with the given rank, dtype family and device."""
+    """Check that `value` is a tensor with the given rank, dtype family and device."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.device.type == "meta":
@@ -47,15 +47,15 @@ def check_tensor(
 
 
 def check_finite(name: str, value: torch.Tensor) -> None:
-    """Raise if ``value`` holds NaN or inf (one device sync)."""
+    """Raise if `value` holds NaN or inf (one device sync)."""
     if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
         bad = (~torch.isfinite(value)).nonzero()[0].tolist()
         raise ValueError(f"{name} contains NaN or inf (first at index {tuple(bad)}); accepted: finite values only")
 
 
 def check_finite_screened(name: str, value: torch.Tensor) -> None:
-    """``check_finite`` behind a cheap screen: NaN and inf survive a sum, so one reduction (about a
-    sixth of ``isfinite(...).all()``'s cost) clears the usual finite case; a non-finite sum (NaN, inf,
+    """`check_finite` behind a cheap screen: NaN and inf survive a sum, so one reduction (about a
+    sixth of `isfinite(...).all()`'s cost) clears the usual finite case; a non-finite sum (NaN, inf,
     or a finite overflow) runs the full check, which names the first bad element."""
     if not value.is_floating_point() or value.numel() == 0:
         return
@@ -65,8 +65,8 @@ def check_finite_screened(name: str, value: torch.Tensor) -> None:
 
 
 def check_offsets(name: str, offsets: torch.Tensor, total: int, *, count: int | None = None, exact: bool = True) -> list[int]:
-    """Check a CSR offsets vector: 1-D integer, starts at 0, non-decreasing, ends at ``total``
-    (``exact=False``: at most ``total``, for packed buffers with spare rows). Returns the host copy."""
+    """Check a CSR offsets vector: 1-D integer, starts at 0, non-decreasing, ends at `total`
+    (`exact=False`: at most `total`, for packed buffers with spare rows). Returns the host copy."""
     check_tensor(name, offsets, ndim=1, dtypes=INDEX_DTYPES)
     if count is not None and offsets.numel() != count + 1:
         raise ValueError(f"{name} must have {count + 1} entries (one more than the number of segments), got {offsets.numel()}")
@@ -105,7 +105,7 @@ def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
 
 
 def check_optional_count(name: str, value, *, meaning: str = "") -> int | None:
-    """``value`` is None or an int >= 0 (a host bound such as ``max_tokens``); ``meaning`` explains it."""
+    """`value` is None or an int >= 0 (a host bound such as `max_tokens`); `meaning` explains it."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         hint = f" ({meaning})" if meaning else ""
         raise TypeError(f"{name} must be None or an int >= 0{hint}, got {value!r}")

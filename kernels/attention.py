@@ -1,23 +1,23 @@
-"""``varlen_attention``: block-diagonal (varlen) attention behind one signature, with stated backend choice.
+"""`varlen_attention`: block-diagonal (varlen) attention behind one signature, with stated backend choice.
 
 Backends, in auto priority order (the first one with no reasons runs):
 
-1. ``flash_attn`` (external, optional extra ``flash``): ``flash_attn_varlen_func``. First when installed,
+1. `flash_attn` (external, optional extra `flash`): `flash_attn_varlen_func`. First when installed,
    because it is the kernel upstream uses (same numerics as the released model) and the best-tuned one
    for fp16/bf16 on Ampere+ GPUs. Refuses fp32/fp64, CPU tensors and head dims above 256.
-2. ``triton`` (ours, ``varlen.py``): fp16/bf16/fp32 on CUDA, or CPU under
-   ``TRITON_INTERPRET=1`` (tests); any head dim up to 256 (72 and 144 without padding to 128/256), no host
+2. `triton` (ours, `varlen.py`): fp16/bf16/fp32 on CUDA, or CPU under
+   `TRITON_INTERPRET=1` (tests); any head dim up to 256 (72 and 144 without padding to 128/256), no host
    sync. Refuses inputs that require grad (inference only), float64, and bf16 in the interpreter (its bf16
-   ``tl.dot`` is wrong, triton-lang/triton#4972).
-3. ``xformers`` (external, optional extra ``xformers``): ``memory_efficient_attention`` with a
-   ``BlockDiagonalMask``; CUDA only, needs the segment lengths on the host.
-4. ``sdpa`` (torch): ``F.scaled_dot_product_attention``, one batched call when every segment has the same
+   `tl.dot` is wrong, triton-lang/triton#4972).
+3. `xformers` (external, optional extra `xformers`): `memory_efficient_attention` with a
+   `BlockDiagonalMask`; CUDA only, needs the segment lengths on the host.
+4. `sdpa` (torch): `F.scaled_dot_product_attention`, one batched call when every segment has the same
    lengths (a reshape, no copy), else one call per segment. Differentiable, any device, float64 included.
-5. ``eager`` (torch): ``varlen_attention_ref``, the per-segment reference. Always available.
+5. `eager` (torch): `varlen_attention_ref`, the per-segment reference. Always available.
 
-On a CPU without the interpreter, auto mode therefore runs ``sdpa``. No backend builds a dense
-``[seq, seq]`` mask. ``backend_report`` lists the reasons for a small representative call
-(``python -m pixelrefer_kernels.info``).
+On a CPU without the interpreter, auto mode therefore runs `sdpa`. No backend builds a dense
+`[seq, seq]` mask. `backend_report` lists the reasons for a small representative call
+(`python -m pixelrefer_kernels.info`).
 """
 
 from __future__ import annotations
@@ -73,27 +73,27 @@ def varlen_attention(
     """Non-causal attention of each packed query segment to its own key segment.
 
     Args:
-        q: ``[Nq, nh, hd]`` packed queries; fp16, bf16, fp32 (float64 on the torch backends). Row and head
+        q: `[Nq, nh, hd]` packed queries; fp16, bf16, fp32 (float64 on the torch backends). Row and head
             strides are free (a view into a packed qkv buffer is fine).
-        k, v: ``[Nk, nh, hd]`` packed keys and values, same dtype and device as q.
-        cu_seqlens_q, cu_seqlens_k: ``[S+1]`` int32/int64 offsets on q's device: start at 0, non-decreasing,
+        k, v: `[Nk, nh, hd]` packed keys and values, same dtype and device as q.
+        cu_seqlens_q, cu_seqlens_k: `[S+1]` int32/int64 offsets on q's device: start at 0, non-decreasing,
             end at Nq / Nk. Segment s of the queries attends to segment s of the keys only.
         max_seqlen_q, max_seqlen_k: optional host ints bounding the longest segments (flash-attn needs
             them; computed with one host sync when omitted).
-        softmax_scale: defaults to ``1 / sqrt(hd)``.
+        softmax_scale: defaults to `1 / sqrt(hd)`.
         validate: check offset values and max_seqlen bounds (one host sync), and that the output is
             finite: NaN or inf in q, k or v raise naming the tensor, and scores that can overflow
-            float32 (``scale * max|q_row| * max|k_row|`` past its range: fp32 inputs of magnitude
+            float32 (`scale * max|q_row| * max|k_row|` past its range: fp32 inputs of magnitude
             ~1e18 and more) or did overflow the dtype (a non-finite output) raise instead of
             returning NaN or zeros. There is no rescaling: scale such inputs down. A few reductions
-            and syncs; the vision encoder's hot path passes ``validate=False``. Shapes, dtypes and devices are always checked.
+            and syncs; the vision encoder's hot path passes `validate=False`. Shapes, dtypes and devices are always checked.
 
     Returns:
-        ``[Nq, nh, hd]`` in q's dtype. A segment with queries but no keys gives zeros (torch and Triton
-        backends). With ``validate=False``, non-finite or overflowing inputs give non-finite rows.
+        `[Nq, nh, hd]` in q's dtype. A segment with queries but no keys gives zeros (torch and Triton
+        backends). With `validate=False`, non-finite or overflowing inputs give non-finite rows.
 
     Backends (see the module docstring): flash_attn, triton, xformers, sdpa, eager; switch with
-    ``pixelrefer_kernels.force(...)`` or ``PIXELREFER_FAST_KERNELS``. On CPU without ``TRITON_INTERPRET=1``
+    `pixelrefer_kernels.force(...)` or `PIXELREFER_FAST_KERNELS`. On CPU without `TRITON_INTERPRET=1`
     it runs PyTorch SDPA.
 
     Example:
@@ -143,7 +143,7 @@ def varlen_attention(
 
 def _check_score_range(q: torch.Tensor, k: torch.Tensor, softmax_scale: float | None) -> None:
     """Refuse scores that could overflow float32 (every backend forms them in fp32 or wider for fp32
-    inputs): ``|scale * q.k| <= scale * max|q_row| * max|k_row|`` (Cauchy-Schwarz). An overflow to
+    inputs): `|scale * q.k| <= scale * max|q_row| * max|k_row|` (Cauchy-Schwarz). An overflow to
     -inf on every key would otherwise come back from SDPA as a silent row of zeros."""
     if q.numel() == 0 or k.numel() == 0:
         return
@@ -280,7 +280,7 @@ def sdpa_varlen(
 
     One batched call when every segment has the same lengths (the packed tensors are reshaped, not
     copied), else one call per segment. A segment with queries but no keys gives zeros. Shapes as in
-    ``varlen_attention``; used by the ``sdpa`` backend and by the infusion's torch path.
+    `varlen_attention`; used by the `sdpa` backend and by the infusion's torch path.
     """
     num_segments = len(lengths_q)
     if num_segments and len(set(lengths_q)) == 1 and len(set(lengths_k)) == 1 and lengths_q[0] > 0 and lengths_k[0] > 0:
@@ -317,7 +317,7 @@ _BACKENDS = (
 
 
 def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, list[str]]]:
-    """``(backend, reasons)`` in priority order for a small call (2 segments, 2 heads, head dim 72)."""
+    """`(backend, reasons)` in priority order for a small call (2 segments, 2 heads, head dim 72)."""
     q = torch.zeros(8, 2, 72, device=device, dtype=dtype)
     cu = torch.tensor([0, 3, 8], dtype=torch.int32, device=device)
     args = (q, q, q, cu, cu, None, None, None, _Segments([3, 5], [3, 5]))

@@ -1,7 +1,7 @@
-"""``python -m pixelrefer_kernels.info``: versions, the GPU, and which backend each op takes here.
+"""`python -m pixelrefer_kernels.info`: versions, the GPU, and which backend each op takes here.
 
-Each op module in ``OP_MODULES`` provides ``backend_report(device, dtype)``: for a small
-representative call, the list of ``(backend, reasons)`` in priority order (no reasons: it can run).
+Each op module in `OP_MODULES` provides `backend_report(device, dtype)`: for a small
+representative call, the list of `(backend, reasons)` in priority order (no reasons: it can run).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ._runtime import KERNELS_ENV, current_mode, has_flash_attn, has_triton, has
 
 
 def _version(distribution: str) -> str:
-    """The installed version of ``distribution``, read from its metadata (nothing is imported)."""
+    """The installed version of `distribution`, read from its metadata (nothing is imported)."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -26,7 +26,7 @@ def _version(distribution: str) -> str:
 
 
 def report(device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
-    """The text ``python -m pixelrefer_kernels.info`` prints."""
+    """The text `python -m pixelrefer_kernels.info` prints."""
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:

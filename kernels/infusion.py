@@ -1,50 +1,50 @@
 """Object-Centric Infusion (PixelRefer-Lite): two pre-norm cross-attentions from object tokens to feature maps.
 
-Math, for the ``K`` object tokens ``x_r`` of region ``r``::
+Math, for the `K` object tokens `x_r` of region `r`:
 
     x1_r = x_r  + MHA_local (LN_local (x_r),  L_r, L_r)     L_r: the region's local-crop features
     x2_r = x1_r + MHA_global(LN_global(x1_r), G_r, G_r)     G_r: the whole image's features
 
-MHA is ``nn.MultiheadAttention`` (packed in_proj [3C, C], nh heads of hd = C / nh, scale 1/sqrt(hd),
-out_proj), LN is ``nn.LayerNorm`` on the queries only. Upstream (``pixelreferlite/model/region_encoder.py``,
-``MaskExtractor.forward`` + ``fusion_image_mask_embedding``) stacks one copy of the image's 576 global
+MHA is `nn.MultiheadAttention` (packed in_proj [3C, C], nh heads of hd = C / nh, scale 1/sqrt(hd),
+out_proj), LN is `nn.LayerNorm` on the queries only. Upstream (`pixelreferlite/model/region_encoder.py`,
+`MaskExtractor.forward` + `fusion_image_mask_embedding`) stacks one copy of the image's 576 global
 keys per region, so the same K/V projections are recomputed per region, and asks for the averaged
 attention weights it never uses.
 
 What this op does instead, exactly equal in real arithmetic:
 
 - **Shared projections ("project" path).** Keys/values of a segment (feature map) are projected once
-  and shared by every region that refers to it (``region_global`` / ``region_local`` map regions to
+  and shared by every region that refers to it (`region_global` / `region_local` map regions to
   segments; the parity local-crop reuse makes local maps shared too). The queries of all regions of a
-  segment form one attention segment (few queries vs many keys) for ``varlen_attention``.
+  segment form one attention segment (few queries vs many keys) for `varlen_attention`.
 - **Absorbed projections ("absorb" path).** For a map used by few regions, projecting its N keys costs
-  ``2 N C^2`` MACs, more than the attention itself. Since ``q_h . (W_k,h x + b_k,h) = (W_k,h^T q_h) . x +
-  const`` (the constant drops out of the softmax) and ``sum_j p_j (W_v,h x_j + b_v,h) = W_v,h (sum_j p_j
-  x_j) + b_v,h`` (the weights sum to 1), each head attends straight to the raw features with the
-  absorbed query ``W_k,h^T q_h`` (dim C) and projects the weighted feature sum once. Cost per region
-  ``2 K C^2 + 2 nh K N C`` MACs instead of ``2 N C^2 + 2 K N C``: 3x fewer for a distinct 16x16 local
+  `2 N C^2` MACs, more than the attention itself. Since `q_h . (W_k,h x + b_k,h) = (W_k,h^T q_h) . x +
+  const` (the constant drops out of the softmax) and `sum_j p_j (W_v,h x_j + b_v,h) = W_v,h (sum_j p_j
+  x_j) + b_v,h` (the weights sum to 1), each head attends straight to the raw features with the
+  absorbed query `W_k,h^T q_h` (dim C) and projects the weighted feature sum once. Cost per region
+  `2 K C^2 + 2 nh K N C` MACs instead of `2 N C^2 + 2 K N C`: 3x fewer for a distinct 16x16 local
   map (K=32, nh=8, C=1152).
-- Per stage and per segment a FLOP model picks the cheaper path (``_plan_stage``).
+- Per stage and per segment a FLOP model picks the cheaper path (`_plan_stage`).
 
 What is fused, and why (at Lite sizes, ~80 GFLOP for 64 regions, a GPU finishes the GEMMs in about as
 long as it takes to launch two dozen kernels, so fewer kernels and passes count as much as FLOPs; an
-estimate, to be confirmed by ``bench/bench_infusion.py`` on a GPU):
+estimate, to be confirmed by `bench/bench_infusion.py` on a GPU):
 
-- the project path's attention core is our varlen flash kernel (``varlen.py``: QK^T, online
+- the project path's attention core is our varlen flash kernel (`varlen.py`: QK^T, online
   softmax and PV in one pass, no score matrix in memory), with its offsets and block table built on
   the host and shipped in one copy;
-- ``_residual_layer_norm_fwd_kernel`` does the local LayerNorm, then (second call) the local residual
+- `_residual_layer_norm_fwd_kernel` does the local LayerNorm, then (second call) the local residual
   add + the global LayerNorm in one pass, and stores the residual stream with the global out_proj bias
-  already added, so the last projection + bias + residual is a single ``addmm``;
-- the absorbed path folds the softmax scale into its score GEMM (``baddbmm`` alpha) and orders its rows
+  already added, so the last projection + bias + residual is a single `addmm`;
+- the absorbed path folds the softmax scale into its score GEMM (`baddbmm` alpha) and orders its rows
   (token, head) so the weighted sums split into heads as a strided view, not a copy.
 
 The projections and the absorbed path's score and weighted-sum products are GEMMs and stay with cuBLAS
 / torch.matmul: a Triton GEMM would not beat them at these sizes, and the absorbed head dim (C = 1152)
 does not fit a flash-style register accumulator.
 
-Backends: ``triton`` (the above), ``torch`` (same algorithm, SDPA for the attention core, torch
-LayerNorm; the CPU path), ``ref`` (``object_infusion_ref``, per region, mirrors upstream).
+Backends: `triton` (the above), `torch` (same algorithm, SDPA for the attention core, torch
+LayerNorm; the CPU path), `ref` (`object_infusion_ref`, per region, mirrors upstream).
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ OP = "object_infusion"
 
 
 class InfusionWeights(NamedTuple):
-    """The parameters of one infusion stage, in ``nn.LayerNorm`` + ``nn.MultiheadAttention`` layout.
+    """The parameters of one infusion stage, in `nn.LayerNorm` + `nn.MultiheadAttention` layout.
 
     Attributes:
-        ln_weight, ln_bias: ``[C]`` LayerNorm affine (applied to the queries only).
-        in_proj_weight: ``[3C, C]`` packed q, k, v projections (rows 0:C, C:2C, 2C:3C).
-        in_proj_bias: ``[3C]``.
-        out_proj_weight: ``[C, C]``; out_proj_bias: ``[C]``.
+        ln_weight, ln_bias: `[C]` LayerNorm affine (applied to the queries only).
+        in_proj_weight: `[3C, C]` packed q, k, v projections (rows 0:C, C:2C, 2C:3C).
+        in_proj_bias: `[3C]`.
+        out_proj_weight: `[C, C]`; out_proj_bias: `[C]`.
     """
 
     ln_weight: torch.Tensor
@@ -98,7 +98,7 @@ class InfusionWeights(NamedTuple):
 
     @classmethod
     def from_modules(cls, layer_norm: torch.nn.LayerNorm, attention: torch.nn.MultiheadAttention) -> "InfusionWeights":
-        """The weights of ``layer_norm`` and ``attention`` (shared, not copied)."""
+        """The weights of `layer_norm` and `attention` (shared, not copied)."""
         return cls(
             layer_norm.weight,
             layer_norm.bias,
@@ -126,21 +126,21 @@ def object_infusion_ref(
     num_heads: int = 8,
     eps: float = 1e-5,
 ) -> torch.Tensor:
-    """Readable infusion, one region at a time, as upstream's two ``nn.MultiheadAttention`` blocks compute it.
+    """Readable infusion, one region at a time, as upstream's two `nn.MultiheadAttention` blocks compute it.
 
     Args:
-        queries: ``[R, K, C]`` object tokens (zero-padded to K in Lite), any float dtype (float64 included).
-        local_feats: ``[N_l, C]`` packed local feature maps (raster order per map), segments ``cu_local [L+1]``.
-        region_local: ``[R]`` int, the local segment of each region.
-        global_feats, cu_global ``[G+1]``, region_global ``[R]``: the same for the global maps.
-        local_weights, global_weights: ``InfusionWeights`` of ``ln_local`` + ``fusion_attention_local``
-            and ``ln_global`` + ``fusion_attention_global``.
+        queries: `[R, K, C]` object tokens (zero-padded to K in Lite), any float dtype (float64 included).
+        local_feats: `[N_l, C]` packed local feature maps (raster order per map), segments `cu_local [L+1]`.
+        region_local: `[R]` int, the local segment of each region.
+        global_feats, cu_global `[G+1]`, region_global `[R]`: the same for the global maps.
+        local_weights, global_weights: `InfusionWeights` of `ln_local` + `fusion_attention_local`
+            and `ln_global` + `fusion_attention_global`.
         num_heads: attention heads (8 upstream); eps: LayerNorm epsilon (1e-5 upstream).
 
     Returns:
-        ``[R, K, C]`` in queries' dtype. Each region's keys/values are projected for that region, as
+        `[R, K, C]` in queries' dtype. Each region's keys/values are projected for that region, as
         upstream does; the softmax runs in float32 for 16-bit inputs (upstream runs under bf16 autocast,
-        which upcasts softmax). Differentiable. No argument checks (``object_infusion`` validates).
+        which upcasts softmax). Differentiable. No argument checks (`object_infusion` validates).
     """
     x = queries
     for feats, cu, region_segment, weights in (
@@ -158,7 +158,7 @@ def object_infusion_ref(
 
 
 def _cross_attention_ref(queries: torch.Tensor, keys: torch.Tensor, weights: InfusionWeights, num_heads: int) -> torch.Tensor:
-    """``nn.MultiheadAttention(queries, keys, keys)[0]`` for one region: ``[K, C]`` against ``[N, C]``."""
+    """`nn.MultiheadAttention(queries, keys, keys)[0]` for one region: `[K, C]` against `[N, C]`."""
     num_tokens, channels = queries.shape
     head_dim = channels // num_heads
     w_q, w_k, w_v = weights.in_proj_weight.chunk(3)
@@ -180,7 +180,7 @@ class _StagePlan:
     """How one stage runs, from the host copies of the segment offsets and the region -> segment map.
 
     Attributes:
-        starts: ``[S+1]`` segment offsets (host).
+        starts: `[S+1]` segment offsets (host).
         region_segment: segment of each region (host).
         project_regions: regions on the shared-projection path, ordered by segment (then region).
         absorb_regions: regions on the absorbed path, ascending.
@@ -193,8 +193,8 @@ class _StagePlan:
 
 
 def absorbed_path_is_cheaper(length: int, queries: int, channels: int, num_heads: int) -> bool:
-    """Whether ``queries`` object tokens attend to one feature map of ``length`` rows with fewer
-    multiply-adds on the absorbed path (``W_k^T q`` per head against the raw features) than on the
+    """Whether `queries` object tokens attend to one feature map of `length` rows with fewer
+    multiply-adds on the absorbed path (`W_k^T q` per head against the raw features) than on the
     shared-projection path (K/V projected once); both are exact (see the module docstring)."""
     cost_project = 2 * length * channels * channels + 2 * queries * length * channels
     cost_absorb = 2 * queries * channels * channels + 2 * num_heads * queries * length * channels
@@ -202,7 +202,7 @@ def absorbed_path_is_cheaper(length: int, queries: int, channels: int, num_heads
 
 
 def _plan_stage(starts: list[int], region_segment: list[int], num_tokens: int, channels: int, num_heads: int) -> _StagePlan:
-    """Pick, per segment, the path with fewer multiply-adds (``absorbed_path_is_cheaper``)."""
+    """Pick, per segment, the path with fewer multiply-adds (`absorbed_path_is_cheaper`)."""
     users: dict[int, list[int]] = {}
     for region, segment in enumerate(region_segment):
         users.setdefault(segment, []).append(region)
@@ -215,7 +215,7 @@ def _plan_stage(starts: list[int], region_segment: list[int], num_tokens: int, c
 
 
 def _rows_of(feats: torch.Tensor, starts: list[int], segments: list[int]) -> torch.Tensor:
-    """The rows of ``segments`` (ascending, distinct) of ``feats``, in order: a view when they are adjacent."""
+    """The rows of `segments` (ascending, distinct) of `feats`, in order: a view when they are adjacent."""
     if segments == list(range(segments[0], segments[-1] + 1)):
         return feats[starts[segments[0]] : starts[segments[-1] + 1]]
     index = [row for s in segments for row in range(starts[s], starts[s + 1])]
@@ -228,7 +228,7 @@ def _rows_of(feats: torch.Tensor, starts: list[int], segments: list[int]) -> tor
 def _attend_projected(q, feats, weights, plan, num_heads, attention_core):
     """Project path: K/V of each used segment once, all regions of a segment as one query segment.
 
-    q: ``[R, K, C]`` projected queries. Returns ``(regions, out [len(regions), K, C])``.
+    q: `[R, K, C]` projected queries. Returns `(regions, out [len(regions), K, C])`.
     """
     regions = plan.project_regions
     num_tokens, channels = q.shape[1], q.shape[2]
@@ -251,9 +251,9 @@ def _attend_projected(q, feats, weights, plan, num_heads, attention_core):
 
 
 def _attend_absorbed(q, feats, weights, plan, num_heads):
-    """Absorbed path: each head attends to the raw features with the query ``W_k,h^T q_h`` (dim C).
+    """Absorbed path: each head attends to the raw features with the query `W_k,h^T q_h` (dim C).
 
-    q: ``[R, K, C]`` projected queries. Returns ``(regions, out [len(regions), K, C])``.
+    q: `[R, K, C]` projected queries. Returns `(regions, out [len(regions), K, C])`.
     """
     regions = plan.absorb_regions
     num_regions, num_tokens, channels = len(regions), q.shape[1], q.shape[2]
@@ -296,7 +296,7 @@ def _attend_absorbed(q, feats, weights, plan, num_heads):
 
 
 def _stage_attention(normed, feats, weights, plan, num_heads, attention_core):
-    """MHA(normed, keys, keys) before out_proj, for every region: ``[R, K, C]``."""
+    """MHA(normed, keys, keys) before out_proj, for every region: `[R, K, C]`."""
     channels = normed.shape[-1]
     q = F.linear(normed, weights.in_proj_weight[:channels], weights.in_proj_bias[:channels])  # (R, K, C)
     parts = []
@@ -359,9 +359,9 @@ def _residual_layer_norm_fwd_kernel(
 
 
 def _residual_layer_norm_triton(x, y, weight, bias, eps, carry_bias=None):
-    """``(x + y + carry_bias, LayerNorm(x + y))`` over the last dim of ``[..., C]`` tensors.
+    """`(x + y + carry_bias, LayerNorm(x + y))` over the last dim of `[..., C]` tensors.
 
-    ``y`` None: no residual; ``carry_bias`` None: the first result is None (nothing stored).
+    `y` None: no residual; `carry_bias` None: the first result is None (nothing stored).
     """
     channels = x.shape[-1]
     # rows pass a stride; the channels and the [C] vectors are read as dense
@@ -447,9 +447,9 @@ def object_infusion_triton(
 ) -> torch.Tensor:
     """The infusion with our Triton kernels (varlen attention core, fused residual + LayerNorm) and torch GEMMs.
 
-    Shapes as in ``object_infusion``; fp16, bf16 or fp32 on CUDA (or CPU under ``TRITON_INTERPRET=1``).
+    Shapes as in `object_infusion`; fp16, bf16 or fp32 on CUDA (or CPU under `TRITON_INTERPRET=1`).
     Reads the offsets and region maps on the host (one small copy when they live on the GPU). Raises on
-    inputs that require grad. No value validation (``object_infusion`` does it).
+    inputs that require grad. No value validation (`object_infusion` does it).
     """
     tensors = _float_inputs(queries, local_feats, global_feats, local_weights, global_weights)
     refuse_grad("object_infusion_triton", **tensors)
@@ -504,25 +504,25 @@ def object_infusion(
     """Object-Centric Infusion of PixelRefer-Lite: local then global pre-norm cross-attention with residuals.
 
     Args:
-        queries: ``[R, K, C]`` object tokens (fp16, bf16, fp32; float64 on the torch backends).
-        local_feats: ``[N_l, C]`` packed local feature maps (raster order per map), same dtype/device.
-        cu_local: ``[L+1]`` int offsets of the local maps (start 0, non-decreasing, end N_l).
-        region_local: ``[R]`` int, local map of each region (several regions may share one).
-        global_feats, cu_global ``[G+1]``, region_global ``[R]``: the same for the whole-image maps.
-        local_weights, global_weights: ``InfusionWeights`` (``ln_local`` + ``fusion_attention_local``, ...).
+        queries: `[R, K, C]` object tokens (fp16, bf16, fp32; float64 on the torch backends).
+        local_feats: `[N_l, C]` packed local feature maps (raster order per map), same dtype/device.
+        cu_local: `[L+1]` int offsets of the local maps (start 0, non-decreasing, end N_l).
+        region_local: `[R]` int, local map of each region (several regions may share one).
+        global_feats, cu_global `[G+1]`, region_global `[R]`: the same for the whole-image maps.
+        local_weights, global_weights: `InfusionWeights` (`ln_local` + `fusion_attention_local`, ...).
         num_heads: heads (8 upstream; must divide C). eps: LayerNorm epsilon (1e-5 upstream).
         validate: check offsets, region indices and that every referenced map is non-empty. Shapes,
-            dtypes, devices and the range of the region indices are always checked; with ``False`` the
+            dtypes, devices and the range of the region indices are always checked; with `False` the
             offsets are trusted (non-decreasing, ending at the packed lengths) and must be right.
 
     Offsets and region maps may live on the CPU (preferred: no sync) or on the tensors' device; they are
     read on the host to plan the call. Unreferenced maps are never read (NaN there cannot leak).
 
     Returns:
-        ``[R, K, C]`` in queries' dtype: ``x2`` of the module docstring (before ``feat_linear``).
+        `[R, K, C]` in queries' dtype: `x2` of the module docstring (before `feat_linear`).
 
-    Backends: ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``), ``torch`` (same algorithm with SDPA;
-    the CPU path, differentiable), ``ref`` (``object_infusion_ref``, per region).
+    Backends: `triton` (CUDA, or CPU under `TRITON_INTERPRET=1`), `torch` (same algorithm with SDPA;
+    the CPU path, differentiable), `ref` (`object_infusion_ref`, per region).
 
     Example:
         >>> w = InfusionWeights.from_modules(module.ln_local, module.fusion_attention_local)
@@ -630,7 +630,7 @@ _BACKENDS = (
 
 
 def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, list[str]]]:
-    """``(backend, reasons)`` in priority order for a small call (2 regions, C=144, 2 heads of 72)."""
+    """`(backend, reasons)` in priority order for a small call (2 regions, C=144, 2 heads of 72)."""
     channels = 144
     queries = torch.zeros(2, 4, channels, device=device, dtype=dtype)
     feats = torch.zeros(6, channels, device=device, dtype=dtype)

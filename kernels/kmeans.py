@@ -1,30 +1,30 @@
 """Batched k-means (Lloyd) over ragged regions: PixelRefer's object-token clustering.
 
-Each region ``r`` has ``n_r`` pooled tokens ``x_1..x_n`` (``[n_r, C]``, rows ``cu_tokens[r]:cu_tokens[r+1]``
-of a packed ``[N, C]`` tensor). A region with ``n_r > K`` is reduced to K centroids:
+Each region `r` has `n_r` pooled tokens `x_1..x_n` (`[n_r, C]`, rows `cu_tokens[r]:cu_tokens[r+1]`
+of a packed `[N, C]` tensor). A region with `n_r > K` is reduced to K centroids:
 
-- init: ``c_k = x[idx[r, k]]`` (``kmeans_init_indices``: the official random order, or evenly spaced);
-- up to ``num_iters`` times (5 in the full model, 3 in Lite):
-  ``label_i = argmin_k Σ_d (x_id - c_kd)²`` (exact squared L2, ties to the lowest k);
-  ``new_k = mean{x_i : label_i = k}``, or ``c_k`` when the cluster is empty;
-  stop and keep the OLD ``c`` when ``|c - new| <= atol + rtol·|new|`` everywhere (``torch.allclose``);
-  else ``c = new``;
+- init: `c_k = x[idx[r, k]]` (`kmeans_init_indices`: the official random order, or evenly spaced);
+- up to `num_iters` times (5 in the full model, 3 in Lite):
+  `label_i = argmin_k Σ_d (x_id - c_kd)²` (exact squared L2, ties to the lowest k);
+  `new_k = mean{x_i : label_i = k}`, or `c_k` when the cluster is empty;
+  stop and keep the OLD `c` when `|c - new| <= atol + rtol·|new|` everywhere (`torch.allclose`);
+  else `c = new`;
 - the K centroids are returned in init order.
 
-A region with ``n_r <= K`` keeps its tokens unclustered: rows ``0..n_r-1`` of its output, zeros after.
-Its count is ``n_r`` (full model) or K (``pad_to_clusters=True``, the Lite model's zero padding).
+A region with `n_r <= K` keeps its tokens unclustered: rows `0..n_r-1` of its output, zeros after.
+Its count is `n_r` (full model) or K (`pad_to_clusters=True`, the Lite model's zero padding).
 
-Replaces ``kmeans_fast`` of ``pixelrefer/model/region_encoder.py`` (and Lite's), which runs per region
-with a Python list over the K clusters (a host sync each), a ``[n, K, C]`` broadcast and a
-data-dependent ``allclose`` exit. Here every region of a batch is clustered at once:
+Replaces `kmeans_fast` of `pixelrefer/model/region_encoder.py` (and Lite's), which runs per region
+with a Python list over the K clusters (a host sync each), a `[n, K, C]` broadcast and a
+data-dependent `allclose` exit. Here every region of a batch is clustered at once:
 
-- the reference (also the CPU path) pads the clustered regions to ``[R, n_max, C]`` and uses batched
+- the reference (also the CPU path) pads the clustered regions to `[R, n_max, C]` and uses batched
   matmuls (distances by expansion rank the centroids; exact differences decide wherever the
   expansion's rounding could matter), and drops converged regions from the batch;
 - the Triton path runs, per iteration, an assign kernel (regions × token blocks, exact differences)
   and an update kernel (regions × channel blocks: one-hot sums, empty clusters, the allclose test),
-  with per-region convergence flags in device memory: no host sync with ``init="deterministic"`` and
-  a host bound ``max_region_tokens``, so the whole op can be captured in a CUDA graph.
+  with per-region convergence flags in device memory: no host sync with `init="deterministic"` and
+  a host bound `max_region_tokens`, so the whole op can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ def kmeans_ref(
     rtol: float = 1e-5,
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch reference of ``kmeans`` (same signature and result), vectorised over padded regions.
+    """PyTorch reference of `kmeans` (same signature and result), vectorised over padded regions.
 
     Computes in float32 (float64 for float64 tokens); the centroids are rounded to the tokens' dtype
     after each update, as the official code keeps them in that dtype. Differentiable with respect to
-    ``tokens`` (through the means). On CUDA it synchronises a few times (region sizes, early exit);
+    `tokens` (through the means). On CUDA it synchronises a few times (region sizes, early exit);
     the Triton path does not.
     """
     if validate:
@@ -128,8 +128,8 @@ def kmeans_ref(
 def _lloyd(x, valid, centroids, num_iters: int, atol: float, rtol: float, dtype: torch.dtype) -> torch.Tensor:
     """Lloyd iterations with upstream's early stop on padded regions.
 
-    ``x [Rc, n, C]`` (padding rows: any finite values), ``valid [Rc, n]``, ``centroids [Rc, K, C]``
-    initial -> final centroids ``[Rc, K, C]``. Each update is rounded to ``dtype`` (upstream keeps the
+    `x [Rc, n, C]` (padding rows: any finite values), `valid [Rc, n]`, `centroids [Rc, K, C]`
+    initial -> final centroids `[Rc, K, C]`. Each update is rounded to `dtype` (upstream keeps the
     centroids in the tokens' dtype). A region whose update passes the allclose test keeps its OLD
     centroids and leaves the batch, so later iterations only touch the regions still moving.
     """
@@ -157,13 +157,13 @@ def _lloyd(x, valid, centroids, num_iters: int, atol: float, rtol: float, dtype:
 
 
 def _nearest_centroid(x: torch.Tensor, x_sq: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor):
-    """argmin_k of the exact squared distances ``Σ_d (x_d - c_kd)²``, ties to the lowest k.
+    """argmin_k of the exact squared distances `Σ_d (x_d - c_kd)²`, ties to the lowest k.
 
-    ``x [Rc, n, C]``, ``x_sq = |x|² [Rc, n]``, ``valid [Rc, n]``, ``centroids [Rc, K, C]`` -> ``[Rc, n]``
+    `x [Rc, n, C]`, `x_sq = |x|² [Rc, n]`, `valid [Rc, n]`, `centroids [Rc, K, C]` -> `[Rc, n]`
     int64 (padding rows: arbitrary).
 
-    The expansion ``|c|² - 2x·c`` (a batched matmul; |x|² is the same for every k) ranks the
-    centroids. Its rounding error is below ``4·C·u·(|x|² + max|c|²)`` (``u`` the unit roundoff); where the two best are
+    The expansion `|c|² - 2x·c` (a batched matmul; |x|² is the same for every k) ranks the
+    centroids. Its rounding error is below `4·C·u·(|x|² + max|c|²)` (`u` the unit roundoff); where the two best are
     closer than that, the exact sums of squared differences to all K centroids decide, so the
     expansion's cancellation never decides a label (data far from the origin just takes the exact path
     more often).
@@ -207,13 +207,13 @@ _EXACT_CHUNK = 256
 
 @triton.jit
 def _region_active(changed_ptr, r, it, num_regions):
-    """1 if the region still iterates at iteration ``it``: the previous update ran and moved its
+    """1 if the region still iterates at iteration `it`: the previous update ran and moved its
     centroids (an update skips a stopped region, so its flag stays 0 from then on)."""
     moved = tl.load(changed_ptr + tl.maximum(it - 1, 0) * num_regions + r)
     return tl.where(it == 0, 1, moved)
 
 
-# The assign and update kernels' tile under the interpreter (see ``tile_configs``).
+# The assign and update kernels' tile under the interpreter (see `tile_configs`).
 _INTERPRETER_TILE = triton.Config({"BLOCK_N": 64, "BLOCK_C": 64}, num_warps=4)
 
 
@@ -235,7 +235,7 @@ def _kmeans_init_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """One program: region ``pid0`` × ``BLOCK_C`` channels; copies the K initial centroids."""
+    """One program: region `pid0` × `BLOCK_C` channels; copies the K initial centroids."""
     r = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < c
@@ -290,8 +290,8 @@ def _kmeans_assign_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """One program: region ``pid0`` × token blocks ``pid1, pid1 + grid1, ...``; exact squared distances
-    to all K centroids (``[BLOCK_N, BLOCK_K, BLOCK_C]`` differences per step), argmin with ties to the
+    """One program: region `pid0` × token blocks `pid1, pid1 + grid1, ...`; exact squared distances
+    to all K centroids (`[BLOCK_N, BLOCK_K, BLOCK_C]` differences per step), argmin with ties to the
     lowest index."""
     r = tl.program_id(0)
     start = tl.load(cu_ptr + r).to(tl.int64)
@@ -363,7 +363,7 @@ def _kmeans_update_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """One program: region ``pid0`` × ``BLOCK_C`` channels; cluster sums by one-hot matmul over the
+    """One program: region `pid0` × `BLOCK_C` channels; cluster sums by one-hot matmul over the
     region's tokens, means (empty clusters keep their centroid), the allclose test on this slice."""
     r = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -426,7 +426,7 @@ def _kmeans_output_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """One program: region ``pid0`` × ``BLOCK_C`` channels; writes its K output rows: the centroids of
+    """One program: region `pid0` × `BLOCK_C` channels; writes its K output rows: the centroids of
     the iteration where it stopped (clustered regions) or its tokens then zeros (n <= K)."""
     r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -483,11 +483,11 @@ def kmeans_triton(
     rtol: float = 1e-5,
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton launcher of ``kmeans`` (same signature and result). Inference only.
+    """Triton launcher of `kmeans` (same signature and result). Inference only.
 
-    Syncs with the host only for ``init="parity"`` (region sizes; pass an index tensor built from
-    host-known sizes instead), when ``max_region_tokens`` is None (one ``max``) and, for runs longer
-    than ``CONVERGENCE_CHECK_EVERY`` iterations, once per that many iterations to stop launching when
+    Syncs with the host only for `init="parity"` (region sizes; pass an index tensor built from
+    host-known sizes instead), when `max_region_tokens` is None (one `max`) and, for runs longer
+    than `CONVERGENCE_CHECK_EVERY` iterations, once per that many iterations to stop launching when
     every region has converged. Otherwise it can be captured in a CUDA graph, after one warm-up call
     outside the capture (autotuning).
     """
@@ -589,35 +589,35 @@ def kmeans(
     rtol: float = 1e-5,
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """K-means of every region's tokens at once (module docstring), official ``kmeans_fast`` semantics.
+    """K-means of every region's tokens at once (module docstring), official `kmeans_fast` semantics.
 
     Args:
-        tokens: ``[N, C]`` packed tokens (fp16, bf16, fp32; fp64 runs the torch path). Rows past
-            ``cu_tokens[-1]`` (padding from ``region_pool(max_tokens=...)``) are ignored.
-        cu_tokens: ``[R+1]`` int32/int64 offsets, on the tokens' device.
-        num_clusters: K >= 1 (``mask_num``, 32 in the released models), at most the number of
-            token rows N (checked when ``validate``).
-        num_iters: Lloyd iterations, 0 to ``MAX_ITERS`` (1000; official: 5 full, 3 Lite). 0 returns
-            the initial centroids (the sampled tokens). Runs longer than ``CONVERGENCE_CHECK_EVERY``
+        tokens: `[N, C]` packed tokens (fp16, bf16, fp32; fp64 runs the torch path). Rows past
+            `cu_tokens[-1]` (padding from `region_pool(max_tokens=...)`) are ignored.
+        cu_tokens: `[R+1]` int32/int64 offsets, on the tokens' device.
+        num_clusters: K >= 1 (`mask_num`, 32 in the released models), at most the number of
+            token rows N (checked when `validate`).
+        num_iters: Lloyd iterations, 0 to `MAX_ITERS` (1000; official: 5 full, 3 Lite). 0 returns
+            the initial centroids (the sampled tokens). Runs longer than `CONVERGENCE_CHECK_EVERY`
             (8) iterations read a convergence flag back every 8 iterations on the Triton path.
-        init: ``"deterministic"`` (default; evenly spaced rows, no host sync, CUDA-graph capturable),
-            ``"parity"`` (the official ``randperm`` order from ``generator`` or the global CPU RNG; needs
-            the region sizes on the host: one sync on a GPU), or a ``[R, K]`` integer tensor of row
+        init: `"deterministic"` (default; evenly spaced rows, no host sync, CUDA-graph capturable),
+            `"parity"` (the official `randperm` order from `generator` or the global CPU RNG; needs
+            the region sizes on the host: one sync on a GPU), or a `[R, K]` integer tensor of row
             indices local to each region (only rows of regions with n > K are read).
-        generator: CPU generator for ``"parity"``.
-        pad_to_clusters: count K for every region (Lite) instead of ``min(n, K)`` (full). Either way
-            the output rows past a region's ``n`` are zero when ``n < K``.
+        generator: CPU generator for `"parity"`.
+        pad_to_clusters: count K for every region (Lite) instead of `min(n, K)` (full). Either way
+            the output rows past a region's `n` are zero when `n < K`.
         max_region_tokens: host bound on the largest region (sizes the grid; None: one sync).
-        atol, rtol: the early-stop test ``|old - new| <= atol + rtol * |new|`` (``torch.allclose``);
+        atol, rtol: the early-stop test `|old - new| <= atol + rtol * |new|` (`torch.allclose`);
             on convergence the OLD centroids are returned, as upstream.
         validate: check arguments and values (offsets, finiteness, init indices; one sync on a GPU).
 
     Returns:
-        ``(centroids [R, K, C] in tokens' dtype, counts [R] int32)``. Accumulation is fp32; the
+        `(centroids [R, K, C] in tokens' dtype, counts [R] int32)`. Accumulation is fp32; the
         centroids are rounded to the tokens' dtype after every update (as upstream). A region with
         no tokens gives zeros and count 0 (full) or K (Lite).
 
-    CPU: the vectorised PyTorch reference (or Triton's interpreter under ``TRITON_INTERPRET=1``).
+    CPU: the vectorised PyTorch reference (or Triton's interpreter under `TRITON_INTERPRET=1`).
 
     Example:
         >>> centroids, counts = kmeans(tokens, cu_tokens, 32, num_iters=5, init="parity")
@@ -633,7 +633,7 @@ def kmeans(
 
 
 def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, list[str]]]:
-    """``(backend, reasons)`` in priority order for a small representative call on ``device``/``dtype``."""
+    """`(backend, reasons)` in priority order for a small representative call on `device`/`dtype`."""
     tokens = torch.zeros(40, 8, device=device, dtype=dtype)
     cu = torch.tensor([0, 40], device=device, dtype=torch.int32)
     return [(b.name, b.reasons(tokens, cu, 4)) for b in _BACKENDS]
@@ -651,20 +651,20 @@ def kmeans_init_indices(
     """Row indices (local to each region) of the initial centroids.
 
     Args:
-        counts: ``[R]`` tokens per region (integer tensor or list).
+        counts: `[R]` tokens per region (integer tensor or list).
         num_clusters: K >= 1.
-        mode: ``"deterministic"``: evenly spaced rows ``floor(k * n / K)``, computed on ``counts``'
-            device with no host sync; ``"parity"``: the official order, ``torch.randperm(n)[:K]`` drawn
-            from ``generator`` (default: the global CPU generator) once per region with ``n > K``, in
-            region order, so after the same ``torch.manual_seed`` the official code draws the same
-            numbers. Parity needs the counts on the host (a CUDA ``counts`` syncs once).
-        generator: a CPU ``torch.Generator`` for ``"parity"``, or a sequence of R of them, one per
+        mode: `"deterministic"`: evenly spaced rows `floor(k * n / K)`, computed on `counts`'
+            device with no host sync; `"parity"`: the official order, `torch.randperm(n)[:K]` drawn
+            from `generator` (default: the global CPU generator) once per region with `n > K`, in
+            region order, so after the same `torch.manual_seed` the official code draws the same
+            numbers. Parity needs the counts on the host (a CUDA `counts` syncs once).
+        generator: a CPU `torch.Generator` for `"parity"`, or a sequence of R of them, one per
             region (a server gives each request's regions that request's generator, so its draws do
             not depend on the other requests of the batch).
 
     Returns:
-        ``[R, K]`` int64: on ``counts``' device (deterministic) or the CPU (parity). Rows of regions
-        with ``n <= K`` are ``0..K-1`` (those regions are not clustered; the rows are unused).
+        `[R, K]` int64: on `counts`' device (deterministic) or the CPU (parity). Rows of regions
+        with `n <= K` are `0..K-1` (those regions are not clustered; the rows are unused).
     """
     check_positive_int("num_clusters", num_clusters)
     if mode not in INIT_MODES:
@@ -762,7 +762,7 @@ def _check_iters(num_iters) -> None:
 
 
 def _resolve_init(init, counts: torch.Tensor, num_clusters: int, generator) -> torch.Tensor | None:
-    """``[R, K]`` int64 local row indices on ``counts``' device (None: deterministic, computed in-kernel)."""
+    """`[R, K]` int64 local row indices on `counts`' device (None: deterministic, computed in-kernel)."""
     if isinstance(init, torch.Tensor):
         return init.to(device=counts.device, dtype=torch.int64).contiguous()
     if init == "parity":

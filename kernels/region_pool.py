@@ -1,31 +1,31 @@
 """Region pooling: box position embedding + bilinear resampling + masked gather, for many regions at once.
 
 PixelRefer's region encoder turns each referred region into the feature vectors of the cells its mask
-covers. For region ``r`` with an ``h_r×w_r`` crop feature grid ``F_r`` (C channels), an ``mh_r×mw_r``
-mask grid ``M_r``, a box (top, left, bottom, right) and its image size (H, W):
+covers. For region `r` with an `h_r×w_r` crop feature grid `F_r` (C channels), an `mh_r×mw_r`
+mask grid `M_r`, a box (top, left, bottom, right) and its image size (H, W):
 
-1. box position embedding (the official ``generate_position_tensor``): at feature cell (i, j)
-   ``p0 = (fl(j / w_r) * col_span + col_offset) / col_norm`` (varies along columns),
-   ``p1 = (fl(i / h_r) * row_span + row_offset) / row_norm`` (varies along rows),
-   ``E[i, j, :] = pos_weight @ (p0, p1) + pos_bias`` (``pos_linear = Linear(2, C)``, rank 2).
-   ``box_pos_coefficients`` turns boxes into the six numbers per region; with ``swap_axes=True``
+1. box position embedding (the official `generate_position_tensor`): at feature cell (i, j)
+   `p0 = (fl(j / w_r) * col_span + col_offset) / col_norm` (varies along columns),
+   `p1 = (fl(i / h_r) * row_span + row_offset) / row_norm` (varies along rows),
+   `E[i, j, :] = pos_weight @ (p0, p1) + pos_bias` (`pos_linear = Linear(2, C)`, rank 2).
+   `box_pos_coefficients` turns boxes into the six numbers per region; with `swap_axes=True`
    (default, parity with the released weights) the column channel uses the *vertical* box extent
    and the row channel the horizontal one, as the official code does;
-2. ``X = F_r + E`` in the features' dtype (the official code adds in the model dtype);
-3. when the mask grid differs from the feature grid, ``X`` is resampled to the mask grid with
-   ``F.interpolate(mode="bilinear", align_corners=False)`` semantics (4 taps per cell, fp32);
+2. `X = F_r + E` in the features' dtype (the official code adds in the model dtype);
+3. when the mask grid differs from the feature grid, `X` is resampled to the mask grid with
+   `F.interpolate(mode="bilinear", align_corners=False)` semantics (4 taps per cell, fp32);
 4. the cells with mask value > 0 are gathered in row-major order.
 
-Regions are packed ("varlen"): features ``[N_f, C]`` with ``cu_features [R+1]``, masks ``[N_m]`` with
-``cu_masks [R+1]``; the output is packed too: ``tokens [N_sel, C]`` with ``cu_tokens [R+1]``.
+Regions are packed ("varlen"): features `[N_f, C]` with `cu_features [R+1]`, masks `[N_m]` with
+`cu_masks [R+1]`; the output is packed too: `tokens [N_sel, C]` with `cu_tokens [R+1]`.
 
-Fused: the position grid (built on the CPU and copied per region upstream), ``pos_linear``, the
+Fused: the position grid (built on the CPU and copied per region upstream), `pos_linear`, the
 addition, the fp32 cast, the interpolation and the masked gather become one kernel that reads each
-needed feature row once and writes only the selected rows: the ``[h, w, C]`` position embedding,
+needed feature row once and writes only the selected rows: the `[h, w, C]` position embedding,
 the fp32 copy and the resampled map are never materialised, and there is no per-region host sync.
 
-Replaces ``generate_position_tensor`` + the per-mask part of ``MaskExtractor.forward`` + the gather of
-``MaskPooling.forward`` in ``pixelrefer/model/region_encoder.py`` (the k-means step is ``kmeans.py``).
+Replaces `generate_position_tensor` + the per-mask part of `MaskExtractor.forward` + the gather of
+`MaskPooling.forward` in `pixelrefer/model/region_encoder.py` (the k-means step is `kmeans.py`).
 Credits: the fused-gather layout follows the varlen kernels of flash-attention.
 """
 
@@ -64,7 +64,7 @@ __all__ = [
     "backend_report",
 ]
 
-# Columns of ``pos_params``: p0 = (fl(j/w) * col_span + col_offset) / col_norm, p1 likewise with rows.
+# Columns of `pos_params`: p0 = (fl(j/w) * col_span + col_offset) / col_norm, p1 likewise with rows.
 POS_PARAMS = ("col_span", "col_offset", "col_norm", "row_span", "row_offset", "row_norm")
 
 
@@ -88,11 +88,11 @@ def region_pool_ref(
     out_dtype: torch.dtype | None = None,
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch reference of ``region_pool`` (same signature and result; vectorised over regions).
+    """PyTorch reference of `region_pool` (same signature and result; vectorised over regions).
 
-    Differentiable with respect to ``features``, ``pos_weight`` and ``pos_bias``. Computes in the
+    Differentiable with respect to `features`, `pos_weight` and `pos_bias`. Computes in the
     features' dtype up to the addition, as the official code (position values rounded to that dtype
-    before ``pos_linear``, ``pos_linear`` and the addition rounded to it), then in float32 (float64
+    before `pos_linear`, `pos_linear` and the addition rounded to it), then in float32 (float64
     for float64 features). On CUDA it synchronises once (boolean selection); the Triton path does not.
     """
     if validate:
@@ -162,7 +162,7 @@ def _linear_taps(scale: torch.Tensor, dst: torch.Tensor, size: torch.Tensor, com
 def _pos_tap(
     feat_ptr, feat_start, w0, w1, bias, coef_ptr, y, x, h, w, rows_ok, offs_c, c_ok, stride_feat_row,
 ):
-    """(feature + position embedding) at feature cells (y, x): ``[BLOCK_M, BLOCK_C]`` fp32, rounded
+    """(feature + position embedding) at feature cells (y, x): `[BLOCK_M, BLOCK_C]` fp32, rounded
     through the features' dtype like the official code."""
     dt = feat_ptr.dtype.element_ty
     col_span = tl.load(coef_ptr + 0)
@@ -206,7 +206,7 @@ def _region_pool_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """One program: region ``pid0`` × ``BLOCK_M`` cells of its mask grid × ``BLOCK_C`` channels.
+    """One program: region `pid0` × `BLOCK_M` cells of its mask grid × `BLOCK_C` channels.
 
     Each selected cell reads up to 4 feature rows (the bilinear taps; taps with weight 0, which is
     every tap but one when the grids agree, are not loaded) and writes one output row.
@@ -272,7 +272,7 @@ def _region_pool_fwd_kernel(
 
 
 def _pool_tile() -> dict[str, int]:
-    """``{"BLOCK_M": cells, "BLOCK_C": channels}`` of one program (a fixed tile, not autotuned)."""
+    """`{"BLOCK_M": cells, "BLOCK_C": channels}` of one program (a fixed tile, not autotuned)."""
     return tile_configs([{"BLOCK_M": 16, "BLOCK_C": 128}], interpreter={"BLOCK_M": 128, "BLOCK_C": 128})[0]
 
 
@@ -291,8 +291,8 @@ def region_pool_triton(
     out_dtype: torch.dtype | None = None,
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton launcher of ``region_pool`` (same signature and result). Inference only: refuses inputs
-    that require grad while autograd is on. Without ``max_tokens`` it syncs once to size the output."""
+    """Triton launcher of `region_pool` (same signature and result). Inference only: refuses inputs
+    that require grad while autograd is on. Without `max_tokens` it syncs once to size the output."""
     refuse_grad("region_pool", features=features, pos_weight=pos_weight, pos_bias=pos_bias)
     if validate:
         feature_hw, mask_hw = _validate_pool_args(
@@ -356,7 +356,7 @@ def region_pool_triton(
 
 
 def _grid_limit_reasons(mask_hw) -> list[str]:
-    """The kernel puts a mask grid's cell blocks on grid axis 1 (at most ``MAX_GRID_YZ`` blocks)."""
+    """The kernel puts a mask grid's cell blocks on grid axis 1 (at most `MAX_GRID_YZ` blocks)."""
     mask_hw = host_grid_sizes("mask_hw", mask_hw, None)
     largest = int(mask_hw.prod(1).max()) if mask_hw.numel() else 0
     limit = MAX_GRID_YZ * _pool_tile()["BLOCK_M"]
@@ -395,29 +395,29 @@ def region_pool(
     """Gather the masked cells of many regions, with the box position embedding added (module docstring).
 
     Args:
-        features: ``[N_f, C]`` packed crop features, raster order per region (fp16, bf16, fp32; fp64
+        features: `[N_f, C]` packed crop features, raster order per region (fp16, bf16, fp32; fp64
             runs the torch path).
-        cu_features: ``[R+1]`` int32/int64 offsets of each region's ``h_r*w_r`` feature rows.
-        feature_hw: ``[R, 2]`` (h, w) per region, a CPU integer tensor (host-known grid sizes).
-        masks: ``[N_m]`` packed raster mask grids, any float/bool/uint8 dtype; value > 0 = inside.
-        cu_masks: ``[R+1]`` offsets of each region's ``mh_r*mw_r`` mask cells.
-        mask_hw: ``[R, 2]`` (mh, mw) per region, CPU integers. A mask grid that differs from its
+        cu_features: `[R+1]` int32/int64 offsets of each region's `h_r*w_r` feature rows.
+        feature_hw: `[R, 2]` (h, w) per region, a CPU integer tensor (host-known grid sizes).
+        masks: `[N_m]` packed raster mask grids, any float/bool/uint8 dtype; value > 0 = inside.
+        cu_masks: `[R+1]` offsets of each region's `mh_r*mw_r` mask cells.
+        mask_hw: `[R, 2]` (mh, mw) per region, CPU integers. A mask grid that differs from its
             feature grid resamples the features (bilinear, align_corners=False).
-        pos_params: ``[R, 6]`` float32 from ``box_pos_coefficients``.
-        pos_weight: ``[C, 2]`` ``pos_linear.weight``; pos_bias: ``[C]`` ``pos_linear.bias``.
-        max_tokens: optional host bound on the number of selected cells (e.g. ``sum(mh*mw)``). With it
-            the output has exactly ``max_tokens`` rows (rows past ``cu_tokens[-1]`` are zero) and
+        pos_params: `[R, 6]` float32 from `box_pos_coefficients`.
+        pos_weight: `[C, 2]` `pos_linear.weight`; pos_bias: `[C]` `pos_linear.bias`.
+        max_tokens: optional host bound on the number of selected cells (e.g. `sum(mh*mw)`). With it
+            the output has exactly `max_tokens` rows (rows past `cu_tokens[-1]` are zero) and
             nothing syncs with the host; without it the Triton path syncs once to size the output.
         out_dtype: dtype of the tokens; default float32 (float64 for float64 features), as the
             official full model pools in float32.
         validate: check shapes, offsets and values (NaN/inf features, NaN masks); reading values
-            syncs once on a GPU. ``False`` skips the value and offset checks on a hot path.
+            syncs once on a GPU. `False` skips the value and offset checks on a hot path.
 
     Returns:
-        ``(tokens [N_sel or max_tokens, C], cu_tokens [R+1] int32)``; region r's tokens are rows
-        ``cu_tokens[r]:cu_tokens[r+1]``. An all-zero mask gives the region no tokens.
+        `(tokens [N_sel or max_tokens, C], cu_tokens [R+1] int32)`; region r's tokens are rows
+        `cu_tokens[r]:cu_tokens[r+1]`. An all-zero mask gives the region no tokens.
 
-    CPU: runs the vectorised PyTorch reference (or Triton's interpreter under ``TRITON_INTERPRET=1``).
+    CPU: runs the vectorised PyTorch reference (or Triton's interpreter under `TRITON_INTERPRET=1`).
     Inputs that require grad (with grad enabled) take the differentiable reference in auto mode.
 
     Example:
@@ -451,10 +451,10 @@ def region_pool_from_lists(
     out_dtype: torch.dtype | None = None,
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``region_pool`` on per-region lists: ``features`` R × ``[h, w, C]``, ``masks`` R × ``[mh, mw]``
-    (2-D), ``boxes [R, 4]`` (top, left, bottom, right), ``image_hw [R, 2]`` (H, W).
+    """`region_pool` on per-region lists: `features` R × `[h, w, C]`, `masks` R × `[mh, mw]`
+    (2-D), `boxes [R, 4]` (top, left, bottom, right), `image_hw [R, 2]` (H, W).
 
-    Masks move to the features' device. Returns ``(tokens [N_sel, C], cu_tokens [R+1] int32)``.
+    Masks move to the features' device. Returns `(tokens [N_sel, C], cu_tokens [R+1] int32)`.
     """
     packed, cu_f, feature_hw, packed_masks, cu_m, mask_hw = pack_region_lists(features, masks)
     boxes = torch.as_tensor(boxes)
@@ -471,7 +471,7 @@ def region_pool_from_lists(
 
 
 def backend_report(device: torch.device, dtype: torch.dtype) -> list[tuple[str, list[str]]]:
-    """``(backend, reasons)`` in priority order for a small representative call on ``device``/``dtype``."""
+    """`(backend, reasons)` in priority order for a small representative call on `device`/`dtype`."""
     hw = torch.tensor([[3, 4]])
     features = torch.zeros(12, 8, device=device, dtype=dtype)
     cu = torch.tensor([0, 12], device=device, dtype=torch.int32)
@@ -492,20 +492,20 @@ def box_pos_coefficients(boxes, image_hw, *, swap_axes: bool = True, validate: b
     """Per-region coefficients of the box position embedding (module docstring, step 1).
 
     Args:
-        boxes: ``[R, 4]`` (top, left, bottom, right) inclusive pixel coordinates, any real dtype (the
-            processor's ``region_boxes``); ``0 <= top <= bottom <= H-1`` and ``0 <= left <= right <= W-1``.
-        image_hw: ``[R, 2]`` (H, W) of each region's source image, both >= 2 (the formula divides by
-            ``H-1`` and ``W-1``).
-        swap_axes: ``True`` (default, parity): the official layout, where the column channel uses the
-            vertical extent ``(bottom-top, top)`` and the row channel ``(right-left, left)``; ``False``:
-            the corrected layout (columns use left/right). Both normalise columns by ``W-1`` and rows
-            by ``H-1``.
+        boxes: `[R, 4]` (top, left, bottom, right) inclusive pixel coordinates, any real dtype (the
+            processor's `region_boxes`); `0 <= top <= bottom <= H-1` and `0 <= left <= right <= W-1`.
+        image_hw: `[R, 2]` (H, W) of each region's source image, both >= 2 (the formula divides by
+            `H-1` and `W-1`).
+        swap_axes: `True` (default, parity): the official layout, where the column channel uses the
+            vertical extent `(bottom-top, top)` and the row channel `(right-left, left)`; `False`:
+            the corrected layout (columns use left/right). Both normalise columns by `W-1` and rows
+            by `H-1`.
         validate: check shapes and values (one sync when the tensors are on a GPU).
 
     Returns:
-        ``pos_params [R, 6]`` float32 on ``boxes``' device, columns ``POS_PARAMS``: the embedding
-        input at feature cell (i, j) of an h×w grid is ``p0 = (fl(j/w)*col_span + col_offset)/col_norm``,
-        ``p1 = (fl(i/h)*row_span + row_offset)/row_norm`` in float32, exactly the official arithmetic.
+        `pos_params [R, 6]` float32 on `boxes`' device, columns `POS_PARAMS`: the embedding
+        input at feature cell (i, j) of an h×w grid is `p0 = (fl(j/w)*col_span + col_offset)/col_norm`,
+        `p1 = (fl(i/h)*row_span + row_offset)/row_norm` in float32, exactly the official arithmetic.
 
     Example:
         >>> box_pos_coefficients(torch.tensor([[10, 20, 110, 220]]), torch.tensor([[480, 640]]))
@@ -627,8 +627,8 @@ def _validate_pool_args(
 
 
 def _check_pos_norms(pos_params: torch.Tensor) -> None:
-    """``col_norm`` and ``row_norm`` divide the position grid: values below 1 (0 above all) would blow
-    the embedding up to inf. ``box_pos_coefficients`` gives W-1 and H-1, both >= 1."""
+    """`col_norm` and `row_norm` divide the position grid: values below 1 (0 above all) would blow
+    the embedding up to inf. `box_pos_coefficients` gives W-1 and H-1, both >= 1."""
     norms = pos_params[:, [2, 5]]  # (R, 2) col_norm, row_norm
     if norms.numel() and not bool((norms >= 1).all()):
         r, j = (norms < 1).nonzero()[0].tolist()
@@ -646,7 +646,7 @@ def _resolve_out_dtype(features: torch.Tensor, out_dtype: torch.dtype | None) ->
 
 
 def _selection(masks: torch.Tensor, cu_masks: torch.Tensor):
-    """Output row of every mask cell (-1 when not selected) and ``cu_tokens``; no host sync."""
+    """Output row of every mask cell (-1 when not selected) and `cu_tokens`; no host sync."""
     selected = masks > 0
     running = torch.cumsum(selected, 0, dtype=torch.int32)  # (N_m,) selected cells up to here
     dest = torch.where(selected, running - 1, torch.full_like(running, -1))

@@ -1,14 +1,14 @@
 """Block-diagonal ("varlen") attention over packed segments: reference and Triton kernel.
 
-Math, for every segment ``s`` and head ``h`` (non-causal)::
+Math, for every segment `s` and head `h` (non-causal):
 
     out[q_s, h] = softmax(scale * Q[q_s, h] @ K[k_s, h]^T) @ V[k_s, h]
 
-where ``q_s = cu_seqlens_q[s]:cu_seqlens_q[s+1]`` and ``k_s = cu_seqlens_k[s]:cu_seqlens_k[s+1]``. Rows of one
+where `q_s = cu_seqlens_q[s]:cu_seqlens_q[s+1]` and `k_s = cu_seqlens_k[s]:cu_seqlens_k[s+1]`. Rows of one
 segment never see another segment's keys, so packed images (vision encoder) or the object tokens of the
-regions of one image (Object-Centric Infusion) attend independently without a dense ``[seq, seq]`` mask.
+regions of one image (Object-Centric Infusion) attend independently without a dense `[seq, seq]` mask.
 
-Upstream: the vision encoder calls ``flash_attn_varlen_func`` (its eager and SDPA attention classes reference
+Upstream: the vision encoder calls `flash_attn_varlen_func` (its eager and SDPA attention classes reference
 undefined names, so flash-attn is the only path that runs); this kernel replaces it where flash-attn is not
 installed and also runs fp32 and odd head dims.
 
@@ -18,7 +18,7 @@ into a power-of-two main part plus a small power-of-two tail (72 = 64 + 16 maske
 the dots waste 10 % instead of the 44 % that padding 72 -> 128 or 144 -> 256 would cost.
 
 Grid: axis 0 enumerates query blocks of all segments (segment-aligned, found by a binary search over
-``cu_blocks``, the running count of blocks per segment, computed where the offsets live: no host sync), axis 1
+`cu_blocks`, the running count of blocks per segment, computed where the offsets live: no host sync), axis 1
 the heads. Empty segments own no block; programs past the last block do nothing.
 """
 
@@ -55,17 +55,17 @@ def varlen_attention_ref(
     """Eager block-diagonal attention, one segment at a time (the float64 reference and the "eager" backend).
 
     Args:
-        q: ``[Nq, nh, hd]`` packed queries (any float dtype, float64 included).
-        k, v: ``[Nk, nh, hd]`` packed keys and values, same dtype and device.
-        cu_seqlens_q, cu_seqlens_k: ``[S+1]`` int offsets of the S segments (start 0, end Nq / Nk).
+        q: `[Nq, nh, hd]` packed queries (any float dtype, float64 included).
+        k, v: `[Nk, nh, hd]` packed keys and values, same dtype and device.
+        cu_seqlens_q, cu_seqlens_k: `[S+1]` int offsets of the S segments (start 0, end Nq / Nk).
         max_seqlen_q, max_seqlen_k: unused (accepted for signature parity with the dispatcher).
-        softmax_scale: defaults to ``1 / sqrt(hd)``.
+        softmax_scale: defaults to `1 / sqrt(hd)`.
 
     Returns:
-        ``[Nq, nh, hd]`` in q's dtype. Scores and the product run in the input dtype; the softmax runs in
+        `[Nq, nh, hd]` in q's dtype. Scores and the product run in the input dtype; the softmax runs in
         float32 for 16-bit inputs (as transformers' eager attention does). A segment with queries but no
         keys gives zeros. Differentiable; runs on any device (CPU path). No argument checks here: use
-        ``pixelrefer_kernels.varlen_attention`` for validated calls.
+        `pixelrefer_kernels.varlen_attention` for validated calls.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     out = torch.zeros_like(q)
@@ -81,7 +81,7 @@ def varlen_attention_ref(
 
 
 def head_dim_blocks(head_dim: int) -> tuple[int, int]:
-    """``(BLOCK_D, BLOCK_DT)``: power-of-two main block and tail block (0: none) covering ``head_dim``.
+    """`(BLOCK_D, BLOCK_DT)`: power-of-two main block and tail block (0: none) covering `head_dim`.
 
     72 -> (64, 16), 144 -> (128, 16), 48 -> (32, 16), 64 -> (64, 0), 200 -> (256, 0), 8 -> (16, 0).
     """
@@ -247,18 +247,18 @@ def varlen_attention_triton(
     """Launch the Triton varlen attention kernel (no policy; the dispatcher validates values).
 
     Args:
-        q: ``[Nq, nh, hd]``, k / v: ``[Nk, nh, hd]`` in fp16, bf16 or fp32, one device; any row and head
+        q: `[Nq, nh, hd]`, k / v: `[Nk, nh, hd]` in fp16, bf16 or fp32, one device; any row and head
             strides (views into a packed qkv buffer are fine), the head dim is made contiguous if needed.
-        cu_seqlens_q, cu_seqlens_k: ``[S+1]`` int32/int64 offsets on q's device, or both on the CPU
+        cu_seqlens_q, cu_seqlens_k: `[S+1]` int32/int64 offsets on q's device, or both on the CPU
             (then the block table is built on the host and the three small vectors reach the device in
             one copy, no device-side preparation).
         max_seqlen_q: optional host bound on the longest query segment (picks a smaller block for few queries).
         max_seqlen_k: unused (signature parity).
-        softmax_scale: defaults to ``1 / sqrt(hd)``.
+        softmax_scale: defaults to `1 / sqrt(hd)`.
         allow_tf32: fp32 dots in tf32 (faster on GPUs, ~1e-3 relative error); default exact fp32.
 
     Returns:
-        ``[Nq, nh, hd]`` contiguous, q's dtype. Raises on inputs that require grad (inference only).
+        `[Nq, nh, hd]` contiguous, q's dtype. Raises on inputs that require grad (inference only).
     """
     refuse_grad("varlen_attention_triton", q=q, k=k, v=v)
     if q.dtype not in KERNEL_FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:

@@ -1,10 +1,10 @@
-"""One writing convention in `pixelrefer_fast/`, `bench/` and `tests/`: Markdown in docstrings and comments.
+"""One writing convention in `kernels/`, `pixelrefer_fast/`, `bench/` and `tests/`: Markdown in docstrings and comments.
 
 - Code in docstrings and comments is in single backticks (`x`), as in Markdown; no reStructuredText
   double backticks and no `::` literal-block markers.
 - Section rulers in comments are dashes (`# ---- name`), never `# ====`.
 
-`python -m tests.test_conventions --fix [PATH ...]` rewrites files to the convention (default: the three
+`python -m tests.test_conventions --fix [PATH ...]` rewrites files to the convention (default: the four
 folders): double backticks become single, `word::` at the end of a docstring line becomes `word:`, `=`
 rulers become dashes. String literals that are not docstrings are left alone.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("pixelrefer_fast", "bench", "tests")
+FOLDERS = ("kernels", "pixelrefer_fast", "bench", "tests")
 DOUBLE_BACKTICKS = re.compile(r"``([^`]+?)``")
 LITERAL_BLOCK = re.compile(r"([^\s:])::[ \t]*$", re.MULTILINE)
 EQUALS_RULER = re.compile(r"#(\s*)(={4,})")
