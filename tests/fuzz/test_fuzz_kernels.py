@@ -36,7 +36,7 @@ from pixelrefer_kernels import (
 from pixelrefer_kernels._runtime import interpreter_dot_reasons, triton_reasons
 from pixelrefer_kernels.kmeans import kmeans, kmeans_ref
 from pixelrefer_kernels.region_pool import box_pos_coefficients, region_pool_ref
-from tests.helpers import assert_close
+from tests.helpers import assert_close, rel_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TRITON = not triton_reasons(DEVICE, torch.float32)
@@ -369,13 +369,17 @@ def test_kmeans_paths_agree_with_float64_reference(case):
         return  # covered by the bad-input test
     ref64, counts64 = kmeans_ref(*kmeans_call(tokens, cu, init, torch.float64)[:2], K, init=init, **options)
     base, _ = kmeans_ref(*kmeans_call(tokens, cu, init, dtype)[:2], K, init=init, **options)
+    # Lloyd's labels are discrete: where the dtype's own rounding moves a token to another centroid
+    # (two centroids inside one blob when K exceeds the blobs), the reference in that dtype is as far
+    # from float64 as a kernel may be, and only the within-2x-of-that-reference bound applies.
+    rel_tol = REL_TOL[dtype] if rel_error(base, ref64) <= REL_TOL[dtype] else float("inf")
     for path in paths(dtype):
         t, c, i = kmeans_call(tokens, cu, init, dtype, case["layouts"])
         out, counts = run(path, "kmeans", kmeans, t, c, K, init=i, **options)
         assert counts.tolist() == counts64.tolist()
         assert out.dtype == dtype and out.shape == ref64.shape
         assert_finite(f"kmeans {path}", out)
-        assert_close(out, ref64, name=f"kmeans {path}", baseline=base, atol=atol(dtype, ref64), rel_tol=REL_TOL[dtype])
+        assert_close(out, ref64, name=f"kmeans {path}", baseline=base, atol=atol(dtype, ref64), rel_tol=rel_tol)
 
 
 KMEANS_CORRUPTIONS = ("too_many_clusters", "iterations", "nan_token", "init_row", "cu_past_end", "int_tokens", "cu_dtype")
