@@ -107,11 +107,13 @@ def same_error_everywhere(calls) -> None:
     assert len({kind for _, kind, _ in kinds}) == 1, f"paths raise different error types: {kinds}"
 
 
-def atol(dtype: torch.dtype, ref: torch.Tensor) -> float:
+def atol(dtype: torch.dtype, ref: torch.Tensor, reduction: int = 1) -> float:
     """The rule's small atol: two units of `dtype`'s rounding at the output's scale (one rounding
-    that lands on the other side of a tie, in a kernel that rounds where torch does, costs one unit)."""
+    that lands on the other side of a tie, in a kernel that rounds where torch does, costs one unit),
+    times sqrt(`reduction`) for an op whose fast path sums its length-`reduction` products in another
+    order than the reference (rounding errors of a reordered sum grow like its square root)."""
     scale = ref.abs().max().item() if ref.numel() else 0.0
-    return 2 * torch.finfo(dtype).eps * max(1.0, scale)
+    return 2 * torch.finfo(dtype).eps * max(1.0, scale) * reduction**0.5
 
 
 def assert_finite(name: str, t: torch.Tensor) -> None:
@@ -475,7 +477,9 @@ def test_object_infusion_paths_agree_with_float64_reference(case):
         out = run(path, "object_infusion", object_infusion, *infusion_args(case, dtype, case["layouts"]), num_heads=heads)
         assert out.dtype == dtype and out.shape == ref64.shape
         assert_finite(f"infusion {path}", out)
-        assert_close(out, ref64, name=f"infusion {path}", baseline=base, atol=atol(dtype, ref64), rel_tol=REL_TOL[dtype])
+        # the fast paths reassociate the projections (shared K/V, the absorbed path): channel-long sums
+        assert_close(out, ref64, name=f"infusion {path}", baseline=base, atol=atol(dtype, ref64, case["channels"]),
+                     rel_tol=REL_TOL[dtype])
 
 
 INFUSION_CORRUPTIONS = ("region_out_of_range", "reversed_global_offsets", "weight_shape", "heads", "dtype_mix")
