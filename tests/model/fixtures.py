@@ -30,6 +30,11 @@ def demo_path(name: str) -> Path:
     return DEMO_DIR / name
 
 
+def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A random HWC uint8 image (texture, so crops and resizes are not trivially constant)."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
 def box_mask(height: int, width: int, top: int, left: int, box_h: int, box_w: int) -> np.ndarray:
     """uint8 {0, 1} mask with a box_h x box_w rectangle at (top, left)."""
     mask = np.zeros((height, width), dtype=np.uint8)

@@ -19,13 +19,9 @@ from pixelrefer_fast.crops import (
 )
 from pixelrefer_fast.image_processing_pixelrefer_fast import load_image
 from pixelrefer_fast.masks import to_binary_mask
-from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, ring_mask, thin_band_mask
+from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, ring_mask, textured, thin_band_mask
 
 needs_demo = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="shared demo media not available")
-
-
-def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from pixelrefer_fast.crops import full_region_crop
 from pixelrefer_fast.image_processing_pixelrefer_fast import load_image
 from pixelrefer_fast.processing_pixelrefer_fast import PixelReferFastProcessor, PixelReferItem, render_prompt
-from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, make_tiny_tokenizer, ring_mask, threshold_mask
+from tests.model.fixtures import DEMO_DIR, box_mask, demo_path, disc_mask, make_tiny_tokenizer, ring_mask, textured, threshold_mask
 
 needs_demo = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="shared demo media not available")
 R = "<REGION>"
@@ -22,20 +22,6 @@ REGION_KEYS = {"crop_pixel_values", "crop_grid_thw", "region_masks", "region_mas
 FULL_KEYS = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_merge_sizes"} | REGION_KEYS
 LITE_KEYS = ({"input_ids", "attention_mask", "global_pixel_values", "global_grid_thw", "region_global",
               "local_pixel_values", "local_grid_thw", "region_local"} | REGION_KEYS)
-
-
-@pytest.fixture(scope="module")
-def full():
-    return PixelReferFastProcessor(make_tiny_tokenizer())
-
-
-@pytest.fixture(scope="module")
-def lite():
-    return PixelReferFastProcessor(make_tiny_tokenizer(), variant="lite")
-
-
-def textured(height, width, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def text_of(processor, batch, row=0):

@@ -23,22 +23,7 @@ from pixelrefer_fast.image_processing_pixelrefer_fast import (
 from pixelrefer_fast.masks import decode_rle, to_binary_mask
 from pixelrefer_fast.processing_pixelrefer_fast import PixelReferFastProcessor, PixelReferItem
 from pixelrefer_fast.video import MAX_SAMPLED_SLOTS, fps_sample_indices
-from tests.model.fixtures import box_mask, make_tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def full():
-    return PixelReferFastProcessor(make_tiny_tokenizer())
-
-
-@pytest.fixture(scope="module")
-def lite():
-    return PixelReferFastProcessor(make_tiny_tokenizer(), variant="lite")
-
-
-def textured(height, width, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
+from tests.model.fixtures import box_mask, make_tiny_tokenizer, textured
 
 IMG = textured(60, 80)
 BOX = box_mask(60, 80, 10, 10, 20, 20)
