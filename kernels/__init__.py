@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from . import library  # noqa: F401  (registers torch.ops.pixelrefer.*; cheap, touches no device)
 from ._dispatch import Backend, BackendUnavailableError, last_backend
-from ._runtime import clear_probe_cache, current_mode, force, has_flash_attn, has_triton, has_xformers, interpret_mode
+from ._runtime import MODES, clear_probe_cache, current_mode, force, has_flash_attn, has_triton, has_xformers, interpret_mode
 from .attention import varlen_attention
 from .infusion import InfusionWeights, object_infusion, object_infusion_ref
 from .kmeans import kmeans, kmeans_init_indices, kmeans_ref
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 OP_MODULES = ("region_pool", "kmeans", "attention", "infusion")
 
 __all__ = [
+    "MODES",
     "Backend",
     "BackendUnavailableError",
     "InfusionWeights",

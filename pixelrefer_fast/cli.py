@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .defaults import DECODINGS, DEFAULT_MAX_NEW_TOKENS
+from .defaults import DECODINGS, DEFAULT_MAX_NEW_TOKENS, DTYPES, KERNEL_MODES
 
 PROG = "pixelrefer-fast"
 # (module, parser-adding function) per subcommand
@@ -44,8 +44,6 @@ SUBCOMMANDS = (
     ("pixelrefer_fast.caption.cli", "add_caption_parser"),
     ("pixelrefer_fast.serve.cli", "add_serve_parser"),
 )
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-KERNEL_MODES = ("auto", "triton", "torch")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers.set_seed also seeds
 EXIT_INTERRUPTED = 130
 
@@ -331,8 +329,7 @@ def run_describe(args: argparse.Namespace) -> int:
 
     import pixelrefer_kernels
 
-    from .modeling_pixelrefer_fast import load_pretrained
-    from .processing_pixelrefer_fast import PixelReferFastProcessor
+    from .loading import load_model_and_processor
 
     hf_logging.disable_progress_bar()  # stdout: the answer; stderr: errors only
     hf_logging.set_verbosity_error()
@@ -340,12 +337,8 @@ def run_describe(args: argparse.Namespace) -> int:
         from transformers import set_seed
 
         set_seed(args.seed)
-    load_kwargs = {"dtype": args.dtype}
-    if device.type != "cpu":
-        load_kwargs["device_map"] = str(device)
     with pixelrefer_kernels.force(args.kernels) if args.kernels != "auto" else contextlib.nullcontext():
-        model = load_pretrained(args.model, **load_kwargs)
-        processor = PixelReferFastProcessor.from_pretrained(args.model)
+        model, processor = load_model_and_processor(args.model, device=str(device), dtype=args.dtype)
         kwargs = dict(inputs.generate_kwargs)
         if not args.no_stream:
             kwargs["streamer"] = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -9,7 +9,7 @@ pyarrow is needed for the output (`pip install "pixelrefer-fast[caption]"`), Ray
 engine (`[ray]`); both are imported only when used.
 """
 
-from .captioner import Captioner, checkpoint_config_hash, load_model, make_run_info
+from .captioner import Captioner, checkpoint_config_hash, make_run_info
 from .job import CaptionSummary, pending_tasks, plan_units
 from .output import ShardWriter, read_captions
 from .prepare import PreparedUnit, decode_region, prepare_unit
@@ -23,7 +23,6 @@ __all__ = [
     "ShardWriter",
     "checkpoint_config_hash",
     "decode_region",
-    "load_model",
     "make_run_info",
     "pending_tasks",
     "plan_units",

@@ -44,23 +44,6 @@ def make_run_info(model_name: str, config_digest: str, max_new_tokens: int, **ge
     return {"model": model_name, "config_hash": config_digest, "decoding": decoding}
 
 
-def load_model(model_dir: str, *, device: str | None = None, dtype: str = "auto"):
-    """Load a checkpoint folder's model (eval mode, on `device`: default cuda when present) and processor."""
-    import torch
-
-    from ..modeling_pixelrefer_fast import load_pretrained
-    from ..processing_pixelrefer_fast import PixelReferFastProcessor
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if device != "cpu":
-        kwargs["device_map"] = device
-    model = load_pretrained(model_dir, **kwargs)
-    model.eval()
-    processor = PixelReferFastProcessor.from_pretrained(model_dir)
-    return model, processor
-
-
 class Captioner:
     """Runs `describe` on prepared units.
 

@@ -16,12 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..defaults import DEFAULT_MAX_NEW_TOKENS
+from ..defaults import DEFAULT_MAX_NEW_TOKENS, DTYPES, KERNEL_MODES
 from .records import DEFAULT_QUESTION
 
 ENGINES = ("local", "ray")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-KERNEL_MODES = ("auto", "triton", "torch")
 
 
 def add_caption_parser(subparsers) -> argparse.ArgumentParser:
@@ -65,7 +63,8 @@ def run_caption(args: argparse.Namespace) -> int:
 
     import pixelrefer_kernels
 
-    from .captioner import Captioner, checkpoint_config_hash, load_model, make_run_info
+    from ..loading import load_model_and_processor
+    from .captioner import Captioner, checkpoint_config_hash, make_run_info
     from .job import pending_tasks, plan_units
     from .output import ShardWriter, check_compatible, require_pyarrow
     from .records import read_tasks
@@ -97,7 +96,7 @@ def run_caption(args: argparse.Namespace) -> int:
         from .local_engine import run_local
 
         with pixelrefer_kernels.force(args.kernels):
-            model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+            model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
             summary = run_local(units, Captioner(model, processor, run_info=run_info), writer, total=len(tasks),
                                 skipped=skipped, workers=args.workers, prefetch=args.prefetch, progress=progress)
     sys.stdout.write(summary.line() + "\n")

@@ -62,11 +62,12 @@ class _CaptionActor:
     def __init__(self, model_dir: str, run_info: dict[str, Any], dtype: str, kernels: str):
         from transformers.utils import logging as hf_logging
 
-        from .captioner import Captioner, load_model
+        from ..loading import load_model_and_processor
+        from .captioner import Captioner
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-        model, processor = load_model(model_dir, dtype=dtype)
+        model, processor = load_model_and_processor(model_dir, dtype=dtype)
         self.captioner = Captioner(model, processor, run_info=run_info)
         self.kernels = kernels
 

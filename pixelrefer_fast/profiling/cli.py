@@ -19,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..defaults import DECODINGS
+from ..defaults import DECODINGS, KERNEL_MODES
 from .presets import PRESETS, VARIANTS, ProfileInputError
 
 PROG = "pixelrefer-fast profile"
@@ -100,7 +100,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    run.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
+    run.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
                      help="kernel path (PIXELREFER_FAST_KERNELS); on CPU the interpreter is never timed")
     run.add_argument("--threads", type=int, default=None,
                      help="CPU threads for torch, at most the CPUs here "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..defaults import KERNEL_MODES
 from . import progress, report
 from .estimate import RunEstimate, estimate_run
 from .flops import BYTES_CONVENTION, FLOP_CONVENTION
@@ -23,7 +24,6 @@ from .sweep import SweepPoint, SweepSpec, sweep_name
 logger = logging.getLogger("pixelrefer_fast.profiling")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-KERNEL_MODES = ("auto", "triton", "torch")
 # a profile estimated longer than this needs yes=True (--yes)
 DEFAULT_MAX_ESTIMATE_S = 300.0
 MAX_SEED = 2**32 - 1

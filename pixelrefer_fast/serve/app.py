@@ -70,17 +70,9 @@ class ServerSettings:
 
 def load_engine(settings: ServerSettings) -> Engine:
     """Load the checkpoint and its processor as `settings` says."""
-    import torch
+    from ..loading import load_model_and_processor
 
-    from ..modeling_pixelrefer_fast import load_pretrained
-    from ..processing_pixelrefer_fast import PixelReferFastProcessor
-
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs = {"dtype": settings.dtype}
-    if device != "cpu":
-        kwargs["device_map"] = device
-    model = load_pretrained(settings.model, **kwargs)
-    processor = PixelReferFastProcessor.from_pretrained(settings.model)
+    model, processor = load_model_and_processor(settings.model, device=settings.device, dtype=settings.dtype)
     return Engine(model, processor, static_cache=settings.static_cache, kernels=settings.kernels)
 
 

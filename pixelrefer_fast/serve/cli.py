@@ -16,10 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..defaults import DEFAULT_MAX_NEW_TOKENS
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-KERNEL_MODES = ("auto", "triton", "torch")
+from ..defaults import DEFAULT_MAX_NEW_TOKENS, DTYPES, KERNEL_MODES
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:

@@ -20,13 +20,13 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("pycocotools")
 
-from pixelrefer_fast.caption.captioner import load_model  # noqa: E402
 from pixelrefer_fast.caption.job import plan_units  # noqa: E402
 from pixelrefer_fast.caption.output import SHARD_GLOB, TMP_GLOB, read_captions, read_manifest  # noqa: E402
 from pixelrefer_fast.caption.prepare import decode_region, polygons_to_mask  # noqa: E402
 from pixelrefer_fast.caption.records import read_tasks  # noqa: E402
 from pixelrefer_fast.cli import main  # noqa: E402
 from pixelrefer_fast.image_processing_pixelrefer_fast import load_image  # noqa: E402
+from pixelrefer_fast.loading import load_model_and_processor  # noqa: E402
 from tests.caption.coco_fixture import ALL_IDS, ERROR_IDS, make_caption_checkpoint, make_coco_dataset  # noqa: E402
 from tests.model.fixtures import DEMO_DIR  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_captions_equal_describe(dataset, tmp_path, capsys, batch_size, workers)
     assert manifest["rows"] == 9 and len(manifest["shards"]) == 3
     assert json.loads(manifest["decoding"]) == {"max_new_tokens": int(TOKENS)}
 
-    model, processor = load_model(str(model_dir), device="cpu")
+    model, processor = load_model_and_processor(str(model_dir), device="cpu")
     tasks = [t for t in read_tasks(annotations, images) if t.annotation_id not in ERROR_IDS]
     for unit in plan_units(tasks, int(batch_size)):  # describe() on the same batches, from the raw inputs
         images_, masks = [], []
@@ -209,7 +209,7 @@ def test_jsonl_records_with_several_regions(dataset, tmp_path, capsys):
     assert "1 failed" in capsys.readouterr().out
     rows = _by_id(tmp_path / "out")
     assert "2 '<region>' placeholder(s) but 1 region(s)" in rows["bad"]["error"]
-    model, processor = load_model(str(model_dir), device="cpu")
+    model, processor = load_model_and_processor(str(model_dir), device="cpu")
     h, w = load_image(Path(images) / "1.jpg").shape[:2]
     masks = [decode_region(spec, h, w) for spec in records[0]["regions"]]
     expected = model.describe(processor, images=[str(Path(images) / "1.jpg")], masks=[masks],
