@@ -24,6 +24,7 @@ truncated JPEG or PNG is refused with the file named (decoders would pad it sile
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -202,30 +203,68 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
-def _check_complete(path: Path, name: str) -> None:
-    """Refuse a truncated JPEG or PNG, which OpenCV would decode with the missing part filled in grey."""
-    with path.open("rb") as handle:
-        data = handle.read()
+def _check_complete(data: bytes, name: str, what: str) -> None:
+    """Refuse a truncated JPEG or PNG (`what`: how the message names it), which OpenCV would decode with the
+    missing part filled in grey."""
     if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
-        raise ValueError(f"{name}: the JPEG file {str(path)!r} is truncated or corrupt (no end-of-image marker "
-                         "after its image data)")
+        raise ValueError(f"{name}: the JPEG {what} is truncated or corrupt (no end-of-image marker after its image data)")
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:]:
-        raise ValueError(f"{name}: the PNG file {str(path)!r} is truncated or corrupt (no IEND chunk at its end)")
+        raise ValueError(f"{name}: the PNG {what} is truncated or corrupt (no IEND chunk at its end)")
 
 
-def _file_image_size(path: Path, name: str) -> tuple[int, int] | None:
-    """(height, width) from the file header (nothing decoded), or None when PIL cannot identify the format."""
+def _header_size(source, name: str, what: str) -> tuple[int, int] | None:
+    """(height, width) from the header of an encoded image (a path or a binary file object; nothing decoded),
+    or None when PIL cannot identify the format."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as pil:
+            with Image.open(source) as pil:
                 width, height = pil.size
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"{name}: the image file {str(path)!r} is too large to decode ({exc}); the limit here "
+        raise ValueError(f"{name}: the {what} is too large to decode ({exc}); the limit here "
                          f"is MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels") from exc
     except (OSError, ValueError):
         return None
     return height, width
+
+
+def _decode_checked(data: bytes, source, name: str, what: str) -> np.ndarray:
+    """The RGB pixels of an encoded image's `data` (read from `source`, a path or a binary file object):
+    header size and completeness checked first, then OpenCV (`imread` for a path, `imdecode` for bytes),
+    PIL for the formats OpenCV cannot read."""
+    import cv2
+
+    size = _header_size(source, name, what)
+    if size is not None:
+        check_image_size(*size, name=f"{name} ({what})")
+    _check_complete(data, name, what)
+    try:
+        if isinstance(source, Path):
+            bgr = cv2.imread(str(source), cv2.IMREAD_COLOR)
+        else:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ValueError(f"{name}: OpenCV could not decode the {what} ({exc})") from exc
+    if bgr is not None:
+        return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    try:
+        with Image.open(source) as pil:
+            return to_rgb_array(pil, name=name)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{name}: could not decode the {what} ({exc})") from exc
+
+
+def decode_image_bytes(data: bytes, *, name: str = "image") -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, WebP, ...) held in memory to HWC uint8 RGB, with the checks and
+    the decoder `load_image` uses for a file (so an upload gives the pixels of the same file on disk).
+
+    Raises:
+        ValueError: an image above `MAX_IMAGE_PIXELS` (refused from its header, before decoding), a
+            truncated JPEG or PNG, or bytes no decoder reads (the message names `name`).
+    """
+    if not data:
+        raise ValueError(f"{name}: the image data is empty")
+    return _decode_checked(data, io.BytesIO(data), name, "image data")
 
 
 def load_image(image: Any, *, name: str = "image") -> np.ndarray:
@@ -241,26 +280,10 @@ def load_image(image: Any, *, name: str = "image") -> np.ndarray:
             message names it).
     """
     if isinstance(image, (str, os.PathLike)):
-        import cv2
-
         path = Path(image)
         if not path.is_file():
             raise ValueError(f"{name}: image file {str(path)!r} does not exist")
-        size = _file_image_size(path, name)
-        if size is not None:
-            check_image_size(*size, name=f"{name} ({str(path)!r})")
-        _check_complete(path, name)
-        try:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        except cv2.error as exc:
-            raise ValueError(f"{name}: OpenCV could not decode the image file {str(path)!r} ({exc})") from exc
-        if bgr is not None:
-            return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        try:
-            with Image.open(path) as pil:
-                return to_rgb_array(pil, name=name)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{name}: could not decode the image file {str(path)!r} ({exc})") from exc
+        return _decode_checked(path.read_bytes(), path, name, f"image file {str(path)!r}")
     return to_rgb_array(image, name=name)
 
 

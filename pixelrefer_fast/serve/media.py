@@ -1,8 +1,9 @@
 """Media of a request: `data:` URLs and confined local files to images, masks and videos.
 
 Every failure raises `APIError` (400) naming the request field, so a bad upload never reaches the
-model. Images are decoded with OpenCV, as the official `load_images` reads files (same pixels as
-`describe` given the file); PNG alpha is read with PIL.
+model. Images are decoded with the processor's own checks and decoder (`decode_image_bytes`: the header's
+size is checked before decoding; OpenCV, as the official `load_images` reads files, so the pixels are
+those `describe` gets from the same file); PNG alpha is read with PIL.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..image_processing_pixelrefer_fast import decode_image_bytes
 from ..masks import to_binary_mask
 from .errors import APIError, bad_request
 
@@ -70,22 +72,29 @@ def read_url(url: str, param: str, allow_dir: Path | None) -> tuple[bytes, str |
 
 
 def decode_image(data: bytes, param: str) -> DecodedImage:
-    """Decode an encoded image (PNG, JPEG, WebP, ...) to RGB, keeping the alpha channel if any."""
-    import cv2
+    """Decode an encoded image (PNG, JPEG, WebP, ...) to RGB, keeping the alpha channel if any.
 
+    The RGB pixels come from `decode_image_bytes` (the size is checked from the header before anything is
+    decoded; OpenCV decodes them as `describe` decodes the same file); the alpha channel, only when the
+    header says there is one, from PIL.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil.load()
-            mode = pil.mode
-            alpha = np.asarray(pil.getchannel("A")) if mode in ALPHA_MODES else None
-            if mode == "P" and "transparency" in pil.info:
-                alpha = np.asarray(pil.convert("RGBA").getchannel("A"))
-            fallback = pil.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        rgb = decode_image_bytes(data, name=param)
+        alpha = _alpha_channel(data)
+    except (OSError, ValueError) as exc:
         raise bad_request(f"the image could not be decoded ({exc}); send PNG, JPEG or WebP", param) from exc
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr is not None else np.asarray(fallback)
-    return DecodedImage(np.ascontiguousarray(rgb), alpha)
+    return DecodedImage(rgb, alpha)
+
+
+def _alpha_channel(data: bytes) -> np.ndarray | None:
+    """`[H, W]` uint8 alpha of an encoded image whose mode carries one (a palette with transparency
+    included), else None (then nothing is decoded)."""
+    with Image.open(io.BytesIO(data)) as pil:
+        if pil.mode in ALPHA_MODES:
+            return np.asarray(pil.getchannel("A"))
+        if pil.mode == "P" and "transparency" in pil.info:
+            return np.asarray(pil.convert("RGBA").getchannel("A"))
+    return None
 
 
 def mask_from_png(url: str, height: int, width: int, param: str, allow_dir: Path | None) -> np.ndarray:

@@ -181,6 +181,23 @@ def _data_url(payload: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(payload).decode()
 
 
+def _png_claiming(height: int, width: int) -> bytes:
+    """A small PNG whose header (IHDR) claims `height` x `width`: what a decompression bomb looks like
+    before decoding."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(random_image(0)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data[12:29]  # the chunk type and its 13 data bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
 IMAGE = png_data_url(random_image(0))
 GOOD = {"model": "tiny-pixelrefer", "messages": image_message(IMAGE, "What is <region>?"), "regions": [{"box": BOX}],
         "max_tokens": 2}
@@ -222,6 +239,10 @@ ERROR_CASES = [
                  id="image-index"),
     pytest.param(with_("messages.0.content.0.image_url.url", _data_url(b"hello")), 400, "messages[0].content[0]",
                  "could not be decoded", id="undecodable-image"),
+    pytest.param(with_("messages.0.content.0.image_url.url", _data_url(_png_claiming(20_000, 20_000))), 400,
+                 "messages[0].content[0]", "MAX_IMAGE_PIXELS", id="image-bomb"),
+    pytest.param(with_("messages.0.content.0.image_url.url", _data_url(base64.b64decode(IMAGE.split(",")[1])[:-20])),
+                 400, "messages[0].content[0]", "truncated", id="truncated-png"),
     pytest.param(with_("messages.0.content.0.image_url.url", "data:image/png;base64,@@@"), 400,
                  "messages[0].content[0]", "base64", id="bad-base64"),
     pytest.param(with_("messages.0.content.0.image_url.url", "https://example.com/a.png"), 400,
