@@ -1,7 +1,8 @@
 """The server: batched throughput against the same requests served one at a time.
 
-Both servers run in this process on 127.0.0.1 (uvicorn threads) on one model: the `cpu-default`
-preset's full model (random weights; speed does not depend on them), kernels on `auto`. One timed
+Both servers run in this process on 127.0.0.1 (uvicorn threads) on one model: a preset's full model
+(random weights; speed does not depend on them), kernels on `auto`: `cpu-default`, and `tiny` (the
+tests' sizes: what the server itself costs around the model; gated, with the gate's one thread). One timed
 call posts `REQUESTS` requests from `CLIENTS` concurrent clients (`pixelrefer_fast.serve.loadgen`,
 loopback only) and waits for every answer. Each request: the preset sample image (112x84) with 2
 regions (RLE masks), `NEW_TOKENS` new tokens exactly (`min_new_tokens` on the model's generation
@@ -10,9 +11,9 @@ config, so eos cannot end rows early), greedy.
 - fast: `--max-batch 16 --batch-window-ms 10`: requests arriving together share one `describe`.
 - baseline: `--max-batch 1`: the same server code answering one request at a time.
 
-Pair `serve_cpu_fp32_full_16req_2reg_16tok_batched_vs_one_at_a_time`; `extra_info` records
+Pairs `serve_cpu_fp32_<preset>_full_16req_2reg_16tok_batched_vs_one_at_a_time`; `extra_info` records
 `requests_per_s`, `latency_p50_ms` and `latency_p99_ms` (per request) and the torch threads.
-Run: `python -m pytest bench/bench_serve.py --benchmark-enable` (~2 min on 2 busy CPU cores);
+Run: `python -m pytest bench/bench_serve.py --benchmark-enable` (~2 min on 2 busy CPU cores, `tiny` ~15 s);
 save with `--benchmark-json profiles/cpu/<date>_<sha>_serve.json`.
 """
 
@@ -29,14 +30,21 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from bench.harness import run_pair  # noqa: E402
-from pixelrefer_fast.profiling.presets import get_preset  # noqa: E402
+from pixelrefer_fast.profiling.presets import ArchPreset, LLMShape, RegionShape, VisionShape, get_preset  # noqa: E402
 from pixelrefer_fast.profiling.sample import sample_scene  # noqa: E402
 from pixelrefer_fast.profiling.stages import build_model, make_processor  # noqa: E402
 from pixelrefer_fast.profiling.sweep import SweepPoint  # noqa: E402
 
 REQUESTS, CLIENTS, REGIONS, NEW_TOKENS = 16, 16, 2, 16
 IMAGE_SIZE = (112, 84)
-PAIR = f"serve_cpu_fp32_full_{REQUESTS}req_{REGIONS}reg_{NEW_TOKENS}tok_batched_vs_one_at_a_time"
+TINY = ArchPreset(
+    name="tiny", description="the tests' tiny checkpoint sizes",
+    vision=VisionShape(hidden_size=48, intermediate_size=80, num_layers=2, num_heads=2),
+    llm=LLMShape(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                 vocab_size=32768),
+    region=RegionShape(mask_num=4),
+)
+PRESETS = {"tiny": TINY, "cpu-default": get_preset("cpu-default")}
 SETTINGS = {"fast": {"max_batch": 16, "batch_window_ms": 10.0}, "baseline": {"max_batch": 1, "batch_window_ms": 0.0}}
 
 
@@ -61,21 +69,32 @@ def _bodies() -> list[dict]:
              "regions": [{"rle": _rle(m)} for m in scene.masks]} for i in range(REQUESTS)]
 
 
-@pytest.fixture(scope="module")
-def engine():
+def _pair(preset: str) -> str:
+    return f"serve_cpu_fp32_{preset.replace('-', '')}_full_{REQUESTS}req_{REGIONS}reg_{NEW_TOKENS}tok_batched_vs_one_at_a_time"
+
+
+_engines: dict = {}  # one preset's engine alive at a time
+
+
+def _engine(name: str):
     from pixelrefer_fast.serve.engine import Engine
 
-    preset = get_preset("cpu-default")
+    if name in _engines:
+        return _engines[name]
+    _engines.clear()
+    preset = PRESETS[name]
     built = build_model(preset, "full", torch.device("cpu"), torch.float32)
     point = SweepPoint(variant="full", regions=REGIONS, mask_num=preset.region.mask_num, image_size=IMAGE_SIZE,
                        max_tokens=None, frames=1, batch=REQUESTS)
     processor = make_processor(built, preset, point)
     built.model.generation_config.min_new_tokens = NEW_TOKENS
-    return Engine(built.model, processor)
+    _engines[name] = Engine(built.model, processor)
+    return _engines[name]
 
 
 @pytest.mark.parametrize("role", ["baseline", "fast"])
-def test_serve_cpu(benchmark, engine, role):
+@pytest.mark.parametrize("preset", [pytest.param("tiny", marks=pytest.mark.gate), "cpu-default"])
+def test_serve_cpu(benchmark, preset, role):
     from pixelrefer_fast.serve.app import ServerSettings, create_app
     from pixelrefer_fast.serve.loadgen import run_load
     from pixelrefer_fast.serve.local import serve_in_thread
@@ -90,9 +109,9 @@ def test_serve_cpu(benchmark, engine, role):
         results.append(result)
         return result
 
-    with serve_in_thread(create_app(settings, engine=engine)) as url:
-        run_pair(benchmark, load, pair=PAIR, role=role, device="cpu", warmup=1, rounds=2,
-                 shape=f"cpu-default full, {REQUESTS} requests x {REGIONS} regions, image {IMAGE_SIZE[0]}x"
+    with serve_in_thread(create_app(settings, engine=_engine(preset))) as url:
+        run_pair(benchmark, load, pair=_pair(preset), role=role, device="cpu", warmup=1, rounds=2 if preset != "tiny" else 3,
+                 shape=f"{preset} full, {REQUESTS} requests x {REGIONS} regions, image {IMAGE_SIZE[0]}x"
                        f"{IMAGE_SIZE[1]}, {NEW_TOKENS} new tokens, {CLIENTS} clients",
                  threads=torch.get_num_threads(), **SETTINGS[role])
     timed = results[1:] or results
