@@ -96,7 +96,7 @@ def _engine(name: str):
 @pytest.mark.parametrize("preset", [pytest.param("tiny", marks=pytest.mark.gate), "cpu-default"])
 def test_serve_cpu(benchmark, preset, role):
     from pixelrefer_fast.serve.app import ServerSettings, create_app
-    from pixelrefer_fast.serve.loadgen import run_load
+    from pixelrefer_fast.serve.loadgen import LoadClients
     from pixelrefer_fast.serve.local import serve_in_thread
 
     bodies = _bodies()
@@ -104,12 +104,13 @@ def test_serve_cpu(benchmark, preset, role):
     results = []
 
     def load():
-        result = run_load(url, bodies, CLIENTS, deadline_s=600, request_timeout_s=600)
+        result = clients.run(bodies, deadline_s=600)
         assert [a.status for a in result.answers] == [200] * REQUESTS, result.answers[0].body
         results.append(result)
         return result
 
-    with serve_in_thread(create_app(settings, engine=_engine(preset))) as url:
+    with serve_in_thread(create_app(settings, engine=_engine(preset))) as url, \
+            LoadClients(url, CLIENTS, request_timeout_s=600) as clients:
         run_pair(benchmark, load, pair=_pair(preset), role=role, device="cpu", warmup=1, rounds=2 if preset != "tiny" else 3,
                  shape=f"{preset} full, {REQUESTS} requests x {REGIONS} regions, image {IMAGE_SIZE[0]}x"
                        f"{IMAGE_SIZE[1]}, {NEW_TOKENS} new tokens, {CLIENTS} clients",

@@ -2,8 +2,9 @@
 
 `run_load(url, bodies, concurrency)` posts every body of `bodies` once to
 `/v1/chat/completions` from `concurrency` client threads and returns each answer with its
-latency. It refuses any host but the loopback interface, sends exactly `len(bodies)` requests and
-stops by itself at `deadline_s` (requests not sent by then are reported as not sent).
+latency; `LoadClients` keeps the clients for repeated (timed) runs. It refuses any host but the
+loopback interface, sends exactly `len(bodies)` requests and stops by itself at `deadline_s`
+(requests not sent by then are reported as not sent).
 """
 
 from __future__ import annotations
@@ -65,23 +66,41 @@ def check_loopback(url: str) -> None:
         raise ValueError(f"the load generator only targets loopback (127.0.0.1, ::1, localhost), got {host!r}")
 
 
-def run_load(url: str, bodies: list[dict], concurrency: int, *, deadline_s: float = 300.0,
-             api_key: str | None = None, request_timeout_s: float = 120.0) -> LoadResult:
-    """Post each of `bodies` once from `concurrency` threads; see the module docstring."""
-    import httpx
+class LoadClients:
+    """`concurrency` HTTP clients of a loopback server, made once (making one costs ~30 ms of GIL-held
+    work, its TLS context: a timed run must not count it); `run` posts a set of bodies with them."""
 
-    check_loopback(url)
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    lock = threading.Lock()
-    next_index = iter(range(len(bodies)))
-    result = LoadResult()
-    start = time.perf_counter()
-    stop_at = start + deadline_s
+    def __init__(self, url: str, concurrency: int, *, api_key: str | None = None, request_timeout_s: float = 120.0):
+        import httpx
 
-    def client() -> None:
-        with httpx.Client(base_url=url, headers=headers, timeout=request_timeout_s) as http:
+        check_loopback(url)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._clients = [httpx.Client(base_url=url, headers=headers, timeout=request_timeout_s)
+                         for _ in range(concurrency)]
+
+    def __enter__(self) -> LoadClients:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for http in self._clients:
+            http.close()
+
+    def run(self, bodies: list[dict], *, deadline_s: float = 300.0) -> LoadResult:
+        """Post each of `bodies` once, one client a thread; see the module docstring."""
+        lock = threading.Lock()
+        next_index = iter(range(len(bodies)))
+        result = LoadResult()
+        start = time.perf_counter()
+        stop_at = start + deadline_s
+
+        def client(http) -> None:
+            import httpx
+
             while True:
                 with lock:
                     index = next(next_index, None)
@@ -100,10 +119,18 @@ def run_load(url: str, bodies: list[dict], concurrency: int, *, deadline_s: floa
                 with lock:
                     result.answers.append(answer)
 
-    threads = [threading.Thread(target=client, name=f"load-client-{i}") for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.perf_counter() - start
-    return result
+        threads = [threading.Thread(target=client, args=(http,), name=f"load-client-{i}")
+                   for i, http in enumerate(self._clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def run_load(url: str, bodies: list[dict], concurrency: int, *, deadline_s: float = 300.0,
+             api_key: str | None = None, request_timeout_s: float = 120.0) -> LoadResult:
+    """Post each of `bodies` once from `concurrency` threads; see the module docstring."""
+    with LoadClients(url, concurrency, api_key=api_key, request_timeout_s=request_timeout_s) as clients:
+        return clients.run(bodies, deadline_s=deadline_s)
