@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import io
 
-import numpy as np
 import pytest
 import torch
 
@@ -30,6 +29,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from bench.harness import run_pair  # noqa: E402
+from pixelrefer_fast.masks import encode_rle  # noqa: E402
 from pixelrefer_fast.profiling.presets import ArchPreset, LLMShape, RegionShape, VisionShape, get_preset  # noqa: E402
 from pixelrefer_fast.profiling.sample import sample_scene  # noqa: E402
 from pixelrefer_fast.profiling.stages import build_model, make_processor  # noqa: E402
@@ -48,13 +48,6 @@ PRESETS = {"tiny": TINY, "cpu-default": get_preset("cpu-default")}
 SETTINGS = {"fast": {"max_batch": 16, "batch_window_ms": 10.0}, "baseline": {"max_batch": 1, "batch_window_ms": 0.0}}
 
 
-def _rle(mask: np.ndarray) -> dict:
-    flat = mask.T.reshape(-1)
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return {"size": list(mask.shape), "counts": ([0] if flat[0] else []) + runs}
-
-
 def _bodies() -> list[dict]:
     from PIL import Image
 
@@ -66,7 +59,7 @@ def _bodies() -> list[dict]:
     return [{"model": "bench", "max_tokens": NEW_TOKENS, "seed": i,
              "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                       {"type": "text", "text": question}]}],
-             "regions": [{"rle": _rle(m)} for m in scene.masks]} for i in range(REQUESTS)]
+             "regions": [{"rle": encode_rle(m)} for m in scene.masks]} for i in range(REQUESTS)]
 
 
 def _pair(preset: str) -> str:

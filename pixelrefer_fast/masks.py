@@ -7,7 +7,8 @@ Accepted forms (`to_binary_mask`):
   annotations), "I", "F", "RGB", "RGBA", "LA", ... (multi-channel: inside where any colour channel
   is non-zero; alpha is ignored: convert to "L" first to choose another channel);
 - COCO RLE dicts `{"size": [h, w], "counts": str | bytes | list[int]}`: compressed (string) and
-  uncompressed (list of run lengths) counts, column-major as COCO (`decode_rle`, our own decoder);
+  uncompressed (list of run lengths) counts, column-major as COCO (`decode_rle`, our own decoder;
+  `encode_rle` writes the uncompressed form);
 - boxes `(x0, y0, x1, y1)` in pixels, end-exclusive (`box_to_mask`).
 
 **Binarisation rule: a pixel is inside the region iff its value is > 0.** So a 0/255 mask, a 0/1
@@ -31,6 +32,27 @@ import torch
 from PIL import Image
 
 from .image_processing_pixelrefer_fast import MAX_IMAGE_PIXELS
+
+
+def encode_rle(mask: Any) -> dict:
+    """A mask (any form `to_binary_mask` takes with its own size: an array, tensor or PIL image) as an
+    uncompressed COCO RLE `{"size": [h, w], "counts": [runs]}`: column-major run lengths, starting with
+    background (a leading 0 when the first pixel is inside). `decode_rle` inverts it.
+
+    Raises:
+        ValueError / TypeError: what `to_binary_mask` refuses (not 2-D, NaN, negative values, ...).
+    """
+    if isinstance(mask, Image.Image):
+        height, width = mask.height, mask.width
+    else:
+        shape = tuple(np.shape(mask))
+        if len(shape) != 2:
+            raise ValueError(f"mask: expected a 2-D mask to encode, got shape {shape}")
+        height, width = shape
+    flat = to_binary_mask(mask, height, width).T.reshape(-1)  # column-major, as COCO
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return {"size": [int(height), int(width)], "counts": [0, *runs] if flat.size and flat[0] else runs}
 
 
 def decode_rle(rle: Mapping[str, Any], height: int | None = None, width: int | None = None, *,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelrefer_fast.masks import box_to_mask, decode_rle, is_box, to_binary_mask
+from pixelrefer_fast.masks import box_to_mask, decode_rle, encode_rle, is_box, to_binary_mask
 
 
 def encode_rle_string(mask: np.ndarray) -> dict:
@@ -162,3 +162,29 @@ def test_mask_errors(mask, error, match):
 def test_error_names_the_region():
     with pytest.raises(ValueError, match="item 3, region 1"):
         to_binary_mask(np.zeros((3, 3)), 4, 4, name="item 3, region 1")
+
+
+@pytest.mark.parametrize("case", ["random", "inside-first", "empty", "full", "one-pixel"])
+def test_encode_rle_gives_coco_runs(case):
+    rng = np.random.default_rng(7)
+    mask = (rng.random((23, 31)) < 0.4).astype(np.uint8)
+    if case == "inside-first":
+        mask[0, 0] = 1
+    elif case == "empty":
+        mask[:] = 0
+    elif case == "full":
+        mask[:] = 1
+    elif case == "one-pixel":
+        mask = np.ones((1, 1), np.uint8)
+    encoded = encode_rle(mask * 255)  # any accepted form: inside = value > 0
+    expected = runs_of(mask)
+    assert encoded == {"size": list(mask.shape), "counts": expected}
+    assert np.array_equal(decode_rle(encoded), mask)
+    assert encode_rle(torch.from_numpy(mask.astype(bool))) == encoded
+
+
+def test_encode_rle_refuses_what_is_not_one_mask():
+    with pytest.raises(ValueError, match="2-D"):
+        encode_rle(np.zeros((2, 3, 4), np.uint8))
+    with pytest.raises(ValueError, match="NaN|finite"):
+        encode_rle(np.full((2, 3), np.nan))

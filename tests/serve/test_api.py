@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import pixelrefer_kernels
-from pixelrefer_fast.masks import box_to_mask
+from pixelrefer_fast.masks import box_to_mask, encode_rle
 from pixelrefer_fast.serve.app import ServerSettings, create_app
 from pixelrefer_fast.serve.engine import Engine
 from tests.serve.helpers import HEIGHT, WIDTH, image_message, png_data_url, random_image, running_server
@@ -28,17 +28,6 @@ from tests.serve.helpers import HEIGHT, WIDTH, image_message, png_data_url, rand
 MAX_TOKENS = 10
 BOX = [10, 8, 45, 40]
 BOX2 = [30, 20, 66, 52]
-
-
-def coco_rle(mask: np.ndarray) -> dict:
-    """Uncompressed COCO RLE (column-major runs, starting with background)."""
-    flat = mask.T.reshape(-1)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat[0] == 1:
-        runs = [0] + runs
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
 
 
 def reference(loaded, image, masks, question, max_tokens=MAX_TOKENS, seed=0) -> str:
@@ -82,7 +71,7 @@ def test_answers_equal_describe(loaded, client, form):
     if form == "box":
         regions = [{"box": BOX}, {"box": BOX2}]
     elif form == "rle":
-        regions = [{"rle": coco_rle(m)} for m in masks]
+        regions = [{"rle": encode_rle(m)} for m in masks]
     else:
         regions = [{"mask_png": png_data_url(m * 255)} for m in masks]
     question = "Compare <region> with <region>."
@@ -117,7 +106,7 @@ def test_lite_checkpoint_answers_equal_describe(tmp_path):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         answer = client.chat.completions.create(
             model="tiny-lite", messages=image_message(png_data_url(image), "Compare <region> with <region>."),
-            max_tokens=MAX_TOKENS, extra_body={"regions": [{"box": BOX}, {"rle": coco_rle(masks[1])}]})
+            max_tokens=MAX_TOKENS, extra_body={"regions": [{"box": BOX}, {"rle": encode_rle(masks[1])}]})
     assert answer.choices[0].message.content == expected
 
 
@@ -413,11 +402,11 @@ def test_video_request_equals_describe(loaded, client, tmp_path):
     messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
                                              {"type": "text", "text": question}]}]
     answer = client.chat.completions.create(model="tiny-pixelrefer", messages=messages, max_tokens=MAX_TOKENS,
-                                            extra_body={"regions": [{"rle": coco_rle(mask)}], "frame_ids": [2]})
+                                            extra_body={"regions": [{"rle": encode_rle(mask)}], "frame_ids": [2]})
     assert answer.choices[0].message.content == expected
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(model="tiny-pixelrefer", messages=messages, max_tokens=2,
-                                       extra_body={"regions": [{"rle": coco_rle(mask)}]})
+                                       extra_body={"regions": [{"rle": encode_rle(mask)}]})
     assert error.value.body["param"] == "frame_ids"
 
 
