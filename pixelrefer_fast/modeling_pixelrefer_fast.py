@@ -828,7 +828,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         *,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         decoding: str = "fast",
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         streamer=None,
         on_tokens=None,
         static_cache: bool = False,
@@ -856,6 +856,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 Options the fast loop does not implement make it fall back to `"hf"` with one logged line.
             seed: seeds the sampling draws (`do_sample=True`) and the k-means init (unless
                 `kmeans_generator` is given): the same seed gives the same answers in both decodings.
+                A list (one int per item) seeds each item's own sampling and k-means generators:
+                an item then gets the answer it gets alone with its seed, whatever its batch-mates.
             streamer: a transformers streamer (`TextStreamer`) for a batch of one item.
             on_tokens: streaming callback for any batch: gets a `decoding.StreamChunk` (new token ids
                 per row) as they come; returns the rows to cancel.
@@ -871,7 +873,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 (prompt tokens without padding; generated tokens up to and including eos).
             **generate_kwargs: generation options (`do_sample=True`, `temperature`, `top_k`,
                 `top_p`, `repetition_penalty`, `min_new_tokens`, `eos_token_id`, ...) and model
-                inputs (`kmeans_generator`).
+                inputs (`kmeans_generator`). `do_sample`, `temperature` and `top_p` also take a
+                list, one value per item (a 0 in a `temperature` list: that item is greedy).
 
         Returns:
             One answer per item (or its details dict), special tokens skipped, stripped. Decoding is greedy
@@ -883,15 +886,23 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
                 processor of the other variant, beam search or `num_return_sequences > 1`, a
                 `max_new_tokens` that is not an integer >= 1.
         """
-        from .decoding import check_decoding, check_loop_options, check_seed, generate_new_tokens, resolve_options
+        from .decoding import (
+            check_decoding,
+            check_loop_options,
+            check_seed,
+            generate_new_tokens,
+            kmeans_generators_per_item,
+            resolve_options,
+        )
 
         self._check_processor(processor)
         if inputs is None and questions is None:
             raise ValueError("describe() needs questions (one per item)")
         check_decoding(decoding)
-        check_seed(seed)
+        items = len(inputs["input_ids"]) if inputs is not None else 1 if isinstance(questions, str) else len(questions)
+        seed = check_seed(seed, items)
         check_loop_options(graph, check_every)
-        plan = resolve_options(self.generation_config, processor.tokenizer, max_new_tokens, generate_kwargs)
+        plan = resolve_options(self.generation_config, processor.tokenizer, max_new_tokens, generate_kwargs, items)
         if static_cache:
             plan.generation_config.cache_implementation = "static"
         if inputs is not None:
@@ -907,6 +918,8 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         self.set_special_token_ids(processor.tokenizer)
         if "kmeans_generator" in generate_kwargs:  # a model input: it must be packed with the batch
             batch = {**batch, "kmeans_generator": generate_kwargs.pop("kmeans_generator")}
+        elif isinstance(seed, tuple):  # per-item seeds: each item's regions draw from its own generator
+            batch = {**batch, "kmeans_generator": kmeans_generators_per_item(seed, batch)}
         batch = self.place_inputs(batch)
         new_tokens = generate_new_tokens(self, batch, plan, decoding=decoding, seed=seed, streamer=streamer,
                                          on_tokens=on_tokens, graph=graph, check_every=check_every)

@@ -3,12 +3,19 @@ transformers' `generate` as the reference, behind one entry point.
 
 - `options`: validation, the checkpoint's generation config resolved
   into a `DecodePlan` (`SamplingOptions` for the fast loop, a `GenerationConfig` for `generate`);
-- `processors`: the logits processors and the token choice on the device;
+- `processors`: the logits processors, the sampling noise and the token choice on the device (per-row
+  sampling values and generators);
 - `loop`: `StaticDecoder` (one bucket) and `fast_generate`;
-- `reference`: `hf_generate` (penalty over the generated tokens only, as the official code).
+- `reference`: `hf_generate` (penalty over the generated tokens only, as the official code; per-row
+  sampling through `RowSamplingProcessor`).
 
 `generate_new_tokens` picks the path: `"fast"` unless the options or the model need `generate`,
 in which case it falls back to `"hf"` and logs the reason (a warning the first time per reason).
+
+Seeds: one int seeds the batch's sampling generator (and, unless given, the k-means init); a list
+(one int per item) seeds each item's own sampling generator, and `kmeans_generators_per_item` gives
+each item's regions a k-means generator seeded the same way, so an item's answer does not depend on
+the other items of its batch.
 """
 
 from __future__ import annotations
@@ -29,8 +36,18 @@ from .loop import (
     fast_generate,
     fast_model_refusal,
 )
-from .options import DECODINGS, DecodePlan, SamplingOptions, check_decoding, check_seed, resolve_options
-from .reference import hf_generate
+from .options import (
+    DECODINGS,
+    ROW_OPTIONS,
+    DecodePlan,
+    RowSampling,
+    SamplingOptions,
+    check_decoding,
+    check_seed,
+    resolve_options,
+)
+from .processors import sampling_generators
+from .reference import RowSamplingProcessor, hf_generate
 
 logger = logging.getLogger("pixelrefer_fast")
 _reported: set[str] = set()
@@ -52,12 +69,31 @@ def check_loop_options(graph, check_every) -> None:
         check_every_steps(check_every)
 
 
-def sampling_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """The fast loop's sampling generator on `device`: seeded with `seed`, else from the global RNG
-    (so `torch.manual_seed` makes unseeded calls repeatable)."""
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.long))
-    return torch.Generator(device).manual_seed(seed)
+def kmeans_generators_per_item(seeds, batch) -> list[torch.Generator] | None:
+    """One CPU generator per region for the parity k-means init: item `i`'s regions share one
+    seeded with `seeds[i]` (so they draw in order, as that item alone with `seed=seeds[i]`).
+
+    Args:
+        seeds: one int per item (`check_seed`'s tuple).
+        batch: the processor's output (its `region_item` `[R]`, the item of each region).
+
+    Returns:
+        The `R` generators, or None when the batch has no regions.
+
+    Raises:
+        ValueError: regions without `region_item`, or a region's item out of range.
+    """
+    region_item, crops = batch.get("region_item"), batch.get("crop_grid_thw")
+    if region_item is None:
+        if crops is not None and len(crops):
+            raise ValueError("per-item seeds need the batch's region_item (the item of each region; the "
+                             "processor's output has it)")
+        return None
+    items = torch.as_tensor(region_item).tolist()  # a processor output: a CPU tensor
+    if any(not 0 <= i < len(seeds) for i in items):
+        raise ValueError(f"region_item {items} names items outside the {len(seeds)} seeds")
+    per_item = {i: torch.Generator().manual_seed(seeds[i]) for i in sorted(set(items))}
+    return [per_item[i] for i in items] or None
 
 
 def generate_new_tokens(
@@ -66,7 +102,7 @@ def generate_new_tokens(
     plan: DecodePlan,
     *,
     decoding: str = "fast",
-    seed: int | None = None,
+    seed: int | list[int] | tuple[int, ...] | None = None,
     streamer=None,
     on_tokens: OnTokens | None = None,
     graph: str = "auto",
@@ -80,7 +116,10 @@ def generate_new_tokens(
         plan: `resolve_options`' result.
         decoding: `"fast"` (falls back to `"hf"` with a logged reason when it cannot honour the
             plan) or `"hf"`.
-        seed: seeds the sampling draws (and the k-means init, unless `kmeans_generator` is given).
+        seed: an int seeds the sampling draws (and the k-means init, unless `kmeans_generator` is
+            given); a list, one int per item, seeds each item's own sampling generator (give the
+            k-means init per-region generators in the batch: `kmeans_generators_per_item`, as
+            `describe` does).
         streamer: a transformers streamer (`put`/`end`, e.g. `TextStreamer`) for a batch of one:
             gets the prompt ids, then the new tokens as they come.
         on_tokens: streaming callback for any batch (`StreamChunk` per host check; returns rows to
@@ -90,16 +129,17 @@ def generate_new_tokens(
         check_every: decode steps between host checks; default 1 when streaming, else `DEFAULT_CHECK_EVERY`.
     """
     decoding = check_decoding(decoding)
-    seed = check_seed(seed)
     check_loop_options(graph, check_every)
     batch_size = batch["input_ids"].shape[0]
+    seed = check_seed(seed, batch_size)
+    plan.sampling.row_values(batch_size)  # per-item options for another batch size: ValueError
     if streamer is not None and batch_size != 1:
         raise ValueError(f"streamer= takes a batch of one item (as transformers' streamers), got {batch_size}; "
                          "use on_tokens= to stream a batch")
     if check_every is None:
         check_every = 1 if streamer is not None or on_tokens is not None else DEFAULT_CHECK_EVERY
     model_kwargs = dict(plan.model_kwargs)
-    if seed is not None and "kmeans_generator" not in model_kwargs:
+    if isinstance(seed, int) and "kmeans_generator" not in model_kwargs:
         model_kwargs["kmeans_generator"] = torch.Generator().manual_seed(seed)  # a fresh one per call
     if decoding == "fast":
         reason = plan.fast_refusal or fast_model_refusal(model)
@@ -109,7 +149,7 @@ def generate_new_tokens(
     if decoding == "hf":
         return hf_generate(model, batch, plan, seed=seed, streamer=streamer, on_tokens=on_tokens,
                            model_kwargs=model_kwargs)
-    generator = sampling_generator(seed, model.device) if plan.sampling.do_sample else None
+    generator = sampling_generators(seed, plan.sampling, batch_size, model.device)
     callback = on_tokens
     if streamer is not None:
         streamer.put(batch["input_ids"].cpu())
@@ -131,7 +171,10 @@ __all__ = [
     "DEFAULT_CHECK_EVERY",
     "DEFAULT_MAX_NEW_TOKENS",
     "GRAPH_MODES",
+    "ROW_OPTIONS",
     "DecodePlan",
+    "RowSampling",
+    "RowSamplingProcessor",
     "SamplingOptions",
     "StaticDecoder",
     "StreamChunk",
@@ -141,5 +184,7 @@ __all__ = [
     "fast_generate",
     "generate_new_tokens",
     "hf_generate",
+    "kmeans_generators_per_item",
     "resolve_options",
+    "sampling_generators",
 ]

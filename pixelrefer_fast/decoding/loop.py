@@ -17,8 +17,11 @@ finished flags, the generated-token set of the repetition penalty, the output `[
    tokens since the last check; the tokens are read once at the end.
 
 Rows stop independently (a finished row emits `pad_token_id`; the output is cut after the longest
-row, as `generate` does). Sampling noise (`exponential_` from the caller's `torch.Generator`) is
-drawn outside the graph, one launch per step, so the step itself holds no generator.
+row, as `generate` does). Rows sample or not, each with its own temperature and top-p (device
+tensors of `processors.ProcessorState`). Sampling noise (`exponential_` from the caller's
+`torch.Generator`, or from each sampled row's own) is drawn outside the graph by
+`processors.draw_noise`, one launch per step (per sampled row with per-row generators), so the step
+itself holds no generator.
 
 The attention mask of a step is built here from the bucket's `[B, L]` key mask and handed to
 Qwen2 as its prepared mask mapping (`{"full_attention": mask}`): transformers' own mask builder
@@ -40,7 +43,7 @@ import torch
 from transformers import Qwen2Model, StaticCache
 
 from .options import SamplingOptions
-from .processors import ProcessorState, choose_tokens, process_scores
+from .processors import Generators, ProcessorState, check_generators, choose_tokens, draw_noise, process_scores
 
 logger = logging.getLogger("pixelrefer_fast")
 
@@ -128,7 +131,7 @@ class StaticDecoder:
         self.generated = zeros(batch_size, vocab, dtype=torch.bool)  # the repetition penalty's set
         self.noise = torch.ones(batch_size, vocab, dtype=torch.float32, device=self.device)  # Exp(1) draws
         self.out = zeros(batch_size, cache_len)
-        self.processors = ProcessorState.allocate(vocab, self.device)
+        self.processors = ProcessorState.allocate(batch_size, vocab, self.device)
         self.structure: tuple | None = None
         self._steps: dict[tuple, Callable[[], None]] = {}
         self._pool = None
@@ -145,9 +148,8 @@ class StaticDecoder:
 
     def select(self, logits: torch.Tensor) -> None:
         """Choose the next token of every row from `logits` `[B, V]` float32 and record it."""
-        sample = self.structure[0]
         scores = process_scores(logits, self.step, self.generated, self.processors, self.structure)
-        tokens = choose_tokens(scores, self.noise if sample else None)
+        tokens = choose_tokens(scores, self.processors, self.structure, self.noise)
         tokens = torch.where(self.finished, self.processors.pad_token_id, tokens)  # (B,)
         self.out.index_copy_(1, self.step, tokens[:, None])
         self.lengths.add_((~self.finished).long())
@@ -191,10 +193,8 @@ class StaticDecoder:
         return step
 
     def _buffers(self) -> list[torch.Tensor]:
-        state = self.processors
         return [self.input_ids, self.positions, self.slot, self.step, self.valid, self.finished, self.lengths,
-                self.generated, self.noise, self.out, state.penalty, state.temperature, state.top_p_cut,
-                state.min_new_tokens, state.eos_mask, state.pad_token_id]
+                self.generated, self.noise, self.out, *self.processors.tensors()]
 
     def _capture(self) -> Callable[[], None]:
         """Warm the step up on a side stream, then capture it; the state it leaves is reset by the prefill."""
@@ -244,7 +244,7 @@ class StaticDecoder:
         batch: dict,
         options: SamplingOptions,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators | None = None,
         model_kwargs: dict | None = None,
         check_every: int = DEFAULT_CHECK_EVERY,
         on_tokens: OnTokens | None = None,
@@ -255,7 +255,8 @@ class StaticDecoder:
             batch: `input_ids` / `attention_mask` `[B, T]` (left padded) and the multimodal inputs,
                 on the model's devices (`model.place_inputs`); `T + options.max_new_tokens <= L`.
             options: the processors and limits.
-            generator: the sampling generator (on the model's device); required when sampling.
+            generator: the sampling generator (on the model's device), or one per row (None for
+                greedy rows: `processors.sampling_generators`); required when sampling.
             model_kwargs: more inputs for the prefill forward (`kmeans_generator`).
             check_every: decode steps between host reads of the finished flags (and stream chunks).
             on_tokens: streaming callback (`StreamChunk` per host check; returns rows to cancel).
@@ -266,16 +267,15 @@ class StaticDecoder:
                 f"batch {tuple(batch['input_ids'].shape)} + {options.max_new_tokens} new tokens does not fit the "
                 f"bucket ({self.batch_size} rows x {self.cache_len} positions)"
             )
-        if options.do_sample and generator is None:
-            raise ValueError("sampling needs a torch.Generator (generator=...)")
+        check_generators(generator, options, self.batch_size)
         self.structure = options.structure
-        self.processors.load(options)
+        self.processors.load(options, self.batch_size)
         step = self._step_function(self.structure)
         logits = self._prefill(batch, model_kwargs or {}, options)
 
         def draw():
             if options.do_sample:
-                self.noise.exponential_(1, generator=generator)
+                draw_noise(self.noise, generator)
 
         draw()
         self.select(logits)
@@ -355,7 +355,7 @@ def fast_generate(
     batch: dict,
     options: SamplingOptions,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
     model_kwargs: dict | None = None,
     graph: str = "auto",
     check_every: int = DEFAULT_CHECK_EVERY,

@@ -1,23 +1,22 @@
 """One batch of `DescribeJob`s through `model.describe`, with per-row streaming, stops and cancel.
 
 `Engine.run_batch` runs the processor once for the batch, reports each row's prompt and region
-tokens, and calls `describe` once with hooks, so the model code is the library's own:
+tokens, and calls `describe` once, so the model code is the library's own. Every batch (greedy,
+sampled or mixed) runs on the fast decode loop (`decoding="fast"`) with per-item options:
 
-- A batch of greedy requests runs on the fast decode loop (`decoding="fast"`) with `RowStream` as
-  its `on_tokens` callback: each row's new tokens go to its `RowText`, the text delta to the row's
-  sink, and the rows that are done (eos, a stop string, their `max_tokens`, a disconnected client)
-  are cancelled in the loop; it ends when every row is done.
-- A batch with a sampled request (`temperature > 0`) needs a generator per request, which the fast
-  loop (one generator per batch) does not have: it runs on transformers' `generate`
-  (`decoding="hf"`) with `RowStopping` (a stopping criterion doing `RowStream`'s bookkeeping once
-  per step) and `RowSampler` (a logits processor: sampled rows draw their token from their own
-  generator, seeded by the request's `seed`, with their own `temperature` / `top_p`; the batch then
-  decodes greedily, so the drawn token is the one taken; greedy rows are untouched).
-- `kmeans_generator`: one CPU generator per region, the region's request's, seeded the same way.
+- `temperature` and `top_p` per request (`temperature` 0 = greedy: the argmax, untouched by the
+  warpers), OpenAI's knobs only: no top-k (`top_k=0`), the checkpoint's repetition penalty;
+- `seed` per request (its `seed`, or `parse.DEFAULT_SEED`): the request's own sampling generator
+  and the k-means generator of its regions, so a request gets the answer `describe` gives it alone
+  with the same seed and options, whatever the other requests of its batch;
+- `RowStream` as the `on_tokens` callback: each row's new tokens go to its `RowText`, the text delta
+  to the row's sink, and the rows that are done (eos, a stop string, their `max_tokens`, a
+  disconnected client) are cancelled in the loop; it ends when every row is done.
 
-So a request's answer does not depend on the other requests of its batch. A batch `describe`
-refuses (`ValueError` / `TypeError`) is retried one request at a time, so one bad request fails
-alone, with a 400.
+A model the fast loop refuses (`decoding.loop.fast_model_refusal`) makes `describe` fall back to
+transformers' `generate`, with the same per-row sampling and streaming. A batch `describe` refuses
+(`ValueError` / `TypeError`) is retried one request at a time, so one bad request fails alone,
+with a 400.
 """
 
 from __future__ import annotations
@@ -29,14 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
 import pixelrefer_kernels
 
 from ..processing_pixelrefer_fast import REGION_TOKEN
 from .errors import APIError
-from .parse import DescribeJob, SamplingParams
+from .parse import DescribeJob
 from .streaming import RowText
 
 logger = logging.getLogger(__name__)
@@ -98,41 +94,10 @@ class RowStream:
         return [row for row, (text, sink, tokens) in enumerate(rows) if text.done or advance_row(text, sink, tokens)]
 
 
-class RowStopping(StoppingCriteria):
-    """`RowStream`'s bookkeeping as a stopping criterion of `generate`, called once per step."""
-
-    def __init__(self, texts: list[RowText], sinks: Sequence[RowSink]):
-        self.texts = texts
-        self.sinks = sinks
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        tokens = input_ids[:, -1].tolist()  # the step's tokens on the host: streaming needs them
-        done = [text.done or advance_row(text, sink, [token]) for text, sink, token in zip(self.texts, self.sinks, tokens)]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class RowSampler(LogitsProcessor):
-    """Per-row sampling with per-row generators (see the module docstring)."""
-
-    def __init__(self, params: list[SamplingParams]):
-        self.params = params
-        self.generators: list[torch.Generator | None] = [None] * len(params)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row, params in enumerate(self.params):
-            if params.temperature <= 0:
-                continue
-            if self.generators[row] is None:
-                self.generators[row] = torch.Generator(device=scores.device).manual_seed(params.seed)
-            probs = torch.softmax(scores[row].float() / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                outside = sorted_probs.cumsum(0) - sorted_probs >= params.top_p  # the nucleus keeps its first token
-                probs = probs.scatter(0, order[outside], 0.0)
-            token = torch.multinomial(probs, 1, generator=self.generators[row])
-            scores[row] = float("-inf")
-            scores[row, token] = 0.0
-        return scores
+def describe_seed(seed: int) -> int:
+    """A request's `seed` (any 64-bit integer, signed or not) as `describe`'s (in [0, 2**63)): the
+    same for the seeds `describe` takes, the others folded into that range."""
+    return seed % 2**63
 
 
 class Engine:
@@ -141,7 +106,7 @@ class Engine:
     Args:
         model: a loaded `PixelReferFastForCausalLM` / `...LiteForCausalLM` (eval mode).
         processor: its `PixelReferFastProcessor`.
-        static_cache: passed to `describe`.
+        static_cache: passed to `describe` (used only by its `"hf"` fallback).
         kernels: `auto` (best available), `triton` or `torch` (`pixelrefer_kernels.force`).
     """
 
@@ -182,8 +147,6 @@ class Engine:
     def _generate(self, jobs: list[DescribeJob], sinks: list[RowSink]) -> list[RowText]:
         tokenizer = self.processor.tokenizer
         texts = [RowText(tokenizer, self.eos_ids, job.sampling.max_tokens, job.sampling.stop) for job in jobs]
-        kmeans_generators = [torch.Generator().manual_seed(job.sampling.seed) for job in jobs]
-        per_region = [kmeans_generators[i] for i, job in enumerate(jobs) for _ in job.masks]
         batch = self.processor(
             images=[job.image for job in jobs],
             videos=[str(job.video.path) if job.video is not None else None for job in jobs],
@@ -195,16 +158,12 @@ class Engine:
         region_tokens = (batch["input_ids"] == self.region_id).sum(1).tolist()
         for sink, prompt, regions in zip(sinks, prompt_tokens, region_tokens):
             sink.started(int(prompt), int(regions))
-        common = {"inputs": batch, "max_new_tokens": max(job.sampling.max_tokens for job in jobs),
-                  "kmeans_generator": per_region or None}
-        if any(job.sampling.temperature > 0 for job in jobs):
-            self.model.describe(
-                self.processor, decoding="hf", static_cache=self.static_cache,
-                stopping_criteria=StoppingCriteriaList([RowStopping(texts, sinks)]),
-                logits_processor=LogitsProcessorList([RowSampler([job.sampling for job in jobs])]), **common,
-            )
-        else:
-            self.model.describe(self.processor, decoding="fast", on_tokens=RowStream(texts, sinks), **common)
+        self.model.describe(
+            self.processor, inputs=batch, max_new_tokens=max(job.sampling.max_tokens for job in jobs),
+            decoding="fast", static_cache=self.static_cache, on_tokens=RowStream(texts, sinks),
+            seed=[describe_seed(job.sampling.seed) for job in jobs], do_sample=True, top_k=0,
+            temperature=[job.sampling.temperature for job in jobs], top_p=[job.sampling.top_p for job in jobs],
+        )
         for text, sink in zip(texts, sinks):
             if not text.done:  # a safety net: describe stopped before our criterion ended the row
                 text.finish_reason = "length"

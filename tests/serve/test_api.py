@@ -156,6 +156,34 @@ def test_identical_requests_agree_whatever_their_batch_mates(client):
     assert results["other0"] != alone or results["other1"] != alone, "the seed must matter when sampling"
 
 
+def test_sampled_request_equals_describe_alone(loaded, client):
+    """A sampled request gets `describe`'s answer for it alone with its seed, temperature and top_p
+    (transformers' semantics; no top-k), here while batched with a greedy request."""
+    model, processor = loaded
+    image = random_image(3)
+    masks = [box_to_mask(BOX, HEIGHT, WIDTH)]
+    question = "What is <region>?"
+    with pixelrefer_kernels.force("torch"):
+        expected = model.describe(processor, images=[image], masks=[masks], questions=[question],
+                                  max_new_tokens=MAX_TOKENS, do_sample=True, temperature=1.5, top_p=0.95, top_k=0,
+                                  seed=12)[0]
+    greedy = reference(loaded, image, masks, question)
+    assert expected != greedy, "the test needs a sampled answer that differs from the greedy one"
+    messages = image_message(png_data_url(image), question)
+    options = {"sampled": dict(temperature=1.5, top_p=0.95, seed=12), "greedy": {}}
+    results = {}
+
+    def run(name):
+        results[name] = ask(client, messages, regions=[{"box": BOX}], **options[name]).choices[0].message.content
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in options]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"sampled": expected, "greedy": greedy}
+
+
 def test_models_health_metrics(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny-pixelrefer"]
     assert httpx.get(server + "/health").json() == {"status": "ok"}

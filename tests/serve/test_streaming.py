@@ -89,10 +89,11 @@ class _RecordingSink:
         raise AssertionError(error)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.7], ids=["greedy", "sampled"])
-def test_engine_runs_greedy_batches_on_the_fast_loop(loaded, monkeypatch, temperature):
-    """A greedy batch decodes with `decoding="fast"` (streamed through `on_tokens`); a batch with a
-    sampled request needs per-request generators and uses `generate` ("hf"). Both answer in full."""
+@pytest.mark.parametrize("temperature", [0.0, 0.7], ids=["greedy", "mixed"])
+def test_engine_runs_every_batch_on_the_fast_loop(loaded, monkeypatch, temperature):
+    """A greedy batch and a batch mixing a greedy and a sampled request both decode with
+    `decoding="fast"` (streamed through `on_tokens`), with per-request seeds and sampling values,
+    and answer in full."""
     from pixelrefer_fast.serve.engine import Engine
     from pixelrefer_fast.serve.parse import DescribeJob, SamplingParams
 
@@ -101,7 +102,7 @@ def test_engine_runs_greedy_batches_on_the_fast_loop(loaded, monkeypatch, temper
     real = model.describe
 
     def describe(*args, **kwargs):
-        calls.append(kwargs.get("decoding"))
+        calls.append((kwargs.get("decoding"), kwargs.get("seed"), kwargs.get("temperature")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model, "describe", describe)
@@ -112,7 +113,7 @@ def test_engine_runs_greedy_batches_on_the_fast_loop(loaded, monkeypatch, temper
             for t in (0.0, temperature)]
     sinks = [_RecordingSink(), _RecordingSink()]
     Engine(model, processor, kernels="torch").run_batch(jobs, sinks)
-    assert calls == ["fast" if temperature == 0 else "hf"]
+    assert calls == [("fast", [3, 3], [0.0, temperature])]
     for sink in sinks:
         assert sink.usage[0] > 0 and sink.usage[1] > 0
         text, reason, completion = sink.final
