@@ -135,6 +135,15 @@ def draw_noise(noise: torch.Tensor, generator: Generators) -> None:
             noise[row].exponential_(1, generator=row_generator)
 
 
+def _divide(scores: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+    """`scores / divisor` as transformers computes it with a Python float divisor: on CUDA PyTorch
+    multiplies by the divisor's float32 reciprocal (`div_true_kernel_cuda`'s CPU-scalar path), on
+    the CPU it divides; a device tensor divisor would always divide (a last-bit difference)."""
+    if scores.is_cuda:
+        return scores * (1.0 / divisor)
+    return scores / divisor
+
+
 def process_scores(
     scores: torch.Tensor, step: torch.Tensor, generated: torch.Tensor | None, state: ProcessorState, structure: tuple
 ) -> torch.Tensor:
@@ -147,7 +156,7 @@ def process_scores(
     """
     _, penalise, min_new, _, _, _, suppress_tokens = structure
     if penalise:
-        penalised = torch.where(scores < 0, scores * state.penalty, scores / state.penalty)
+        penalised = torch.where(scores < 0, scores * state.penalty, _divide(scores, state.penalty))
         scores = torch.where(generated, penalised, scores)
     if min_new:
         eos_now = state.eos_mask & (step < state.min_new_tokens)  # (V,)
@@ -163,7 +172,7 @@ def warp_scores(scores: torch.Tensor, state: ProcessorState, structure: tuple) -
     `-inf` at tokens of probability 0, which the draw never picks either way)."""
     _, _, _, temperature, top_k, top_p, _ = structure
     if temperature:
-        scores = scores / state.temperature
+        scores = _divide(scores, state.temperature)
     if top_k:
         k = min(top_k, scores.shape[-1])
         kth = torch.topk(scores, k)[0][..., -1:]  # (B, 1)

@@ -80,6 +80,7 @@ NEVER = [0]  # an eos id the tiny models do not produce in NEW steps (checked be
     pytest.param({"do_sample": True}, id="sample-checkpoint-warpers"),
     pytest.param({"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.3, "repetition_penalty": 1.0},
                  id="sample-plain"),
+    pytest.param({"do_sample": True, "suppress_tokens": list(range(1, 200, 2))}, id="sample-suppress-tokens"),
 ])
 def test_fast_matches_hf_batched_rows_stop_apart(setup, options):
     variant, model, processor, batches = setup
@@ -294,12 +295,21 @@ def _host_reads_raise():
             setattr(torch.Tensor, name, method)
 
 
+# a batch of 2: one generator for the batch, or per-row values (a greedy row, a sampled one) and generators
+SAMPLING_CASES = [
+    pytest.param({"do_sample": True}, lambda: torch.Generator().manual_seed(0), id="batch-generator"),
+    pytest.param({"do_sample": True, "temperature": [0.0, 0.8], "top_p": [1.0, 0.7]},
+                 lambda: [None, torch.Generator().manual_seed(0)], id="per-row"),
+]
+
+
 @FULL_ONLY
-def test_decode_loop_reads_the_host_only_at_checks(setup, monkeypatch):
+@pytest.mark.parametrize("sampling, generator", SAMPLING_CASES)
+def test_decode_loop_reads_the_host_only_at_checks(setup, monkeypatch, sampling, generator):
     variant, model, processor, batches = setup
     batch = batches[2]
     options = resolve_options(model.generation_config, processor.tokenizer, 10,
-                              {"eos_token_id": NEVER, "min_new_tokens": 10, "do_sample": True}).sampling
+                              {"eos_token_id": NEVER, "min_new_tokens": 10, **sampling}, batch_size=2).sampling
     decoder = StaticDecoder(model, 2, 256, "eager")
     events = []
     step, select = decoder.decode_step, decoder.select
@@ -323,11 +333,10 @@ def test_decode_loop_reads_the_host_only_at_checks(setup, monkeypatch):
     monkeypatch.setattr(decoder, "select", guarded_select)
     with torch.inference_mode(), pixelrefer_kernels.force("torch"):
         model_kwargs = {"kmeans_generator": torch.Generator().manual_seed(0)}
-        reference = decoder.generate(batch, options, generator=torch.Generator().manual_seed(0),
-                                     model_kwargs=model_kwargs, check_every=4)
+        reference = decoder.generate(batch, options, generator=generator(), model_kwargs=model_kwargs, check_every=4)
         monkeypatch.setattr(torch.Tensor, "__bool__", counted_bool)
         events.clear()
-        tokens = decoder.generate(batch, options, generator=torch.Generator().manual_seed(0),
+        tokens = decoder.generate(batch, options, generator=generator(),
                                   model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)}, check_every=4)
         monkeypatch.setattr(torch.Tensor, "__bool__", original_bool)
     loop = events[events.index("step"):]
@@ -336,11 +345,12 @@ def test_decode_loop_reads_the_host_only_at_checks(setup, monkeypatch):
 
 
 @FULL_ONLY
-def test_decode_step_compiles_without_graph_breaks(setup):
+@pytest.mark.parametrize("sampling, generator", SAMPLING_CASES)
+def test_decode_step_compiles_without_graph_breaks(setup, sampling, generator):
     variant, model, processor, batches = setup
     batch = batches[2]
     options = resolve_options(model.generation_config, processor.tokenizer, 6,
-                              {"eos_token_id": NEVER, "do_sample": True}).sampling
+                              {"eos_token_id": NEVER, **sampling}, batch_size=2).sampling
     eager = StaticDecoder(model, 2, 256, "eager")
     # fullgraph=True raises on any graph break; the eager backend keeps the test fast (no code generation)
     compiled = StaticDecoder(model, 2, 256, "compile", {"backend": "eager", "fullgraph": True})
@@ -348,7 +358,7 @@ def test_decode_step_compiles_without_graph_breaks(setup):
     results = []
     with torch.inference_mode(), pixelrefer_kernels.force("torch"):
         for decoder in (eager, compiled):
-            results.append(decoder.generate(batch, options, generator=torch.Generator().manual_seed(3),
+            results.append(decoder.generate(batch, options, generator=generator(),
                                             model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)}))
     assert torch.equal(results[0], results[1]), f"eager {results[0].tolist()} != compiled {results[1].tolist()}"
 
@@ -416,15 +426,20 @@ def cuda_setup(tmp_path_factory):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("graph", ["cuda_graph", "compile"])
-@pytest.mark.parametrize("options", [pytest.param({}, id="greedy"), pytest.param({"do_sample": True}, id="sample")])
-def test_cuda_captured_step_matches_hf(cuda_setup, graph, options):
+@pytest.mark.parametrize("options, seed", [
+    pytest.param({}, 5, id="greedy"),
+    pytest.param({"do_sample": True}, 5, id="sample"),
+    pytest.param({"do_sample": True, "temperature": [0.0, 0.8], "top_p": [1.0, 0.7]}, [5, 6], id="per-row"),
+])
+def test_cuda_captured_step_matches_hf(cuda_setup, graph, options, seed):
     model, processor, batch = cuda_setup
-    plan = resolve_options(model.generation_config, processor.tokenizer, NEW, {"eos_token_id": NEVER, **options})
+    plan = resolve_options(model.generation_config, processor.tokenizer, NEW, {"eos_token_id": NEVER, **options},
+                           batch_size=2)
     with pixelrefer_kernels.force("torch"):
-        hf = generate_new_tokens(model, batch, plan, decoding="hf", seed=5)
-        first = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)
+        hf = generate_new_tokens(model, batch, plan, decoding="hf", seed=seed)
+        first = generate_new_tokens(model, batch, plan, decoding="fast", seed=seed, graph=graph)
         # the bucket's step is replayed, not captured again
-        again = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)
+        again = generate_new_tokens(model, batch, plan, decoding="fast", seed=seed, graph=graph)
     assert torch.equal(first, hf), f"{graph}: fast {first.tolist()} != hf {hf.tolist()}"
     assert torch.equal(again, first)
 
