@@ -271,8 +271,7 @@ def _per_item(values, name: str, batch_size: int | None) -> list:
 def _row_sampling(per_item: dict, config: GenerationConfig, batch_size: int | None) -> RowSampling:
     """`RowSampling` from the per-item lists in `per_item` and the scalar values in `config`, validated."""
     rows = {name: _per_item(values, name, batch_size) for name, values in per_item.items()}
-    size = batch_size
-    do_sample = rows.get("do_sample", [bool(config.do_sample)] * size)
+    do_sample = rows.get("do_sample", [bool(config.do_sample)] * batch_size)
     if any(not isinstance(value, bool) for value in do_sample):
         bad = next(i for i, value in enumerate(do_sample) if not isinstance(value, bool))
         raise ValueError(f"do_sample[{bad}] must be True or False, got {do_sample[bad]!r}")
@@ -285,14 +284,14 @@ def _row_sampling(per_item: dict, config: GenerationConfig, batch_size: int | No
         scalar = _number(config.temperature, "temperature", 1.0)
         if any(do_sample) and not scalar > 0:
             raise ValueError(f"temperature must be > 0 when do_sample=True, got {scalar!r}")
-        temperature = [scalar] * size
+        temperature = [scalar] * batch_size
     if "top_p" in rows:
         top_p = [_number(p, f"top_p[{i}]", 1.0) for i, p in enumerate(rows["top_p"])]
         for i, p in enumerate(top_p):
             if not 0 < p <= 1:
                 raise ValueError(f"top_p[{i}] must be in (0, 1] (1.0 = off), got {p!r}")
     else:
-        top_p = [_number(config.top_p, "top_p", 1.0)] * size
+        top_p = [_number(config.top_p, "top_p", 1.0)] * batch_size
         if any(do_sample) and not 0 < top_p[0] <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p[0]!r}")
     sample = tuple(s and t != 0 for s, t in zip(do_sample, temperature))

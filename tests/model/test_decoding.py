@@ -51,7 +51,8 @@ def setup(request, tmp_path_factory):
 
 
 def _run(model, processor, batch, decoding, seed=0, max_new_tokens=NEW, **options):
-    plan = resolve_options(model.generation_config, processor.tokenizer, max_new_tokens, options)
+    plan = resolve_options(model.generation_config, processor.tokenizer, max_new_tokens, options,
+                           batch_size=batch["input_ids"].shape[0])
     with pixelrefer_kernels.force("torch"):
         return generate_new_tokens(model, batch, plan, decoding=decoding, seed=seed)
 
@@ -81,6 +82,8 @@ NEVER = [0]  # an eos id the tiny models do not produce in NEW steps (checked be
     pytest.param({"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.3, "repetition_penalty": 1.0},
                  id="sample-plain"),
     pytest.param({"do_sample": True, "suppress_tokens": list(range(1, 200, 2))}, id="sample-suppress-tokens"),
+    # one generator for the batch (an int seed) with per-row values: the hf path samples per row too
+    pytest.param({"do_sample": True, "temperature": [1.3, 0.9], "top_p": [1.0, 0.8]}, id="per-row-one-seed"),
 ])
 def test_fast_matches_hf_batched_rows_stop_apart(setup, options):
     variant, model, processor, batches = setup
