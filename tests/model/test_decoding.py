@@ -249,7 +249,11 @@ def _transformers_records():
         logger.removeHandler(handler)
 
 
-@pytest.mark.parametrize("options", [pytest.param({}, id="greedy"), pytest.param({"do_sample": True}, id="sample")])
+@pytest.mark.parametrize("options", [
+    pytest.param({}, id="greedy"),
+    pytest.param({"do_sample": True}, id="sample"),
+    pytest.param({"do_sample": True, "temperature": [0.8], "top_p": [0.9], "seed": [3]}, id="per-item"),
+])
 def test_describe_warns_nothing(setup, options):
     variant, model, processor, _ = setup
     item = ITEMS[0]
