@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
-from pixelrefer_fast.decoding import generate_new_tokens, resolve_options
+from pixelrefer_fast.decoding import fast_generate, generate_new_tokens, resolve_options
 from pixelrefer_fast.decoding.processors import ProcessorState, choose_tokens, draw_noise
 from tests.model.fixtures import box_mask, disc_mask
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
@@ -165,3 +165,17 @@ def test_per_row_draws_are_what_multinomial_draws(setup):
                                   generator=torch.Generator().manual_seed(seed + 100))),
         ]
         assert tokens.tolist() == expected and bool((noise[0] == 1).all())
+
+
+@FULL_ONLY
+def test_the_loop_needs_a_generator_for_every_sampled_row(setup):
+    model, processor, _ = setup
+    options = resolve_options(model.generation_config, processor.tokenizer, 2,
+                              {"do_sample": True, "temperature": TEMPERATURE}, batch_size=3).sampling
+    batch = model.place_inputs(processor([dict(i) for i in ITEMS]))
+    for generator in ([torch.Generator(), None, torch.Generator()], [None, torch.Generator()], None):
+        with pytest.raises(ValueError, match="generator"):
+            fast_generate(model, batch, options, generator=generator)
+    greedy_row_without_generator = [None, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    with pixelrefer_kernels.force("torch"):
+        assert fast_generate(model, batch, options, generator=greedy_row_without_generator).shape[0] == 3
