@@ -94,7 +94,7 @@ def _model(name: str):
         built.model.config.kmeans_init = "deterministic"
         point = SweepPoint(variant="full", regions=REGIONS, mask_num=preset.region.mask_num, image_size=IMAGE_SIZE,
                            max_tokens=None, frames=1, batch=BATCH)
-        _built.update(name=name, model=built.model, processor=make_processor(built, preset, point))
+        _built.update(name=name, model=built.model, processor=make_processor(built, preset, point, share_images=True))
     return _built["model"], _built["processor"]
 
 

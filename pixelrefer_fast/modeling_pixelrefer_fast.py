@@ -18,9 +18,11 @@ Forward of one batch (`B` items, left padded, any mix of images, videos and regi
    (SDPA/eager attention, deterministic k-means init). The stages below are methods `forward` calls,
    which the profiler times;
 1. `encode_pixels`: every pixel source of the batch (global images and video frames, region crops,
-   Lite's 336 global and 224 local views) goes through ONE packed vision-encoder call;
+   Lite's 336 global and 224 local views) goes through ONE packed vision-encoder call; an image
+   several items share (the processor's `share_images`) is in it once;
 2. `project_images` (full model, `get_image_features`): stride-2 frames are 2x2 averaged, tokens
-   pruned by the video compression are dropped (`image_token_keep`), then the projector;
+   pruned by the video compression are dropped (`image_token_keep`), then the projector; a shared
+   image's tokens are repeated for each `<image>` it fills (`image_index`);
 3. `tokenize_regions`, `infuse_regions` (Lite), `project_regions` (`get_region_features`): pool +
    k-means, Lite's object-centric infusion into the views, `feat_linear`;
 4. `splice`: the features are written over their placeholders (rows found on the host);
@@ -69,7 +71,10 @@ class PixelReferFastInputs:
     Full model, global images and video frames (packed in item order):
         pixel_values `[N_img, 588]` float; image_grid_thw `[I, 3]` long (t=1 per image/frame);
         image_merge_sizes `[I]` long (1 images, 2 video frames; default all 1);
-        image_token_keep `[sum(h*w/s**2)]` bool (video token compression; absent keeps all).
+        image_token_keep `[sum(h*w/s**2)]` bool (video token compression; absent keeps all);
+        image_index `[M]` long: the `image_grid_thw` row whose tokens fill each of the prompts' M
+            `<image>`s, in order (an image several items share is encoded once); absent: every row
+            once, in order.
     Regions (one crop per region, regions of all items in placeholder order):
         crop_pixel_values `[N_crop, 588]`; crop_grid_thw `[R, 3]`; region_masks `[N_m]` packed mask
         grids; region_mask_hw `[R, 2]`; region_boxes `[R, 4]` (top, left, bottom, right);
@@ -88,6 +93,7 @@ class PixelReferFastInputs:
     image_grid_thw: torch.Tensor | None = None
     image_merge_sizes: torch.Tensor | None = None
     image_token_keep: torch.Tensor | None = None
+    image_index: torch.Tensor | None = None
     crop_pixel_values: torch.Tensor | None = None
     crop_grid_thw: torch.Tensor | None = None
     region_masks: torch.Tensor | None = None
@@ -143,7 +149,8 @@ class PixelReferFastBatch:
     """One batch's multimodal inputs, checked once on the host and placed (`PixelReferFastModel.pack_inputs`).
 
     Device tensors: `pixel_values` (every pixel source of the batch concatenated: images, crops, Lite
-    global then local views), `image_keep_rows`, `image_slots` / `region_slots` (rows of the
+    global then local views), `image_keep_rows`, `image_rows` (the projected image token of each
+    `<image>` slot when images are shared, `image_index`; None: in order), `image_slots` / `region_slots` (rows of the
     flattened `[B*T]` prompt holding `<image>` / `<REGION>`) and the device parts of `regions`
     (masks as uint8, offsets, box coefficients, kept token rows). Host facts: the vision grids, merge
     sizes and layout (`vision_packing`), `vision_rows` (rows per source), the image grids, the
@@ -161,6 +168,7 @@ class PixelReferFastBatch:
     image_grid_thw: torch.Tensor | None
     image_merge_sizes: torch.Tensor | None
     image_keep_rows: torch.Tensor | None
+    image_rows: torch.Tensor | None
     image_slots: torch.Tensor
     region_slots: torch.Tensor
     regions: PackedRegions | None
@@ -171,7 +179,7 @@ class PixelReferFastBatch:
 
     def device_tensors(self) -> list[torch.Tensor]:
         """The tensors that live on the model's device (what a host read would have to sync on)."""
-        found = [self.pixel_values, self.image_keep_rows, self.image_slots, self.region_slots]
+        found = [self.pixel_values, self.image_keep_rows, self.image_rows, self.image_slots, self.region_slots]
         if self.vision_packing is not None:
             found.append(self.vision_packing.cu_seqlens)
         if self.regions is not None:
@@ -261,15 +269,30 @@ def _image_merge_sizes(inputs: PixelReferFastInputs) -> torch.Tensor:
     return torch.ones(inputs.image_grid_thw.shape[0], dtype=torch.long)
 
 
-def _announced_image_tokens(inputs: PixelReferFastInputs) -> int:
-    """Image tokens the inputs describe, from host metadata: kept tokens, else sum(t*h*w / s**2)."""
-    if inputs.image_grid_thw is None:
-        raise ValueError("pixel_values were given without image_grid_thw")
-    if inputs.image_token_keep is not None:
-        return int(inputs.image_token_keep.to("cpu").sum())
-    grid = inputs.image_grid_thw.to("cpu", torch.long)
-    merge = _image_merge_sizes(inputs).to("cpu", torch.long)
-    return int((grid.prod(-1) // (merge * merge)).sum())
+def _image_token_counts(grid: torch.Tensor, merge: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Tokens each `image_grid_thw` row gives the LLM (`[I]` CPU int64): its kept tokens when
+    `keep` (the host `image_token_keep`) is given, else t*h*w / s**2."""
+    merged = grid.prod(-1) // (merge * merge)  # (I,)
+    if keep is None:
+        return merged
+    kept = F.pad(keep.to(torch.long).cumsum(0), (1, 0))  # (sum(merged) + 1,)
+    ends = merged.cumsum(0)
+    return kept[ends] - kept[ends - merged]
+
+
+def _image_rows(index, counts: torch.Tensor) -> torch.Tensor:
+    """The projected-token row of every `<image>` slot (`[sum(counts[index])]` CPU int64) for the
+    `image_index` `index` into images of `counts` tokens each."""
+    index = _host_long(index, "image_index")
+    images = counts.shape[0]
+    if index.dim() != 1 or (index.numel() and (int(index.min()) < 0 or int(index.max()) >= images)):
+        raise ValueError(f"image_index must be a 1-D tensor of image_grid_thw rows (0..{images - 1}), got "
+                         f"{index.tolist()}")
+    starts = counts.cumsum(0) - counts  # (I,)
+    lengths = counts[index]  # (M,)
+    total = int(lengths.sum())
+    offsets = torch.arange(total) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)  # (total,)
+    return torch.repeat_interleave(starts[index], lengths) + offsets
 
 
 def default_llm_attention(dtype) -> str:
@@ -414,18 +437,27 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
                 f"({', '.join(_REGION_KEYS)}); every <region> needs a mask"
             )
         sources = []
-        image_grid = image_merge = keep_rows = None
+        image_grid = image_merge = keep_rows = image_rows = None
         if inputs.has_images:
+            if inputs.image_grid_thw is None:
+                raise ValueError("pixel_values were given without image_grid_thw")
             image_grid, image_merge = _host_long(inputs.image_grid_thw, "image_grid_thw"), _image_merge_sizes(inputs)
-            _check_count("<image>", n_image_slots, _announced_image_tokens(inputs), "the images give")
+            keep = None
             if inputs.image_token_keep is not None:
-                keep = inputs.image_token_keep.detach().to("cpu")
+                keep = inputs.image_token_keep.detach().to("cpu").to(torch.bool)
                 merged = int((image_grid.prod(-1) // (image_merge * image_merge)).sum())
                 if keep.dim() != 1 or keep.shape[0] != merged:
                     raise ValueError(
                         f"image_token_keep must have one entry per merged image token ({merged}), got shape {tuple(keep.shape)}"
                     )
-                keep_rows = keep.to(torch.bool).nonzero().squeeze(1).to(device, non_blocking=True)
+                keep_rows = keep.nonzero().squeeze(1).to(device, non_blocking=True)
+            per_image = _image_token_counts(image_grid, image_merge, keep)
+            announced = int(per_image.sum())
+            if inputs.image_index is not None:
+                rows = _image_rows(inputs.image_index, per_image)
+                announced = rows.shape[0]
+                image_rows = rows.to(device, non_blocking=True)
+            _check_count("<image>", n_image_slots, announced, "the images give")
             sources.append(("images", inputs.pixel_values, image_grid, image_merge))
         regions = lite_views = None
         if inputs.has_regions:
@@ -474,6 +506,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             image_grid_thw=image_grid,
             image_merge_sizes=image_merge,
             image_keep_rows=keep_rows,
+            image_rows=image_rows,
             image_slots=image_slots.flatten().nonzero().squeeze(1).to(device, non_blocking=True),
             region_slots=region_slots.flatten().nonzero().squeeze(1).to(device, non_blocking=True),
             regions=regions,
@@ -522,11 +555,15 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
 
     def project_images(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]) -> torch.Tensor:
         """Global image / video-frame tokens for the LLM (full model): 2x2 merge of stride-2 frames,
-        compressed tokens dropped, the projector: `[n_image_tokens, D]`."""
+        compressed tokens dropped, the projector, then each shared image's tokens repeated for every
+        `<image>` it fills (`image_index`): `[n_image_tokens, D]`."""
         tokens = merge_windows(vision["images"], batch.image_grid_thw, batch.image_merge_sizes)  # (n_tokens, C)
         if batch.image_keep_rows is not None:
             tokens = tokens.index_select(0, batch.image_keep_rows)
-        return self.mm_projector(tokens)
+        features = self.mm_projector(tokens)
+        if batch.image_rows is not None:
+            features = features.index_select(0, batch.image_rows)
+        return features
 
     def tokenize_regions(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]):
         """Box position embedding, mask pooling and k-means: `(tokens [R, K, C], counts [R])`."""
@@ -729,6 +766,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         image_grid_thw: torch.Tensor | None = None,
         image_merge_sizes: torch.Tensor | None = None,
         image_token_keep: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
         crop_pixel_values: torch.Tensor | None = None,
         crop_grid_thw: torch.Tensor | None = None,
         region_masks: torch.Tensor | None = None,
@@ -769,6 +807,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             image_grid_thw=image_grid_thw,
             image_merge_sizes=image_merge_sizes,
             image_token_keep=image_token_keep,
+            image_index=image_index,
             crop_pixel_values=crop_pixel_values,
             crop_grid_thw=crop_grid_thw,
             region_masks=region_masks,

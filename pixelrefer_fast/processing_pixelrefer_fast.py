@@ -38,6 +38,7 @@ empty masks; Lite requires masks and accepts empty ones (official placeholder, `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,7 +60,13 @@ from .crops import (
     lite_region_crop,
     plan_lite_views,
 )
-from .image_processing_pixelrefer_fast import PixelReferFastImageProcessor, _read_json, load_image, to_rgb_array
+from .image_processing_pixelrefer_fast import (
+    PixelReferFastImageProcessor,
+    ProcessedImages,
+    _read_json,
+    load_image,
+    to_rgb_array,
+)
 from .masks import is_box, to_binary_mask
 from .tokens import IMAGE_TOKEN, REGION_PLACEHOLDER, REGION_TOKEN, SPECIAL_TOKENS, VIDEO_TOKEN
 from .video import (
@@ -79,7 +86,7 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 LITE_FRAME_LIST_FPS = 3.0  # the official frame rate of a video given as a folder of frames
 VARIANTS = ("full", "lite")
 PROCESSOR_OPTIONS = ("variant", "mask_num", "video_fps", "max_frames", "reuse_first_local_crop",
-                     "use_token_compression")
+                     "use_token_compression", "share_images")
 
 
 @dataclass
@@ -115,6 +122,36 @@ class PixelReferItem:
     frames_fps: float | None = None
 
 
+class _ImageTable:
+    """The images of one processor call, for `share_images` (internal).
+
+    Two items carry the same image when their decoded pixels are equal: the key of an image is its
+    shape and a BLAKE2b digest of its HWC uint8 RGB bytes, so the same object, the same file path,
+    or a path and an array holding equal pixels all share. Within the call a file is decoded once
+    (keyed by its path) and an object hashed once (keyed by its id; the items keep it alive), and
+    each shared view is preprocessed once (`processed`).
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[Hashable, tuple[np.ndarray, Hashable]] = {}
+        self._processed: dict[Hashable, ProcessedImages] = {}
+
+    def load(self, source: Any, *, name: str) -> tuple[np.ndarray, Hashable]:
+        """`(HWC uint8 RGB image, its key)`; raises as `load_image`."""
+        memo = ("path", os.fspath(source)) if isinstance(source, (str, os.PathLike)) else ("object", id(source))
+        if memo not in self._loaded:
+            image = load_image(source, name=name)
+            digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
+            self._loaded[memo] = (image, (image.shape, digest))
+        return self._loaded[memo]
+
+    def processed(self, key: Hashable, make: Any) -> ProcessedImages:
+        """The preprocessed view `key` names, made by `make()` the first time."""
+        if key not in self._processed:
+            self._processed[key] = make()
+        return self._processed[key]
+
+
 @dataclass
 class _Encoded:
     """One item's share of the batch (internal)."""
@@ -124,6 +161,7 @@ class _Encoded:
     region_token_total: int = 0
     pixel_values: list[torch.Tensor] = field(default_factory=list)
     grid_thw: list[torch.Tensor] = field(default_factory=list)
+    image_keys: list[Hashable | None] = field(default_factory=list)  # per `pixel_values` entry; None: never shared
     merge_sizes: list[int] = field(default_factory=list)
     token_keep: list[torch.Tensor] = field(default_factory=list)
     crops: list[RegionCrop] = field(default_factory=list)
@@ -131,6 +169,7 @@ class _Encoded:
     crop_grid_thw: torch.Tensor | None = None
     global_pixel_values: torch.Tensor | None = None
     global_grid_thw: torch.Tensor | None = None
+    global_keys: list[Hashable | None] = field(default_factory=list)  # per global view; None: never shared
     region_global: list[int] = field(default_factory=list)
     local_pixel_values: torch.Tensor | None = None
     local_grid_thw: torch.Tensor | None = None
@@ -152,6 +191,10 @@ class PixelReferFastProcessor:
             frame reuse the first mask's local view. False gives every mask its own.
         use_token_compression: full-model video frame-token pruning (the official code always
             prunes); the config field of the same name.
+        share_images: True (default): items of one call that carry the same image (equal decoded
+            pixels; see `_ImageTable`) share one copy of its global image (full) or global view (Lite)
+            in the batch, which the model encodes once (`image_index`, `region_global`); False gives
+            every item its own copy, as separate calls would. The answers are the same either way.
 
     Call: `processor(items)` with a list of `PixelReferItem` or dicts with the same keys, or
     `processor(images=[...], masks=[[...], ...], text=[...])` / `processor(videos=..., frame_ids=...)`.
@@ -167,14 +210,14 @@ class PixelReferFastProcessor:
     def __init__(self, tokenizer: Any, image_processor: PixelReferFastImageProcessor | None = None, *,
                  variant: str = "full", mask_num: int = 32, video_fps: float = DEFAULT_VIDEO_FPS,
                  max_frames: int = DEFAULT_MAX_FRAMES, reuse_first_local_crop: bool = True,
-                 use_token_compression: bool = True) -> None:
+                 use_token_compression: bool = True, share_images: bool = True) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         for name, value in (("mask_num", mask_num), ("max_frames", max_frames)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (("reuse_first_local_crop", reuse_first_local_crop),
-                            ("use_token_compression", use_token_compression)):
+                            ("use_token_compression", use_token_compression), ("share_images", share_images)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
         check_rate("video_fps", video_fps)
@@ -186,6 +229,7 @@ class PixelReferFastProcessor:
         self.max_frames = int(max_frames)
         self.reuse_first_local_crop = bool(reuse_first_local_crop)
         self.use_token_compression = bool(use_token_compression)
+        self.share_images = bool(share_images)
         missing = [tok for tok in SPECIAL_TOKENS if tok not in tokenizer.get_vocab()]
         if missing:
             logger.info("adding special tokens %s to the tokenizer", missing)
@@ -235,7 +279,7 @@ class PixelReferFastProcessor:
         return {"processor_class": type(self).__name__, "variant": self.variant, "mask_num": self.mask_num,
                 "video_fps": self.video_fps, "max_frames": self.max_frames,
                 "reuse_first_local_crop": self.reuse_first_local_crop,
-                "use_token_compression": self.use_token_compression}
+                "use_token_compression": self.use_token_compression, "share_images": self.share_images}
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
         """Write the tokenizer, `preprocessor_config.json` and `processor_config.json`; returns the files."""
@@ -282,18 +326,22 @@ class PixelReferFastProcessor:
             - `input_ids` [B, T] int64 (left padding with the pad id), `attention_mask` [B, T] int64;
             - full only: `pixel_values` [N, 588] float32 (images raster, video frames window-major),
               `image_grid_thw` [I, 3], `image_merge_sizes` [I] (1 image, 2 video frame),
-              `image_token_keep` [sum(gh*gw/merge**2)] bool (only when the batch has a video);
+              `image_token_keep` [sum(gh*gw/merge**2)] bool (only when the batch has a video),
+              `image_index` [M] (only when an image is shared, `share_images`: the `image_grid_thw`
+              row of each of the M `<image>`s of the prompts, in order; absent = each row once, in order);
             - `crop_pixel_values` [N_crop, 588], `crop_grid_thw` [R, 3], `region_masks` [N_m] uint8
               packed raster grid masks (1 = inside), `region_mask_hw` [R, 2], `region_boxes` [R, 4]
               (top, left, bottom, right), `region_image_hw` [R, 2], `region_token_counts` [R],
               `region_item` [R], `region_mask_cells` [R] (cells inside per region);
-            - Lite only: `global_pixel_values`, `global_grid_thw` [G, 3], `region_global` [R],
+            - Lite only: `global_pixel_values`, `global_grid_thw` [G, 3] (one view per distinct image
+              with `share_images`), `region_global` [R],
               `local_pixel_values`, `local_grid_thw` [L, 3], `region_local` [R].
         """
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
         batch = self._collect_items(items, images=images, videos=videos, masks=masks, text=text, frame_ids=frame_ids)
-        encoded = [self._encode_item(index, item) for index, item in enumerate(batch)]
+        table = _ImageTable() if self.share_images else None
+        encoded = [self._encode_item(index, item, table) for index, item in enumerate(batch)]
         return self._pack(encoded)
 
     # ------------------------------------------------------------------ input normalisation
@@ -341,7 +389,7 @@ class PixelReferFastProcessor:
         return batch
 
     # ------------------------------------------------------------------ per item
-    def _encode_item(self, index: int, item: PixelReferItem) -> _Encoded:
+    def _encode_item(self, index: int, item: PixelReferItem, table: _ImageTable | None) -> _Encoded:
         label = f"item {index}"
         masks = split_masks(item.masks, name=f"{label}: masks")
         if self.variant == "lite" and not masks:
@@ -360,13 +408,17 @@ class PixelReferFastProcessor:
             extra = [key for key in ("frame_ids", "timestamps", "fps", "frames_fps") if getattr(item, key) is not None]
             if extra:
                 raise ValueError(f"{label}: {'/'.join(extra)} are for videos only")
-            return self._encode_image_item(label, item, masks)
+            return self._encode_image_item(label, item, masks, table)
         if self.variant == "full":
             return self._encode_full_video_item(label, item, masks)
         return self._encode_lite_video_item(label, item, masks)
 
-    def _encode_image_item(self, label: str, item: PixelReferItem, masks: list[Any]) -> _Encoded:
-        image = load_image(item.image, name=f"{label}: image")
+    def _encode_image_item(self, label: str, item: PixelReferItem, masks: list[Any], table: _ImageTable | None
+                           ) -> _Encoded:
+        if table is None:
+            image, key = load_image(item.image, name=f"{label}: image"), None
+        else:
+            image, key = table.load(item.image, name=f"{label}: image")
         height, width = image.shape[:2]
         binary = [to_binary_mask(m, height, width, name=f"{label}, region {r}") for r, m in enumerate(masks)]
         out = _Encoded()
@@ -374,9 +426,13 @@ class PixelReferFastProcessor:
             out.crops = [full_region_crop(image, m, patch_size=self.image_processor.patch_size,
                                           mask_num=self.mask_num, name=f"{label}, region {r}")
                          for r, m in enumerate(binary)]
-            processed = self.image_processor.preprocess([image], downsampling=1, names=[f"{label}: image"])
+            def preprocess() -> ProcessedImages:
+                return self.image_processor.preprocess([image], downsampling=1, names=[f"{label}: image"])
+
+            processed = preprocess() if table is None else table.processed(("full", key), preprocess)
             out.pixel_values.append(processed.pixel_values)
             out.grid_thw.append(processed.grid_thw)
+            out.image_keys.append(key)
             out.merge_sizes.append(1)
             tokens = int(processed.grid_thw[0].prod())
             out.token_keep.append(torch.ones(tokens, dtype=torch.bool))
@@ -388,7 +444,7 @@ class PixelReferFastProcessor:
         else:
             out.crops = [lite_region_crop(image, m, patch_size=self.image_processor.patch_size, mask_num=self.mask_num)
                          for m in binary]
-            self._lite_views(out, [0] * len(out.crops), {0: image})
+            self._lite_views(out, [0] * len(out.crops), {0: image}, table, {0: key})
             question = self._fill_regions(item.question, [self._region_string([self.mask_num])] * len(out.crops))
             out.prompt = render_prompt(question, variant="lite")
         self._crop_pixels(label, out)
@@ -425,6 +481,7 @@ class PixelReferFastProcessor:
         out = _Encoded()
         out.pixel_values.append(processed.pixel_values)
         out.grid_thw.append(processed.grid_thw)
+        out.image_keys.append(None)
         out.merge_sizes.extend([merge] * num_frames)
         out.token_keep.append(keep)
         out.image_token_counts = keep.view(num_frames, -1).sum(dim=1).tolist()
@@ -565,11 +622,23 @@ class PixelReferFastProcessor:
                 logger.warning("%s, region %d: the mask covers no cell of its %dx%d patch grid (thin or ring-shaped); "
                                "it gets 0 region tokens ('[]'), as in the official model", label, r, *crop.mask.shape)
 
-    def _lite_views(self, out: _Encoded, keys: list[Hashable], frames: Mapping[Hashable, np.ndarray]) -> None:
+    def _lite_views(self, out: _Encoded, keys: list[Hashable], frames: Mapping[Hashable, np.ndarray],
+                    table: _ImageTable | None = None, shared: Mapping[Hashable, Hashable] | None = None) -> None:
+        """Lite's views of one item; `shared`: frame key -> its `_ImageTable` key (image items with a table)."""
         plan = plan_lite_views(keys, out.crops, dict(frames), reuse_first_local_crop=self.reuse_first_local_crop)
         calls = len(out.crops)  # the official code processes one view per mask in each call
-        globals_ = self.image_processor.preprocess([lite_global_view(frames[k]) for k in plan.global_keys],
-                                                   downsampling=1, num_images=calls)
+        shared = shared or {}
+        # the pixel budget depends on `calls`, so a view is shared only between items with as many masks
+        out.global_keys = [("lite", shared[k], calls) if shared.get(k) is not None else None for k in plan.global_keys]
+        if table is not None and any(key is not None for key in out.global_keys):
+            views = [table.processed(key, lambda k=k: self.image_processor.preprocess(
+                [lite_global_view(frames[k])], downsampling=1, num_images=calls)) for k, key in
+                zip(plan.global_keys, out.global_keys)]
+            globals_ = ProcessedImages(pixel_values=torch.cat([v.pixel_values for v in views]),
+                                       grid_thw=torch.cat([v.grid_thw for v in views]))
+        else:
+            globals_ = self.image_processor.preprocess([lite_global_view(frames[k]) for k in plan.global_keys],
+                                                       downsampling=1, num_images=calls)
         locals_ = self.image_processor.preprocess([lite_local_view(src) for _, src in plan.local_sources],
                                                   downsampling=1, num_images=calls)
         out.global_pixel_values, out.global_grid_thw = globals_.pixel_values, globals_.grid_thw
@@ -621,11 +690,7 @@ class PixelReferFastProcessor:
             return torch.cat(tensors) if tensors else torch.zeros(empty_shape, dtype=dtype)
 
         if self.variant == "full":
-            data["pixel_values"] = cat([t for e in encoded for t in e.pixel_values], (0, width), torch.float32)
-            data["image_grid_thw"] = cat([t for e in encoded for t in e.grid_thw], (0, 3), torch.long)
-            data["image_merge_sizes"] = torch.tensor([m for e in encoded for m in e.merge_sizes], dtype=torch.long)
-            if any(m != 1 for e in encoded for m in e.merge_sizes):
-                data["image_token_keep"] = cat([t for e in encoded for t in e.token_keep], (0,), torch.bool)
+            data.update(self._pack_images(encoded, width))
         data["crop_pixel_values"] = cat([e.crop_pixel_values for e in encoded], (0, width), torch.float32)
         data["crop_grid_thw"] = cat([e.crop_grid_thw for e in encoded], (0, 3), torch.long)
         region_masks = [torch.from_numpy(np.ascontiguousarray(c.mask > 0, dtype=np.uint8)).reshape(-1) for _, c in crops]
@@ -637,22 +702,73 @@ class PixelReferFastProcessor:
         data["region_token_counts"] = torch.tensor([c.token_count for _, c in crops], dtype=torch.long)
         data["region_item"] = torch.tensor([b for b, _ in crops], dtype=torch.long)
         if self.variant == "lite":
-            region_global, region_local, n_global, n_local = [], [], 0, 0
+            region_global, region_local, n_local = [], [], 0
+            table = _SharedViews()
             for e in encoded:
-                region_global += [n_global + i for i in e.region_global]
+                views = e.global_pixel_values.split(e.global_grid_thw.prod(-1).tolist())
+                rows = [table.add(key, pixels, grid[None])[0][0]  # one grid row per view
+                        for key, pixels, grid in zip(e.global_keys, views, e.global_grid_thw)]
+                region_global += [rows[i] for i in e.region_global]
                 region_local += [n_local + i for i in e.region_local]
-                n_global += e.global_grid_thw.shape[0]
                 n_local += e.local_grid_thw.shape[0]
-            data["global_pixel_values"] = torch.cat([e.global_pixel_values for e in encoded])
-            data["global_grid_thw"] = torch.cat([e.global_grid_thw for e in encoded])
+            data["global_pixel_values"] = torch.cat(table.pixel_values)
+            data["global_grid_thw"] = torch.cat(table.grid_thw)
             data["region_global"] = torch.tensor(region_global, dtype=torch.long)
             data["local_pixel_values"] = torch.cat([e.local_pixel_values for e in encoded])
             data["local_grid_thw"] = torch.cat([e.local_grid_thw for e in encoded])
             data["region_local"] = torch.tensor(region_local, dtype=torch.long)
         return BatchFeature(data=data)
 
+    @staticmethod
+    def _pack_images(encoded: list[_Encoded], width: int) -> dict[str, torch.Tensor]:
+        """The full model's global images and video frames: each shared image once, and `image_index`
+        (the `image_grid_thw` row of every `<image>` of the prompts, in order) when one is shared."""
+        table = _SharedViews()
+        image_index: list[int] = []
+        merge_sizes: list[int] = []
+        token_keep: list[torch.Tensor] = []
+        for e in encoded:
+            merges = iter(e.merge_sizes)
+            for key, pixels, grid, keep in zip(e.image_keys, e.pixel_values, e.grid_thw, e.token_keep):
+                entry_merges = [next(merges) for _ in range(grid.shape[0])]
+                rows, new = table.add(key, pixels, grid)
+                image_index += rows
+                if new:
+                    merge_sizes += entry_merges
+                    token_keep.append(keep)
+        data = {"pixel_values": torch.cat(table.pixel_values) if table.pixel_values else torch.zeros(0, width),
+                "image_grid_thw": torch.cat(table.grid_thw) if table.grid_thw else torch.zeros(0, 3, dtype=torch.long),
+                "image_merge_sizes": torch.tensor(merge_sizes, dtype=torch.long)}
+        if any(m != 1 for m in merge_sizes):
+            data["image_token_keep"] = torch.cat(token_keep)
+        if image_index != list(range(len(merge_sizes))):
+            data["image_index"] = torch.tensor(image_index, dtype=torch.long)
+        return data
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict())}, image_processor={self.image_processor!r})"
+
+
+class _SharedViews:
+    """Pixel entries of a batch, each key once (internal): `add` returns the grid rows of an entry
+    and whether it is new; a None key is never shared."""
+
+    def __init__(self) -> None:
+        self.pixel_values: list[torch.Tensor] = []
+        self.grid_thw: list[torch.Tensor] = []
+        self._rows: dict[Hashable, list[int]] = {}
+        self._count = 0
+
+    def add(self, key: Hashable | None, pixels: torch.Tensor, grid: torch.Tensor) -> tuple[list[int], bool]:
+        if key is not None and key in self._rows:
+            return self._rows[key], False
+        rows = list(range(self._count, self._count + grid.shape[0]))
+        self._count += grid.shape[0]
+        self.pixel_values.append(pixels)
+        self.grid_thw.append(grid)
+        if key is not None:
+            self._rows[key] = rows
+        return rows, True
 
 
 def split_masks(masks: Any, *, name: str = "masks") -> list[Any]:
