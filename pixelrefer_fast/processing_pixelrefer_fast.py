@@ -96,12 +96,16 @@ class PixelReferItem:
     Attributes:
         question: text with one `<region>` per region (full model, Lite image) or per object
             (Lite video), in mask order.
-        image: a path, PIL image, HWC/CHW uint8 array or tensor. Exactly one of image/video.
+        image: a path, PIL image, HWC/CHW uint8 array or tensor; or a list of them (several images in
+            one conversation, the official image mode: one `<image>` per image). Exactly one of
+            image/video.
         video: a video file path, or a list of frames (HWC uint8 arrays / PIL images).
         masks: one entry per region: a 2-D array/tensor, PIL image, COCO RLE dict or a box
             (x0, y0, x1, y1) (see `masks.py`; inside = value > 0); or a 3-D [R, H, W] stack, or an
             (R, 4) array of boxes (`split_masks`). Lite video: an entry may be a list of masks, one
             object over several frames.
+        image_ids: several images only: the image (index into `image`) of each mask, as the official
+            `mask_ids` (an int applies to every mask; default 0 for a single image).
         frame_ids: video only: the frame of each mask, same nesting as `masks` (an int applies to
             every mask). For a file: source frame indices (0-based, presentation order); for a
             frame list: indices into the list.
@@ -116,6 +120,7 @@ class PixelReferItem:
     image: Any = None
     video: Any = None
     masks: Any = ()
+    image_ids: Any = None
     frame_ids: Any = None
     timestamps: Sequence[float] | None = None
     fps: float | None = None
@@ -312,13 +317,14 @@ class PixelReferFastProcessor:
     # ------------------------------------------------------------------ call
     def __call__(self, items: Any = None, *, images: Sequence[Any] | None = None, videos: Sequence[Any] | None = None,
                  masks: Sequence[Any] | None = None, text: str | Sequence[str] | None = None,
-                 frame_ids: Sequence[Any] | None = None, return_tensors: str | None = "pt") -> BatchFeature:
+                 frame_ids: Sequence[Any] | None = None, image_ids: Sequence[Any] | None = None,
+                 return_tensors: str | None = "pt") -> BatchFeature:
         """Build the model inputs of a batch.
 
         Args:
             items: a `PixelReferItem`, a dict with its field names, or a list of either.
-            images / videos / masks / text / frame_ids: the plain form (one entry per sample;
-                instead of `items`).
+            images / videos / masks / text / frame_ids / image_ids: the plain form (one entry per
+                sample; instead of `items`).
             return_tensors: "pt" (torch; the only choice).
 
         Returns:
@@ -339,23 +345,26 @@ class PixelReferFastProcessor:
         """
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
-        batch = self._collect_items(items, images=images, videos=videos, masks=masks, text=text, frame_ids=frame_ids)
+        batch = self._collect_items(items, images=images, videos=videos, masks=masks, text=text, frame_ids=frame_ids,
+                                    image_ids=image_ids)
         table = _ImageTable() if self.share_images else None
         encoded = [self._encode_item(index, item, table) for index, item in enumerate(batch)]
         return self._pack(encoded)
 
     # ------------------------------------------------------------------ input normalisation
-    def _collect_items(self, items: Any, *, images: Any, videos: Any, masks: Any, text: Any, frame_ids: Any
-                       ) -> list[PixelReferItem]:
-        plain = any(v is not None for v in (images, videos, masks, text, frame_ids))
+    def _collect_items(self, items: Any, *, images: Any, videos: Any, masks: Any, text: Any, frame_ids: Any,
+                       image_ids: Any = None) -> list[PixelReferItem]:
+        plain = any(v is not None for v in (images, videos, masks, text, frame_ids, image_ids))
         if items is not None and plain:
-            raise ValueError("pass either `items` or the plain arguments (images/videos/masks/text/frame_ids), not both")
+            raise ValueError("pass either `items` or the plain arguments (images/videos/masks/text/frame_ids/"
+                             "image_ids), not both")
         if items is None:
             if text is None:
                 raise ValueError("no input: pass `items`, or `text` with `images` or `videos`")
             texts = [text] if isinstance(text, str) else list(text)
             count = len(texts)
-            columns = {"images": images, "videos": videos, "masks": masks, "frame_ids": frame_ids}
+            columns = {"images": images, "videos": videos, "masks": masks, "frame_ids": frame_ids,
+                       "image_ids": image_ids}
             for name, column in columns.items():
                 if column is not None and len(column) != count:
                     raise ValueError(f"`{name}` has {len(column)} entries but `text` has {count}")
@@ -364,7 +373,8 @@ class PixelReferFastProcessor:
                 return column[i] if column is not None else default
 
             items = [PixelReferItem(question=texts[i], image=entry(images, i), video=entry(videos, i),
-                                    masks=entry(masks, i, ()), frame_ids=entry(frame_ids, i)) for i in range(count)]
+                                    masks=entry(masks, i, ()), frame_ids=entry(frame_ids, i),
+                                    image_ids=entry(image_ids, i)) for i in range(count)]
         if isinstance(items, (PixelReferItem, Mapping)):
             items = [items]
         names = {f.name for f in fields(PixelReferItem)}
@@ -409,42 +419,54 @@ class PixelReferFastProcessor:
             if extra:
                 raise ValueError(f"{label}: {'/'.join(extra)} are for videos only")
             return self._encode_image_item(label, item, masks, table)
+        if item.image_ids is not None:
+            raise ValueError(f"{label}: image_ids are for image items (a video's masks take `frame_ids`)")
         if self.variant == "full":
             return self._encode_full_video_item(label, item, masks)
         return self._encode_lite_video_item(label, item, masks)
 
     def _encode_image_item(self, label: str, item: PixelReferItem, masks: list[Any], table: _ImageTable | None
                            ) -> _Encoded:
-        if table is None:
-            image, key = load_image(item.image, name=f"{label}: image"), None
-        else:
-            image, key = table.load(item.image, name=f"{label}: image")
-        height, width = image.shape[:2]
-        binary = [to_binary_mask(m, height, width, name=f"{label}, region {r}") for r, m in enumerate(masks)]
+        several = isinstance(item.image, (list, tuple))
+        sources = list(item.image) if several else [item.image]
+        if not sources:
+            raise ValueError(f"{label}: image is an empty list; give an image or a list of images")
+        names = [f"{label}: image {i}" if several else f"{label}: image" for i in range(len(sources))]
+        loaded = [(load_image(src, name=name), None) if table is None else table.load(src, name=name)
+                  for src, name in zip(sources, names)]
+        images, keys = [image for image, _ in loaded], [key for _, key in loaded]
+        image_of = self._image_ids(label, item.image_ids, len(masks), len(images))
+        where = [f"{label}, region {r}" + (f" (image {i})" if several else "") for r, i in enumerate(image_of)]
+        binary = [to_binary_mask(m, *images[i].shape[:2], name=name) for m, i, name in zip(masks, image_of, where)]
         out = _Encoded()
         if self.variant == "full":
-            out.crops = [full_region_crop(image, m, patch_size=self.image_processor.patch_size,
-                                          mask_num=self.mask_num, name=f"{label}, region {r}")
-                         for r, m in enumerate(binary)]
-            def preprocess() -> ProcessedImages:
-                return self.image_processor.preprocess([image], downsampling=1, names=[f"{label}: image"])
+            out.crops = [full_region_crop(images[i], m, patch_size=self.image_processor.patch_size,
+                                          mask_num=self.mask_num, name=name)
+                         for m, i, name in zip(binary, image_of, where)]
+            count = len(images)  # the official call processes all images at once: each gets 1/count of the budget
+            for image, key, name in zip(images, keys, names):
+                def preprocess(image=image, name=name) -> ProcessedImages:
+                    return self.image_processor.preprocess([image], downsampling=1, num_images=count, names=[name])
 
-            processed = preprocess() if table is None else table.processed(("full", key), preprocess)
-            out.pixel_values.append(processed.pixel_values)
-            out.grid_thw.append(processed.grid_thw)
-            out.image_keys.append(key)
-            out.merge_sizes.append(1)
-            tokens = int(processed.grid_thw[0].prod())
-            out.token_keep.append(torch.ones(tokens, dtype=torch.bool))
-            out.image_token_counts = [tokens]
+                processed = preprocess() if table is None else table.processed(("full", key, count), preprocess)
+                tokens = int(processed.grid_thw[0].prod())
+                out.pixel_values.append(processed.pixel_values)
+                out.grid_thw.append(processed.grid_thw)
+                out.image_keys.append(key)
+                out.merge_sizes.append(1)
+                out.token_keep.append(torch.ones(tokens, dtype=torch.bool))
+                out.image_token_counts.append(tokens)
             region_strings = [self._region_string([c.token_count]) for c in out.crops]
             self._warn_vanished(label, out.crops)
             question = self._fill_regions(item.question, region_strings)
-            out.prompt = render_prompt(question, variant="full", media="image")
+            try:
+                out.prompt = render_prompt(question, variant="full", media="image", images=count)
+            except ValueError as exc:
+                raise ValueError(f"{label}: {exc}") from None
         else:
-            out.crops = [lite_region_crop(image, m, patch_size=self.image_processor.patch_size, mask_num=self.mask_num)
-                         for m in binary]
-            self._lite_views(out, [0] * len(out.crops), {0: image}, table, {0: key})
+            out.crops = [lite_region_crop(images[i], m, patch_size=self.image_processor.patch_size,
+                                          mask_num=self.mask_num) for m, i in zip(binary, image_of)]
+            self._lite_views(out, image_of, dict(enumerate(images)), table, dict(enumerate(keys)))
             question = self._fill_regions(item.question, [self._region_string([self.mask_num])] * len(out.crops))
             out.prompt = render_prompt(question, variant="lite")
         self._crop_pixels(label, out)
@@ -555,6 +577,29 @@ class PixelReferFastProcessor:
         return out
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _image_ids(label: str, ids: Any, masks: int, images: int) -> list[int]:
+        """The image of each of `masks` masks (the official `mask_ids`), checked against `images` images."""
+        if ids is None:
+            if images > 1 and masks:
+                raise ValueError(f"{label}: an item with {images} images needs `image_ids` (the image of each mask, "
+                                 f"0..{images - 1})")
+            return [0] * masks
+        if isinstance(ids, (np.ndarray, torch.Tensor)):
+            ids = ids.tolist()
+        listed = isinstance(ids, (list, tuple))
+        if listed and len(ids) != masks:
+            raise ValueError(f"{label}: `image_ids` must hold one image index per mask ({masks}), got {len(ids)} entries")
+        values = list(ids) if listed else [ids] * masks
+        for r, value in enumerate(values):
+            name = f"image_ids[{r}]" if listed else "image_ids"
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{label}: {name} must be an int (an index into the item's images), got "
+                                f"{type(value).__name__} {value!r}")
+            if not 0 <= value < images:
+                raise ValueError(f"{label}: {name} = {value} is out of range for {images} image(s) (0..{images - 1})")
+        return [int(v) for v in values]
+
     @staticmethod
     def _flat_frame_ids(label: str, item: PixelReferItem, masks: list[Any]) -> list[int]:
         if any(isinstance(m, list) and not is_box(m) for m in masks):
@@ -821,7 +866,7 @@ def options_from_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_prompt(question: str, *, variant: str, media: str | None = None,
-                  timestamps: Sequence[Any] | None = None) -> str:
+                  timestamps: Sequence[Any] | None = None, images: int = 1) -> str:
     """Render the official chat template for one user turn plus the generation prompt.
 
     Args:
@@ -829,12 +874,16 @@ def render_prompt(question: str, *, variant: str, media: str | None = None,
         variant: "full" or "lite" (Lite never has media).
         media: full only: "image" or "video".
         timestamps: full video: the time of each frame (one `<image>` per frame).
+        images: full image: the number of images; the question places one `<image>` per image, or
+            none, and then they all go first, in order (the official code prepends one `<image>`,
+            which with several images fails its image-count check).
 
     Returns:
         The prompt with one `<image>` per image/frame (not yet expanded to its token count).
 
     Raises:
-        ValueError: more than one media marker in a full-model question, or `<image>` in a video one.
+        ValueError: media markers in a full-model question that are neither 0 nor one per image (one
+            `<video>`), or `<image>` in a video one.
     """
     if variant == "lite":
         content = question.strip()
@@ -842,17 +891,19 @@ def render_prompt(question: str, *, variant: str, media: str | None = None,
     marker = IMAGE_TOKEN if media == "image" else VIDEO_TOKEN
     if media == "video" and IMAGE_TOKEN in question:
         raise ValueError(f"a video question cannot contain {IMAGE_TOKEN!r}; use {VIDEO_TOKEN!r} to place the video")
+    expected = images if media == "image" else 1
     count = question.count(marker)
-    if count > 1:
-        raise ValueError(f"the question contains {marker!r} {count} times; one {media} is given")
+    if count not in (0, expected):
+        given = f"{expected} image(s) are" if media == "image" else "one video is"
+        raise ValueError(f"the question contains {marker!r} {count} times but {given} given; put one {marker!r} per "
+                         f"{media} where it goes, or none (then it goes first)")
     if count == 0:
-        question = marker + question
+        question = marker * expected + question
     if media == "image":
         rendered_media = IMAGE_TOKEN + "\n"
     else:
         stamps = list(timestamps or [])
         rendered_media = "".join(f"Time {time_label(t)}s:" + IMAGE_TOKEN + ("," if i < len(stamps) - 1 else "\n")
                                  for i, t in enumerate(stamps))
-    before, after = question.split(marker)
-    return ("<|im_start|>user\n" + before.strip() + rendered_media + after.strip()
-            + "<|im_end|>\n<|im_start|>assistant\n")
+    chunks = [chunk.strip() for chunk in question.split(marker)]
+    return "<|im_start|>user\n" + rendered_media.join(chunks) + "<|im_end|>\n<|im_start|>assistant\n"
