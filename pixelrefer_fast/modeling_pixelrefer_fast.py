@@ -865,6 +865,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         videos=None,
         frame_ids=None,
         *,
+        image_ids=None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         decoding: str = "fast",
         seed: int | None = None,
@@ -881,13 +882,15 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
 
         Args:
             processor: the `PixelReferFastProcessor` of this checkpoint (same variant and `mask_num`).
-            images: per item, an image (path, PIL image, HWC uint8 array) or None for a video item.
+            images: per item, an image (path, PIL image, HWC uint8 array), a list of images (then
+                `image_ids`), or None for a video item.
             masks: per item, the list of its masks (H x W, nonzero = inside; see the processor for
                 boxes and RLE), one per `<region>` of its question, in order.
             questions: per item, the question with `<region>` placeholders; a single string means a
                 batch of one (then images / masks / videos / frame_ids are that item's values).
             videos: per item, a video path or frame list, or None for an image item.
             frame_ids: per video item, the frame of each mask (see the processor).
+            image_ids: per item with several images, the image of each mask (see the processor).
             max_new_tokens: generation budget, an integer >= 1 (default `defaults.DEFAULT_MAX_NEW_TOKENS`
                 = 2048, the official scripts'); rows stop at their eos.
             decoding: `"fast"` (default): the static-cache decode loop of `pixelrefer_fast.decoding`
@@ -934,15 +937,17 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         if static_cache:
             plan.generation_config.cache_implementation = "static"
         if inputs is not None:
-            if any(v is not None for v in (images, masks, questions, videos, frame_ids)):
+            if any(v is not None for v in (images, masks, questions, videos, frame_ids, image_ids)):
                 raise ValueError("describe(): pass either `inputs` (a processor output) or images/masks/questions/"
-                                 "videos/frame_ids, not both")
+                                 "videos/frame_ids/image_ids, not both")
             batch = inputs
         else:
             if isinstance(questions, str):
                 questions = [questions]
-                images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
-            batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
+                images, masks, videos, frame_ids, image_ids = (
+                    None if v is None else [v] for v in (images, masks, videos, frame_ids, image_ids))
+            extra = {} if image_ids is None else {"image_ids": image_ids}
+            batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids, **extra)
         self.set_special_token_ids(processor.tokenizer)
         if "kmeans_generator" in generate_kwargs:  # a model input: it must be packed with the batch
             batch = {**batch, "kmeans_generator": generate_kwargs.pop("kmeans_generator")}
