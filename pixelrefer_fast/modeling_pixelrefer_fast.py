@@ -429,6 +429,8 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
                 "PixelRefer-Lite takes no global image tokens (Object-Only framework); pass region inputs "
                 "(crops, masks and the Lite views) without pixel_values"
             )
+        if not inputs.has_images and inputs.image_index is not None:
+            raise ValueError("image_index was given without pixel_values (it names the image_grid_thw row of each <image>)")
         if not inputs.has_images and n_image_slots:
             raise ValueError(f"the prompt has {n_image_slots} <image> tokens but no pixel_values were given")
         if not inputs.has_regions and n_region_slots:

@@ -173,3 +173,6 @@ def test_a_bad_index_is_refused(setup):
         bad = dict(shared, image_index=index(shared["image_index"]))
         with pytest.raises((ValueError, TypeError), match=message):
             model.place_inputs(bad)
+    no_pixels = {k: v for k, v in shared.items() if k not in ("pixel_values", "image_grid_thw", "image_merge_sizes")}
+    with pytest.raises(ValueError, match="image_index was given without pixel_values"):
+        model.place_inputs(no_pixels)
