@@ -18,9 +18,11 @@ Forward of one batch (`B` items, left padded, any mix of images, videos and regi
    (SDPA/eager attention, deterministic k-means init). The stages below are methods `forward` calls,
    which the profiler times;
 1. `encode_pixels`: every pixel source of the batch (global images and video frames, region crops,
-   Lite's 336 global and 224 local views) goes through ONE packed vision-encoder call;
+   Lite's 336 global and 224 local views) goes through ONE packed vision-encoder call; an image
+   several items share (the processor's `share_images`) is in it once;
 2. `project_images` (full model, `get_image_features`): stride-2 frames are 2x2 averaged, tokens
-   pruned by the video compression are dropped (`image_token_keep`), then the projector;
+   pruned by the video compression are dropped (`image_token_keep`), then the projector; a shared
+   image's tokens are repeated for each `<image>` it fills (`image_index`);
 3. `tokenize_regions`, `infuse_regions` (Lite), `project_regions` (`get_region_features`): pool +
    k-means, Lite's object-centric infusion into the views, `feat_linear`;
 4. `splice`: the features are written over their placeholders (rows found on the host);
@@ -69,7 +71,10 @@ class PixelReferFastInputs:
     Full model, global images and video frames (packed in item order):
         pixel_values `[N_img, 588]` float; image_grid_thw `[I, 3]` long (t=1 per image/frame);
         image_merge_sizes `[I]` long (1 images, 2 video frames; default all 1);
-        image_token_keep `[sum(h*w/s**2)]` bool (video token compression; absent keeps all).
+        image_token_keep `[sum(h*w/s**2)]` bool (video token compression; absent keeps all);
+        image_index `[M]` long: the `image_grid_thw` row whose tokens fill each of the prompts' M
+            `<image>`s, in order (an image several items share is encoded once); absent: every row
+            once, in order.
     Regions (one crop per region, regions of all items in placeholder order):
         crop_pixel_values `[N_crop, 588]`; crop_grid_thw `[R, 3]`; region_masks `[N_m]` packed mask
         grids; region_mask_hw `[R, 2]`; region_boxes `[R, 4]` (top, left, bottom, right);
@@ -88,6 +93,7 @@ class PixelReferFastInputs:
     image_grid_thw: torch.Tensor | None = None
     image_merge_sizes: torch.Tensor | None = None
     image_token_keep: torch.Tensor | None = None
+    image_index: torch.Tensor | None = None
     crop_pixel_values: torch.Tensor | None = None
     crop_grid_thw: torch.Tensor | None = None
     region_masks: torch.Tensor | None = None
@@ -143,7 +149,8 @@ class PixelReferFastBatch:
     """One batch's multimodal inputs, checked once on the host and placed (`PixelReferFastModel.pack_inputs`).
 
     Device tensors: `pixel_values` (every pixel source of the batch concatenated: images, crops, Lite
-    global then local views), `image_keep_rows`, `image_slots` / `region_slots` (rows of the
+    global then local views), `image_keep_rows`, `image_rows` (the projected image token of each
+    `<image>` slot when images are shared, `image_index`; None: in order), `image_slots` / `region_slots` (rows of the
     flattened `[B*T]` prompt holding `<image>` / `<REGION>`) and the device parts of `regions`
     (masks as uint8, offsets, box coefficients, kept token rows). Host facts: the vision grids, merge
     sizes and layout (`vision_packing`), `vision_rows` (rows per source), the image grids, the
@@ -161,6 +168,7 @@ class PixelReferFastBatch:
     image_grid_thw: torch.Tensor | None
     image_merge_sizes: torch.Tensor | None
     image_keep_rows: torch.Tensor | None
+    image_rows: torch.Tensor | None
     image_slots: torch.Tensor
     region_slots: torch.Tensor
     regions: PackedRegions | None
@@ -171,7 +179,7 @@ class PixelReferFastBatch:
 
     def device_tensors(self) -> list[torch.Tensor]:
         """The tensors that live on the model's device (what a host read would have to sync on)."""
-        found = [self.pixel_values, self.image_keep_rows, self.image_slots, self.region_slots]
+        found = [self.pixel_values, self.image_keep_rows, self.image_rows, self.image_slots, self.region_slots]
         if self.vision_packing is not None:
             found.append(self.vision_packing.cu_seqlens)
         if self.regions is not None:
@@ -261,15 +269,30 @@ def _image_merge_sizes(inputs: PixelReferFastInputs) -> torch.Tensor:
     return torch.ones(inputs.image_grid_thw.shape[0], dtype=torch.long)
 
 
-def _announced_image_tokens(inputs: PixelReferFastInputs) -> int:
-    """Image tokens the inputs describe, from host metadata: kept tokens, else sum(t*h*w / s**2)."""
-    if inputs.image_grid_thw is None:
-        raise ValueError("pixel_values were given without image_grid_thw")
-    if inputs.image_token_keep is not None:
-        return int(inputs.image_token_keep.to("cpu").sum())
-    grid = inputs.image_grid_thw.to("cpu", torch.long)
-    merge = _image_merge_sizes(inputs).to("cpu", torch.long)
-    return int((grid.prod(-1) // (merge * merge)).sum())
+def _image_token_counts(grid: torch.Tensor, merge: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Tokens each `image_grid_thw` row gives the LLM (`[I]` CPU int64): its kept tokens when
+    `keep` (the host `image_token_keep`) is given, else t*h*w / s**2."""
+    merged = grid.prod(-1) // (merge * merge)  # (I,)
+    if keep is None:
+        return merged
+    kept = F.pad(keep.to(torch.long).cumsum(0), (1, 0))  # (sum(merged) + 1,)
+    ends = merged.cumsum(0)
+    return kept[ends] - kept[ends - merged]
+
+
+def _image_rows(index, counts: torch.Tensor) -> torch.Tensor:
+    """The projected-token row of every `<image>` slot (`[sum(counts[index])]` CPU int64) for the
+    `image_index` `index` into images of `counts` tokens each."""
+    index = _host_long(index, "image_index")
+    images = counts.shape[0]
+    if index.dim() != 1 or (index.numel() and (int(index.min()) < 0 or int(index.max()) >= images)):
+        raise ValueError(f"image_index must be a 1-D tensor of image_grid_thw rows (0..{images - 1}), got "
+                         f"{index.tolist()}")
+    starts = counts.cumsum(0) - counts  # (I,)
+    lengths = counts[index]  # (M,)
+    total = int(lengths.sum())
+    offsets = torch.arange(total) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)  # (total,)
+    return torch.repeat_interleave(starts[index], lengths) + offsets
 
 
 def default_llm_attention(dtype) -> str:
@@ -406,6 +429,8 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
                 "PixelRefer-Lite takes no global image tokens (Object-Only framework); pass region inputs "
                 "(crops, masks and the Lite views) without pixel_values"
             )
+        if not inputs.has_images and inputs.image_index is not None:
+            raise ValueError("image_index was given without pixel_values (it names the image_grid_thw row of each <image>)")
         if not inputs.has_images and n_image_slots:
             raise ValueError(f"the prompt has {n_image_slots} <image> tokens but no pixel_values were given")
         if not inputs.has_regions and n_region_slots:
@@ -414,18 +439,27 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
                 f"({', '.join(_REGION_KEYS)}); every <region> needs a mask"
             )
         sources = []
-        image_grid = image_merge = keep_rows = None
+        image_grid = image_merge = keep_rows = image_rows = None
         if inputs.has_images:
+            if inputs.image_grid_thw is None:
+                raise ValueError("pixel_values were given without image_grid_thw")
             image_grid, image_merge = _host_long(inputs.image_grid_thw, "image_grid_thw"), _image_merge_sizes(inputs)
-            _check_count("<image>", n_image_slots, _announced_image_tokens(inputs), "the images give")
+            keep = None
             if inputs.image_token_keep is not None:
-                keep = inputs.image_token_keep.detach().to("cpu")
+                keep = inputs.image_token_keep.detach().to("cpu").to(torch.bool)
                 merged = int((image_grid.prod(-1) // (image_merge * image_merge)).sum())
                 if keep.dim() != 1 or keep.shape[0] != merged:
                     raise ValueError(
                         f"image_token_keep must have one entry per merged image token ({merged}), got shape {tuple(keep.shape)}"
                     )
-                keep_rows = keep.to(torch.bool).nonzero().squeeze(1).to(device, non_blocking=True)
+                keep_rows = keep.nonzero().squeeze(1).to(device, non_blocking=True)
+            per_image = _image_token_counts(image_grid, image_merge, keep)
+            announced = int(per_image.sum())
+            if inputs.image_index is not None:
+                rows = _image_rows(inputs.image_index, per_image)
+                announced = rows.shape[0]
+                image_rows = rows.to(device, non_blocking=True)
+            _check_count("<image>", n_image_slots, announced, "the images give")
             sources.append(("images", inputs.pixel_values, image_grid, image_merge))
         regions = lite_views = None
         if inputs.has_regions:
@@ -474,6 +508,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             image_grid_thw=image_grid,
             image_merge_sizes=image_merge,
             image_keep_rows=keep_rows,
+            image_rows=image_rows,
             image_slots=image_slots.flatten().nonzero().squeeze(1).to(device, non_blocking=True),
             region_slots=region_slots.flatten().nonzero().squeeze(1).to(device, non_blocking=True),
             regions=regions,
@@ -522,11 +557,15 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
 
     def project_images(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]) -> torch.Tensor:
         """Global image / video-frame tokens for the LLM (full model): 2x2 merge of stride-2 frames,
-        compressed tokens dropped, the projector: `[n_image_tokens, D]`."""
+        compressed tokens dropped, the projector, then each shared image's tokens repeated for every
+        `<image>` it fills (`image_index`): `[n_image_tokens, D]`."""
         tokens = merge_windows(vision["images"], batch.image_grid_thw, batch.image_merge_sizes)  # (n_tokens, C)
         if batch.image_keep_rows is not None:
             tokens = tokens.index_select(0, batch.image_keep_rows)
-        return self.mm_projector(tokens)
+        features = self.mm_projector(tokens)
+        if batch.image_rows is not None:
+            features = features.index_select(0, batch.image_rows)
+        return features
 
     def tokenize_regions(self, batch: PixelReferFastBatch, vision: dict[str, torch.Tensor]):
         """Box position embedding, mask pooling and k-means: `(tokens [R, K, C], counts [R])`."""
@@ -729,6 +768,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         image_grid_thw: torch.Tensor | None = None,
         image_merge_sizes: torch.Tensor | None = None,
         image_token_keep: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
         crop_pixel_values: torch.Tensor | None = None,
         crop_grid_thw: torch.Tensor | None = None,
         region_masks: torch.Tensor | None = None,
@@ -769,6 +809,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
             image_grid_thw=image_grid_thw,
             image_merge_sizes=image_merge_sizes,
             image_token_keep=image_token_keep,
+            image_index=image_index,
             crop_pixel_values=crop_pixel_values,
             crop_grid_thw=crop_grid_thw,
             region_masks=region_masks,
@@ -826,6 +867,7 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         videos=None,
         frame_ids=None,
         *,
+        image_ids=None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         decoding: str = "fast",
         seed: int | list[int] | None = None,
@@ -842,13 +884,15 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
 
         Args:
             processor: the `PixelReferFastProcessor` of this checkpoint (same variant and `mask_num`).
-            images: per item, an image (path, PIL image, HWC uint8 array) or None for a video item.
+            images: per item, an image (path, PIL image, HWC uint8 array), a list of images (then
+                `image_ids`), or None for a video item.
             masks: per item, the list of its masks (H x W, nonzero = inside; see the processor for
                 boxes and RLE), one per `<region>` of its question, in order.
             questions: per item, the question with `<region>` placeholders; a single string means a
                 batch of one (then images / masks / videos / frame_ids are that item's values).
             videos: per item, a video path or frame list, or None for an image item.
             frame_ids: per video item, the frame of each mask (see the processor).
+            image_ids: per item with several images, the image of each mask (see the processor).
             max_new_tokens: generation budget, an integer >= 1 (default `defaults.DEFAULT_MAX_NEW_TOKENS`
                 = 2048, the official scripts'); rows stop at their eos.
             decoding: `"fast"` (default): the static-cache decode loop of `pixelrefer_fast.decoding`
@@ -906,15 +950,17 @@ class PixelReferFastForCausalLM(PixelReferFastPreTrainedModel, GenerationMixin):
         if static_cache:
             plan.generation_config.cache_implementation = "static"
         if inputs is not None:
-            if any(v is not None for v in (images, masks, questions, videos, frame_ids)):
+            if any(v is not None for v in (images, masks, questions, videos, frame_ids, image_ids)):
                 raise ValueError("describe(): pass either `inputs` (a processor output) or images/masks/questions/"
-                                 "videos/frame_ids, not both")
+                                 "videos/frame_ids/image_ids, not both")
             batch = inputs
         else:
             if isinstance(questions, str):
                 questions = [questions]
-                images, masks, videos, frame_ids = (None if v is None else [v] for v in (images, masks, videos, frame_ids))
-            batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids)
+                images, masks, videos, frame_ids, image_ids = (
+                    None if v is None else [v] for v in (images, masks, videos, frame_ids, image_ids))
+            extra = {} if image_ids is None else {"image_ids": image_ids}
+            batch = processor(images=images, videos=videos, masks=masks, text=questions, frame_ids=frame_ids, **extra)
         self.set_special_token_ids(processor.tokenizer)
         if "kmeans_generator" in generate_kwargs:  # a model input: it must be packed with the batch
             batch = {**batch, "kmeans_generator": generate_kwargs.pop("kmeans_generator")}

@@ -38,6 +38,7 @@ empty masks; Lite requires masks and accepts empty ones (official placeholder, `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,7 +60,13 @@ from .crops import (
     lite_region_crop,
     plan_lite_views,
 )
-from .image_processing_pixelrefer_fast import PixelReferFastImageProcessor, _read_json, load_image, to_rgb_array
+from .image_processing_pixelrefer_fast import (
+    PixelReferFastImageProcessor,
+    ProcessedImages,
+    _read_json,
+    load_image,
+    to_rgb_array,
+)
 from .masks import is_box, to_binary_mask
 from .tokens import IMAGE_TOKEN, REGION_PLACEHOLDER, REGION_TOKEN, SPECIAL_TOKENS, VIDEO_TOKEN
 from .video import (
@@ -79,7 +86,7 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 LITE_FRAME_LIST_FPS = 3.0  # the official frame rate of a video given as a folder of frames
 VARIANTS = ("full", "lite")
 PROCESSOR_OPTIONS = ("variant", "mask_num", "video_fps", "max_frames", "reuse_first_local_crop",
-                     "use_token_compression")
+                     "use_token_compression", "share_images")
 
 
 @dataclass
@@ -89,12 +96,16 @@ class PixelReferItem:
     Attributes:
         question: text with one `<region>` per region (full model, Lite image) or per object
             (Lite video), in mask order.
-        image: a path, PIL image, HWC/CHW uint8 array or tensor. Exactly one of image/video.
+        image: a path, PIL image, HWC/CHW uint8 array or tensor; or a list of them (several images in
+            one conversation, the official image mode: one `<image>` per image). Exactly one of
+            image/video.
         video: a video file path, or a list of frames (HWC uint8 arrays / PIL images).
         masks: one entry per region: a 2-D array/tensor, PIL image, COCO RLE dict or a box
             (x0, y0, x1, y1) (see `masks.py`; inside = value > 0); or a 3-D [R, H, W] stack, or an
             (R, 4) array of boxes (`split_masks`). Lite video: an entry may be a list of masks, one
             object over several frames.
+        image_ids: several images only: the image (index into `image`) of each mask, as the official
+            `mask_ids` (an int applies to every mask; default 0 for a single image).
         frame_ids: video only: the frame of each mask, same nesting as `masks` (an int applies to
             every mask). For a file: source frame indices (0-based, presentation order); for a
             frame list: indices into the list.
@@ -109,10 +120,41 @@ class PixelReferItem:
     image: Any = None
     video: Any = None
     masks: Any = ()
+    image_ids: Any = None
     frame_ids: Any = None
     timestamps: Sequence[float] | None = None
     fps: float | None = None
     frames_fps: float | None = None
+
+
+class _ImageTable:
+    """The images of one processor call, for `share_images` (internal).
+
+    Two items carry the same image when their decoded pixels are equal: the key of an image is its
+    shape and a BLAKE2b digest of its HWC uint8 RGB bytes, so the same object, the same file path,
+    or a path and an array holding equal pixels all share. Within the call a file is decoded once
+    (keyed by its path) and an object hashed once (keyed by its id; the items keep it alive), and
+    each shared view is preprocessed once (`processed`).
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[Hashable, tuple[np.ndarray, Hashable]] = {}
+        self._processed: dict[Hashable, ProcessedImages] = {}
+
+    def load(self, source: Any, *, name: str) -> tuple[np.ndarray, Hashable]:
+        """`(HWC uint8 RGB image, its key)`; raises as `load_image`."""
+        memo = ("path", os.fspath(source)) if isinstance(source, (str, os.PathLike)) else ("object", id(source))
+        if memo not in self._loaded:
+            image = load_image(source, name=name)
+            digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
+            self._loaded[memo] = (image, (image.shape, digest))
+        return self._loaded[memo]
+
+    def processed(self, key: Hashable, make: Any) -> ProcessedImages:
+        """The preprocessed view `key` names, made by `make()` the first time."""
+        if key not in self._processed:
+            self._processed[key] = make()
+        return self._processed[key]
 
 
 @dataclass
@@ -124,6 +166,7 @@ class _Encoded:
     region_token_total: int = 0
     pixel_values: list[torch.Tensor] = field(default_factory=list)
     grid_thw: list[torch.Tensor] = field(default_factory=list)
+    image_keys: list[Hashable | None] = field(default_factory=list)  # per `pixel_values` entry; None: never shared
     merge_sizes: list[int] = field(default_factory=list)
     token_keep: list[torch.Tensor] = field(default_factory=list)
     crops: list[RegionCrop] = field(default_factory=list)
@@ -131,6 +174,7 @@ class _Encoded:
     crop_grid_thw: torch.Tensor | None = None
     global_pixel_values: torch.Tensor | None = None
     global_grid_thw: torch.Tensor | None = None
+    global_keys: list[Hashable | None] = field(default_factory=list)  # per global view; None: never shared
     region_global: list[int] = field(default_factory=list)
     local_pixel_values: torch.Tensor | None = None
     local_grid_thw: torch.Tensor | None = None
@@ -152,6 +196,10 @@ class PixelReferFastProcessor:
             frame reuse the first mask's local view. False gives every mask its own.
         use_token_compression: full-model video frame-token pruning (the official code always
             prunes); the config field of the same name.
+        share_images: True (default): items of one call that carry the same image (equal decoded
+            pixels; see `_ImageTable`) share one copy of its global image (full) or global view (Lite)
+            in the batch, which the model encodes once (`image_index`, `region_global`); False gives
+            every item its own copy, as separate calls would. The answers are the same either way.
 
     Call: `processor(items)` with a list of `PixelReferItem` or dicts with the same keys, or
     `processor(images=[...], masks=[[...], ...], text=[...])` / `processor(videos=..., frame_ids=...)`.
@@ -167,14 +215,14 @@ class PixelReferFastProcessor:
     def __init__(self, tokenizer: Any, image_processor: PixelReferFastImageProcessor | None = None, *,
                  variant: str = "full", mask_num: int = 32, video_fps: float = DEFAULT_VIDEO_FPS,
                  max_frames: int = DEFAULT_MAX_FRAMES, reuse_first_local_crop: bool = True,
-                 use_token_compression: bool = True) -> None:
+                 use_token_compression: bool = True, share_images: bool = True) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         for name, value in (("mask_num", mask_num), ("max_frames", max_frames)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (("reuse_first_local_crop", reuse_first_local_crop),
-                            ("use_token_compression", use_token_compression)):
+                            ("use_token_compression", use_token_compression), ("share_images", share_images)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
         check_rate("video_fps", video_fps)
@@ -186,6 +234,7 @@ class PixelReferFastProcessor:
         self.max_frames = int(max_frames)
         self.reuse_first_local_crop = bool(reuse_first_local_crop)
         self.use_token_compression = bool(use_token_compression)
+        self.share_images = bool(share_images)
         missing = [tok for tok in SPECIAL_TOKENS if tok not in tokenizer.get_vocab()]
         if missing:
             logger.info("adding special tokens %s to the tokenizer", missing)
@@ -235,7 +284,7 @@ class PixelReferFastProcessor:
         return {"processor_class": type(self).__name__, "variant": self.variant, "mask_num": self.mask_num,
                 "video_fps": self.video_fps, "max_frames": self.max_frames,
                 "reuse_first_local_crop": self.reuse_first_local_crop,
-                "use_token_compression": self.use_token_compression}
+                "use_token_compression": self.use_token_compression, "share_images": self.share_images}
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
         """Write the tokenizer, `preprocessor_config.json` and `processor_config.json`; returns the files."""
@@ -268,13 +317,14 @@ class PixelReferFastProcessor:
     # ------------------------------------------------------------------ call
     def __call__(self, items: Any = None, *, images: Sequence[Any] | None = None, videos: Sequence[Any] | None = None,
                  masks: Sequence[Any] | None = None, text: str | Sequence[str] | None = None,
-                 frame_ids: Sequence[Any] | None = None, return_tensors: str | None = "pt") -> BatchFeature:
+                 frame_ids: Sequence[Any] | None = None, image_ids: Sequence[Any] | None = None,
+                 return_tensors: str | None = "pt") -> BatchFeature:
         """Build the model inputs of a batch.
 
         Args:
             items: a `PixelReferItem`, a dict with its field names, or a list of either.
-            images / videos / masks / text / frame_ids: the plain form (one entry per sample;
-                instead of `items`).
+            images / videos / masks / text / frame_ids / image_ids: the plain form (one entry per
+                sample; instead of `items`).
             return_tensors: "pt" (torch; the only choice).
 
         Returns:
@@ -282,32 +332,39 @@ class PixelReferFastProcessor:
             - `input_ids` [B, T] int64 (left padding with the pad id), `attention_mask` [B, T] int64;
             - full only: `pixel_values` [N, 588] float32 (images raster, video frames window-major),
               `image_grid_thw` [I, 3], `image_merge_sizes` [I] (1 image, 2 video frame),
-              `image_token_keep` [sum(gh*gw/merge**2)] bool (only when the batch has a video);
+              `image_token_keep` [sum(gh*gw/merge**2)] bool (only when the batch has a video),
+              `image_index` [M] (only when an image is shared, `share_images`: the `image_grid_thw`
+              row of each of the M `<image>`s of the prompts, in order; absent = each row once, in order);
             - `crop_pixel_values` [N_crop, 588], `crop_grid_thw` [R, 3], `region_masks` [N_m] uint8
               packed raster grid masks (1 = inside), `region_mask_hw` [R, 2], `region_boxes` [R, 4]
               (top, left, bottom, right), `region_image_hw` [R, 2], `region_token_counts` [R],
               `region_item` [R], `region_mask_cells` [R] (cells inside per region);
-            - Lite only: `global_pixel_values`, `global_grid_thw` [G, 3], `region_global` [R],
+            - Lite only: `global_pixel_values`, `global_grid_thw` [G, 3] (one view per distinct image
+              with `share_images`), `region_global` [R],
               `local_pixel_values`, `local_grid_thw` [L, 3], `region_local` [R].
         """
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
-        batch = self._collect_items(items, images=images, videos=videos, masks=masks, text=text, frame_ids=frame_ids)
-        encoded = [self._encode_item(index, item) for index, item in enumerate(batch)]
+        batch = self._collect_items(items, images=images, videos=videos, masks=masks, text=text, frame_ids=frame_ids,
+                                    image_ids=image_ids)
+        table = _ImageTable() if self.share_images else None
+        encoded = [self._encode_item(index, item, table) for index, item in enumerate(batch)]
         return self._pack(encoded)
 
     # ------------------------------------------------------------------ input normalisation
-    def _collect_items(self, items: Any, *, images: Any, videos: Any, masks: Any, text: Any, frame_ids: Any
-                       ) -> list[PixelReferItem]:
-        plain = any(v is not None for v in (images, videos, masks, text, frame_ids))
+    def _collect_items(self, items: Any, *, images: Any, videos: Any, masks: Any, text: Any, frame_ids: Any,
+                       image_ids: Any = None) -> list[PixelReferItem]:
+        plain = any(v is not None for v in (images, videos, masks, text, frame_ids, image_ids))
         if items is not None and plain:
-            raise ValueError("pass either `items` or the plain arguments (images/videos/masks/text/frame_ids), not both")
+            raise ValueError("pass either `items` or the plain arguments (images/videos/masks/text/frame_ids/"
+                             "image_ids), not both")
         if items is None:
             if text is None:
                 raise ValueError("no input: pass `items`, or `text` with `images` or `videos`")
             texts = [text] if isinstance(text, str) else list(text)
             count = len(texts)
-            columns = {"images": images, "videos": videos, "masks": masks, "frame_ids": frame_ids}
+            columns = {"images": images, "videos": videos, "masks": masks, "frame_ids": frame_ids,
+                       "image_ids": image_ids}
             for name, column in columns.items():
                 if column is not None and len(column) != count:
                     raise ValueError(f"`{name}` has {len(column)} entries but `text` has {count}")
@@ -316,7 +373,8 @@ class PixelReferFastProcessor:
                 return column[i] if column is not None else default
 
             items = [PixelReferItem(question=texts[i], image=entry(images, i), video=entry(videos, i),
-                                    masks=entry(masks, i, ()), frame_ids=entry(frame_ids, i)) for i in range(count)]
+                                    masks=entry(masks, i, ()), frame_ids=entry(frame_ids, i),
+                                    image_ids=entry(image_ids, i)) for i in range(count)]
         if isinstance(items, (PixelReferItem, Mapping)):
             items = [items]
         names = {f.name for f in fields(PixelReferItem)}
@@ -341,7 +399,7 @@ class PixelReferFastProcessor:
         return batch
 
     # ------------------------------------------------------------------ per item
-    def _encode_item(self, index: int, item: PixelReferItem) -> _Encoded:
+    def _encode_item(self, index: int, item: PixelReferItem, table: _ImageTable | None) -> _Encoded:
         label = f"item {index}"
         masks = split_masks(item.masks, name=f"{label}: masks")
         if self.variant == "lite" and not masks:
@@ -360,35 +418,55 @@ class PixelReferFastProcessor:
             extra = [key for key in ("frame_ids", "timestamps", "fps", "frames_fps") if getattr(item, key) is not None]
             if extra:
                 raise ValueError(f"{label}: {'/'.join(extra)} are for videos only")
-            return self._encode_image_item(label, item, masks)
+            return self._encode_image_item(label, item, masks, table)
+        if item.image_ids is not None:
+            raise ValueError(f"{label}: image_ids are for image items (a video's masks take `frame_ids`)")
         if self.variant == "full":
             return self._encode_full_video_item(label, item, masks)
         return self._encode_lite_video_item(label, item, masks)
 
-    def _encode_image_item(self, label: str, item: PixelReferItem, masks: list[Any]) -> _Encoded:
-        image = load_image(item.image, name=f"{label}: image")
-        height, width = image.shape[:2]
-        binary = [to_binary_mask(m, height, width, name=f"{label}, region {r}") for r, m in enumerate(masks)]
+    def _encode_image_item(self, label: str, item: PixelReferItem, masks: list[Any], table: _ImageTable | None
+                           ) -> _Encoded:
+        several = isinstance(item.image, (list, tuple))
+        sources = list(item.image) if several else [item.image]
+        if not sources:
+            raise ValueError(f"{label}: image is an empty list; give an image or a list of images")
+        names = [f"{label}: image {i}" if several else f"{label}: image" for i in range(len(sources))]
+        loaded = [(load_image(src, name=name), None) if table is None else table.load(src, name=name)
+                  for src, name in zip(sources, names)]
+        images, keys = [image for image, _ in loaded], [key for _, key in loaded]
+        image_of = self._image_ids(label, item.image_ids, len(masks), len(images))
+        where = [f"{label}, region {r}" + (f" (image {i})" if several else "") for r, i in enumerate(image_of)]
+        binary = [to_binary_mask(m, *images[i].shape[:2], name=name) for m, i, name in zip(masks, image_of, where)]
         out = _Encoded()
         if self.variant == "full":
-            out.crops = [full_region_crop(image, m, patch_size=self.image_processor.patch_size,
-                                          mask_num=self.mask_num, name=f"{label}, region {r}")
-                         for r, m in enumerate(binary)]
-            processed = self.image_processor.preprocess([image], downsampling=1, names=[f"{label}: image"])
-            out.pixel_values.append(processed.pixel_values)
-            out.grid_thw.append(processed.grid_thw)
-            out.merge_sizes.append(1)
-            tokens = int(processed.grid_thw[0].prod())
-            out.token_keep.append(torch.ones(tokens, dtype=torch.bool))
-            out.image_token_counts = [tokens]
+            out.crops = [full_region_crop(images[i], m, patch_size=self.image_processor.patch_size,
+                                          mask_num=self.mask_num, name=name)
+                         for m, i, name in zip(binary, image_of, where)]
+            count = len(images)  # the official call processes all images at once: each gets 1/count of the budget
+            for image, key, name in zip(images, keys, names):
+                def preprocess(image=image, name=name) -> ProcessedImages:
+                    return self.image_processor.preprocess([image], downsampling=1, num_images=count, names=[name])
+
+                processed = preprocess() if table is None else table.processed(("full", key, count), preprocess)
+                tokens = int(processed.grid_thw[0].prod())
+                out.pixel_values.append(processed.pixel_values)
+                out.grid_thw.append(processed.grid_thw)
+                out.image_keys.append(key)
+                out.merge_sizes.append(1)
+                out.token_keep.append(torch.ones(tokens, dtype=torch.bool))
+                out.image_token_counts.append(tokens)
             region_strings = [self._region_string([c.token_count]) for c in out.crops]
             self._warn_vanished(label, out.crops)
             question = self._fill_regions(item.question, region_strings)
-            out.prompt = render_prompt(question, variant="full", media="image")
+            try:
+                out.prompt = render_prompt(question, variant="full", media="image", images=count)
+            except ValueError as exc:
+                raise ValueError(f"{label}: {exc}") from None
         else:
-            out.crops = [lite_region_crop(image, m, patch_size=self.image_processor.patch_size, mask_num=self.mask_num)
-                         for m in binary]
-            self._lite_views(out, [0] * len(out.crops), {0: image})
+            out.crops = [lite_region_crop(images[i], m, patch_size=self.image_processor.patch_size,
+                                          mask_num=self.mask_num) for m, i in zip(binary, image_of)]
+            self._lite_views(out, image_of, dict(enumerate(images)), table, dict(enumerate(keys)))
             question = self._fill_regions(item.question, [self._region_string([self.mask_num])] * len(out.crops))
             out.prompt = render_prompt(question, variant="lite")
         self._crop_pixels(label, out)
@@ -425,6 +503,7 @@ class PixelReferFastProcessor:
         out = _Encoded()
         out.pixel_values.append(processed.pixel_values)
         out.grid_thw.append(processed.grid_thw)
+        out.image_keys.append(None)
         out.merge_sizes.extend([merge] * num_frames)
         out.token_keep.append(keep)
         out.image_token_counts = keep.view(num_frames, -1).sum(dim=1).tolist()
@@ -499,6 +578,29 @@ class PixelReferFastProcessor:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
+    def _image_ids(label: str, ids: Any, masks: int, images: int) -> list[int]:
+        """The image of each of `masks` masks (the official `mask_ids`), checked against `images` images."""
+        if ids is None:
+            if images > 1 and masks:
+                raise ValueError(f"{label}: an item with {images} images needs `image_ids` (the image of each mask, "
+                                 f"0..{images - 1})")
+            return [0] * masks
+        if isinstance(ids, (np.ndarray, torch.Tensor)):
+            ids = ids.tolist()
+        listed = isinstance(ids, (list, tuple))
+        if listed and len(ids) != masks:
+            raise ValueError(f"{label}: `image_ids` must hold one image index per mask ({masks}), got {len(ids)} entries")
+        values = list(ids) if listed else [ids] * masks
+        for r, value in enumerate(values):
+            name = f"image_ids[{r}]" if listed else "image_ids"
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{label}: {name} must be an int (an index into the item's images), got "
+                                f"{type(value).__name__} {value!r}")
+            if not 0 <= value < images:
+                raise ValueError(f"{label}: {name} = {value} is out of range for {images} image(s) (0..{images - 1})")
+        return [int(v) for v in values]
+
+    @staticmethod
     def _flat_frame_ids(label: str, item: PixelReferItem, masks: list[Any]) -> list[int]:
         if any(isinstance(m, list) and not is_box(m) for m in masks):
             raise ValueError(f"{label}: the full model takes one mask per region (a list of masks for one object "
@@ -565,11 +667,23 @@ class PixelReferFastProcessor:
                 logger.warning("%s, region %d: the mask covers no cell of its %dx%d patch grid (thin or ring-shaped); "
                                "it gets 0 region tokens ('[]'), as in the official model", label, r, *crop.mask.shape)
 
-    def _lite_views(self, out: _Encoded, keys: list[Hashable], frames: Mapping[Hashable, np.ndarray]) -> None:
+    def _lite_views(self, out: _Encoded, keys: list[Hashable], frames: Mapping[Hashable, np.ndarray],
+                    table: _ImageTable | None = None, shared: Mapping[Hashable, Hashable] | None = None) -> None:
+        """Lite's views of one item; `shared`: frame key -> its `_ImageTable` key (image items with a table)."""
         plan = plan_lite_views(keys, out.crops, dict(frames), reuse_first_local_crop=self.reuse_first_local_crop)
         calls = len(out.crops)  # the official code processes one view per mask in each call
-        globals_ = self.image_processor.preprocess([lite_global_view(frames[k]) for k in plan.global_keys],
-                                                   downsampling=1, num_images=calls)
+        shared = shared or {}
+        # the pixel budget depends on `calls`, so a view is shared only between items with as many masks
+        out.global_keys = [("lite", shared[k], calls) if shared.get(k) is not None else None for k in plan.global_keys]
+        if table is not None and any(key is not None for key in out.global_keys):
+            views = [table.processed(key, lambda k=k: self.image_processor.preprocess(
+                [lite_global_view(frames[k])], downsampling=1, num_images=calls)) for k, key in
+                zip(plan.global_keys, out.global_keys)]
+            globals_ = ProcessedImages(pixel_values=torch.cat([v.pixel_values for v in views]),
+                                       grid_thw=torch.cat([v.grid_thw for v in views]))
+        else:
+            globals_ = self.image_processor.preprocess([lite_global_view(frames[k]) for k in plan.global_keys],
+                                                       downsampling=1, num_images=calls)
         locals_ = self.image_processor.preprocess([lite_local_view(src) for _, src in plan.local_sources],
                                                   downsampling=1, num_images=calls)
         out.global_pixel_values, out.global_grid_thw = globals_.pixel_values, globals_.grid_thw
@@ -621,11 +735,7 @@ class PixelReferFastProcessor:
             return torch.cat(tensors) if tensors else torch.zeros(empty_shape, dtype=dtype)
 
         if self.variant == "full":
-            data["pixel_values"] = cat([t for e in encoded for t in e.pixel_values], (0, width), torch.float32)
-            data["image_grid_thw"] = cat([t for e in encoded for t in e.grid_thw], (0, 3), torch.long)
-            data["image_merge_sizes"] = torch.tensor([m for e in encoded for m in e.merge_sizes], dtype=torch.long)
-            if any(m != 1 for e in encoded for m in e.merge_sizes):
-                data["image_token_keep"] = cat([t for e in encoded for t in e.token_keep], (0,), torch.bool)
+            data.update(self._pack_images(encoded, width))
         data["crop_pixel_values"] = cat([e.crop_pixel_values for e in encoded], (0, width), torch.float32)
         data["crop_grid_thw"] = cat([e.crop_grid_thw for e in encoded], (0, 3), torch.long)
         region_masks = [torch.from_numpy(np.ascontiguousarray(c.mask > 0, dtype=np.uint8)).reshape(-1) for _, c in crops]
@@ -637,22 +747,73 @@ class PixelReferFastProcessor:
         data["region_token_counts"] = torch.tensor([c.token_count for _, c in crops], dtype=torch.long)
         data["region_item"] = torch.tensor([b for b, _ in crops], dtype=torch.long)
         if self.variant == "lite":
-            region_global, region_local, n_global, n_local = [], [], 0, 0
+            region_global, region_local, n_local = [], [], 0
+            table = _SharedViews()
             for e in encoded:
-                region_global += [n_global + i for i in e.region_global]
+                views = e.global_pixel_values.split(e.global_grid_thw.prod(-1).tolist())
+                rows = [table.add(key, pixels, grid[None])[0][0]  # one grid row per view
+                        for key, pixels, grid in zip(e.global_keys, views, e.global_grid_thw)]
+                region_global += [rows[i] for i in e.region_global]
                 region_local += [n_local + i for i in e.region_local]
-                n_global += e.global_grid_thw.shape[0]
                 n_local += e.local_grid_thw.shape[0]
-            data["global_pixel_values"] = torch.cat([e.global_pixel_values for e in encoded])
-            data["global_grid_thw"] = torch.cat([e.global_grid_thw for e in encoded])
+            data["global_pixel_values"] = torch.cat(table.pixel_values)
+            data["global_grid_thw"] = torch.cat(table.grid_thw)
             data["region_global"] = torch.tensor(region_global, dtype=torch.long)
             data["local_pixel_values"] = torch.cat([e.local_pixel_values for e in encoded])
             data["local_grid_thw"] = torch.cat([e.local_grid_thw for e in encoded])
             data["region_local"] = torch.tensor(region_local, dtype=torch.long)
         return BatchFeature(data=data)
 
+    @staticmethod
+    def _pack_images(encoded: list[_Encoded], width: int) -> dict[str, torch.Tensor]:
+        """The full model's global images and video frames: each shared image once, and `image_index`
+        (the `image_grid_thw` row of every `<image>` of the prompts, in order) when one is shared."""
+        table = _SharedViews()
+        image_index: list[int] = []
+        merge_sizes: list[int] = []
+        token_keep: list[torch.Tensor] = []
+        for e in encoded:
+            merges = iter(e.merge_sizes)
+            for key, pixels, grid, keep in zip(e.image_keys, e.pixel_values, e.grid_thw, e.token_keep):
+                entry_merges = [next(merges) for _ in range(grid.shape[0])]
+                rows, new = table.add(key, pixels, grid)
+                image_index += rows
+                if new:
+                    merge_sizes += entry_merges
+                    token_keep.append(keep)
+        data = {"pixel_values": torch.cat(table.pixel_values) if table.pixel_values else torch.zeros(0, width),
+                "image_grid_thw": torch.cat(table.grid_thw) if table.grid_thw else torch.zeros(0, 3, dtype=torch.long),
+                "image_merge_sizes": torch.tensor(merge_sizes, dtype=torch.long)}
+        if any(m != 1 for m in merge_sizes):
+            data["image_token_keep"] = torch.cat(token_keep)
+        if image_index != list(range(len(merge_sizes))):
+            data["image_index"] = torch.tensor(image_index, dtype=torch.long)
+        return data
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict())}, image_processor={self.image_processor!r})"
+
+
+class _SharedViews:
+    """Pixel entries of a batch, each key once (internal): `add` returns the grid rows of an entry
+    and whether it is new; a None key is never shared."""
+
+    def __init__(self) -> None:
+        self.pixel_values: list[torch.Tensor] = []
+        self.grid_thw: list[torch.Tensor] = []
+        self._rows: dict[Hashable, list[int]] = {}
+        self._count = 0
+
+    def add(self, key: Hashable | None, pixels: torch.Tensor, grid: torch.Tensor) -> tuple[list[int], bool]:
+        if key is not None and key in self._rows:
+            return self._rows[key], False
+        rows = list(range(self._count, self._count + grid.shape[0]))
+        self._count += grid.shape[0]
+        self.pixel_values.append(pixels)
+        self.grid_thw.append(grid)
+        if key is not None:
+            self._rows[key] = rows
+        return rows, True
 
 
 def split_masks(masks: Any, *, name: str = "masks") -> list[Any]:
@@ -705,7 +866,7 @@ def options_from_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_prompt(question: str, *, variant: str, media: str | None = None,
-                  timestamps: Sequence[Any] | None = None) -> str:
+                  timestamps: Sequence[Any] | None = None, images: int = 1) -> str:
     """Render the official chat template for one user turn plus the generation prompt.
 
     Args:
@@ -713,12 +874,16 @@ def render_prompt(question: str, *, variant: str, media: str | None = None,
         variant: "full" or "lite" (Lite never has media).
         media: full only: "image" or "video".
         timestamps: full video: the time of each frame (one `<image>` per frame).
+        images: full image: the number of images; the question places one `<image>` per image, or
+            none, and then they all go first, in order (the official code prepends one `<image>`,
+            which with several images fails its image-count check).
 
     Returns:
         The prompt with one `<image>` per image/frame (not yet expanded to its token count).
 
     Raises:
-        ValueError: more than one media marker in a full-model question, or `<image>` in a video one.
+        ValueError: media markers in a full-model question that are neither 0 nor one per image (one
+            `<video>`), or `<image>` in a video one.
     """
     if variant == "lite":
         content = question.strip()
@@ -726,17 +891,19 @@ def render_prompt(question: str, *, variant: str, media: str | None = None,
     marker = IMAGE_TOKEN if media == "image" else VIDEO_TOKEN
     if media == "video" and IMAGE_TOKEN in question:
         raise ValueError(f"a video question cannot contain {IMAGE_TOKEN!r}; use {VIDEO_TOKEN!r} to place the video")
+    expected = images if media == "image" else 1
     count = question.count(marker)
-    if count > 1:
-        raise ValueError(f"the question contains {marker!r} {count} times; one {media} is given")
+    if count not in (0, expected):
+        given = f"{expected} image(s) are" if media == "image" else "one video is"
+        raise ValueError(f"the question contains {marker!r} {count} times but {given} given; put one {marker!r} per "
+                         f"{media} where it goes, or none (then it goes first)")
     if count == 0:
-        question = marker + question
+        question = marker * expected + question
     if media == "image":
         rendered_media = IMAGE_TOKEN + "\n"
     else:
         stamps = list(timestamps or [])
         rendered_media = "".join(f"Time {time_label(t)}s:" + IMAGE_TOKEN + ("," if i < len(stamps) - 1 else "\n")
                                  for i, t in enumerate(stamps))
-    before, after = question.split(marker)
-    return ("<|im_start|>user\n" + before.strip() + rendered_media + after.strip()
-            + "<|im_end|>\n<|im_start|>assistant\n")
+    chunks = [chunk.strip() for chunk in question.split(marker)]
+    return "<|im_start|>user\n" + rendered_media.join(chunks) + "<|im_end|>\n<|im_start|>assistant\n"

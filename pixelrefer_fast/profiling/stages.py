@@ -193,8 +193,12 @@ def build_model(preset: ArchPreset, variant: str, device: torch.device, dtype: t
     return BuiltModel(variant=variant, model=model, tokenizer=tokenizer, dtype=dtype, device=device)
 
 
-def make_processor(built: BuiltModel, preset: ArchPreset, point: SweepPoint):
-    """The processor of the point: its variant, `mask_num` and vision-token budget."""
+def make_processor(built: BuiltModel, preset: ArchPreset, point: SweepPoint, *, share_images: bool = False):
+    """The processor of the point: its variant, `mask_num` and vision-token budget.
+
+    `share_images` is off by default: a point's batch repeats one sample item (`make_items`) to stand
+    for `batch` different images, which a sharing processor would encode once.
+    """
     from ..image_processing_pixelrefer_fast import PixelReferFastImageProcessor
     from ..processing_pixelrefer_fast import PixelReferFastProcessor
 
@@ -206,7 +210,8 @@ def make_processor(built: BuiltModel, preset: ArchPreset, point: SweepPoint):
         merge_size=merge,
     )
     processor = PixelReferFastProcessor(
-        built.tokenizer, image_processor, variant=point.variant, mask_num=point.mask_num, max_frames=preset.max_frames
+        built.tokenizer, image_processor, variant=point.variant, mask_num=point.mask_num, max_frames=preset.max_frames,
+        share_images=share_images,
     )
     built.model.set_special_token_ids(built.tokenizer)
     return processor

@@ -152,6 +152,7 @@ class Engine:
             videos=[str(job.video.path) if job.video is not None else None for job in jobs],
             masks=[job.masks for job in jobs],
             frame_ids=[job.frame_ids for job in jobs] if any(job.frame_ids for job in jobs) else None,
+            image_ids=[job.image_ids for job in jobs] if any(job.image_ids for job in jobs) else None,
             text=[job.question for job in jobs],
         )
         prompt_tokens = batch["attention_mask"].sum(1).tolist()  # (B,) host tensors from the processor

@@ -1,10 +1,12 @@
 """From a validated `ChatCompletionRequest` to one `describe` item (`DescribeJob`).
 
-Checks at the edge: images decode, masks have the image's size, RLE decodes, placeholders and
-regions agree; each failure is a 400 naming the field. The Describe Anything convention: with no
-`regions` field, an RGBA image's alpha channel is the region (nonzero alpha = inside), and a
-question without `<region>` gets it where the image part stands (`<image>` in the text, as DAM
-clients write, also marks that place).
+Checks at the edge: images decode, masks have their image's size, RLE decodes, placeholders and
+regions agree; each failure is a 400 naming the field. A message may hold several `image_url` parts
+(the official image mode): a region's `"image"` picks its image by index among them, in message order
+(default 0); the images go first in the prompt, in order, unless the text places one `<image>` per
+image. The Describe Anything convention (one image): with no `regions` field, an RGBA image's alpha
+channel is the region (nonzero alpha = inside), and a question without `<region>` gets it where the
+image part stands (`<image>` in the text, as DAM clients write, also marks that place).
 """
 
 from __future__ import annotations
@@ -38,14 +40,16 @@ class SamplingParams:
 
 @dataclass
 class DescribeJob:
-    """One `describe` item and its options. `image` (HWC uint8) or `video` (a file) is set."""
+    """One `describe` item and its options. `image` (HWC uint8, or a list of them with `image_ids`, the
+    image of each mask) or `video` (a file) is set."""
 
     question: str
     masks: list[np.ndarray]
     sampling: SamplingParams
-    image: np.ndarray | None = None
+    image: np.ndarray | list[np.ndarray] | None = None
     video: VideoFile | None = None
     frame_ids: list[int] | None = None
+    image_ids: list[int] | None = None
 
     def close(self) -> None:
         """Release the job's temporary files."""
@@ -123,18 +127,16 @@ def _build_job(request, options, sampling, texts, images, video) -> DescribeJob:
     if video is None and not images:
         raise bad_request("the message has no image_url or video_url part; a region question needs one",
                           "messages[0].content")
-    if len(images) > 1:
-        raise bad_request(f"the message has {len(images)} images; this server answers about one image per "
-                          "request (send one request per image)", f"messages[0].content[{images[1][0]}]")
     if request.frame_ids is not None and video is None:
         raise bad_request("frame_ids applies to video requests only", "frame_ids")
-    decoded = images[0][1] if images else None
+    decoded = [image for _, image in images]
     regions = request.regions
-    if regions is None and decoded is not None and decoded.alpha is not None:
-        masks = [(decoded.alpha > 0).astype(np.uint8)]
+    image_ids = None
+    if regions is None and len(decoded) == 1 and decoded[0].alpha is not None:
+        masks = [(decoded[0].alpha > 0).astype(np.uint8)]
         question = _dam_question(texts)
     else:
-        masks = _region_masks(regions or [], decoded, options.allow_dir)
+        masks, image_ids = _region_masks(regions or [], decoded, options.allow_dir)
         question = "\n".join(t for t in texts if t and t != _IMAGE_PART)
     found = question.count(REGION_PLACEHOLDER)
     if found != len(masks):
@@ -143,8 +145,11 @@ def _build_job(request, options, sampling, texts, images, video) -> DescribeJob:
     frame_ids = None
     if video is not None:
         frame_ids = _frame_ids(request.frame_ids, len(masks))
+    if len(decoded) > 1:
+        return DescribeJob(question=question, masks=masks, sampling=sampling, image=[d.rgb for d in decoded],
+                           image_ids=image_ids)
     return DescribeJob(question=question, masks=masks, sampling=sampling,
-                       image=decoded.rgb if decoded is not None else None, video=video, frame_ids=frame_ids)
+                       image=decoded[0].rgb if decoded else None, video=video, frame_ids=frame_ids)
 
 
 def _dam_question(texts: list[str]) -> str:
@@ -159,26 +164,32 @@ def _dam_question(texts: list[str]) -> str:
     return text.replace(_IMAGE_PART, REGION_PLACEHOLDER)
 
 
-def _region_masks(regions: list[Region], decoded, allow_dir: Path | None) -> list[np.ndarray]:
-    masks = []
+def _region_masks(regions: list[Region], decoded: list, allow_dir: Path | None) -> tuple[list[np.ndarray], list[int]]:
+    """Each region's mask at its image's size, and its image's index (`decoded`: the message's images)."""
+    masks, image_ids = [], []
     for r, region in enumerate(regions):
         param = f"regions[{r}]"
-        if region.image not in (None, 0):
-            raise bad_request(f"image index {region.image} is out of range: the message has one image (index 0)",
-                              f"{param}.image")
-        if decoded is None:
+        index = region.image or 0
+        if decoded and index >= len(decoded):
+            raise bad_request(f"image index {index} is out of range: the message has {len(decoded)} image(s) "
+                              f"(indices 0..{len(decoded) - 1}, in message order)", f"{param}.image")
+        if not decoded and index > 0:
+            raise bad_request("'image' picks one of the message's images; a video request has none (its regions "
+                              "take 'frame_ids')", f"{param}.image")
+        image_ids.append(index)
+        if not decoded:
             if region.box is not None:
                 raise bad_request("boxes need an image; for video regions send 'rle' or 'mask_png'", f"{param}.box")
             height = width = None
         else:
-            height, width = decoded.rgb.shape[:2]
+            height, width = decoded[index].rgb.shape[:2]
         if region.box is not None:
             masks.append(mask_from_value(region.box, height, width, f"{param}.box"))
         elif region.rle is not None:
             masks.append(mask_from_value(region.rle.model_dump(), height, width, f"{param}.rle"))
         else:
             masks.append(mask_from_png(region.mask_png, height, width, f"{param}.mask_png", allow_dir))
-    return masks
+    return masks, image_ids
 
 
 def _frame_ids(frame_ids: list[int] | None, regions: int) -> list[int] | None:

@@ -8,7 +8,7 @@ OpenAI's chat schema, narrowed to what a region model answers, plus two PixelRef
 - `regions` (`extra_body` in the `openai` client): one entry per `<region>`, in order, each
   exactly one of `{"box": [x0, y0, x1, y1]}` (pixels, end-exclusive), `{"rle": {"size": [h, w],
   "counts": ...}}` (COCO RLE) or `{"mask_png": "data:image/png;base64,..."}` (inside = value > 0),
-  with an optional `"image"` index among the message's images (0, the only one accepted today).
+  with an optional `"image"` index among the message's images (in message order; default 0).
 - `frame_ids` (video): the frame of each region, or one for all.
 
 Wrong types and unknown fields are errors (never silently ignored); OpenAI fields with no meaning

@@ -123,6 +123,29 @@ def test_dam_style_rgba_request(loaded, client):
     assert ask(client, plain).choices[0].message.content == expected
 
 
+def test_two_images_in_one_message(loaded, client):
+    """Regions pick their image by index among the message's image parts; the answer equals `describe`
+    on the list of images with the same `image_ids` (the images go first, in message order)."""
+    model, processor = loaded
+    first, second = random_image(4), random_image(5)[: HEIGHT // 2]
+    masks = [box_to_mask(BOX, HEIGHT // 2, WIDTH), box_to_mask(BOX2, HEIGHT, WIDTH)]
+    question = "Compare <region> with <region>."
+    with pixelrefer_kernels.force("torch"):
+        expected = model.describe(processor, images=[[first, second]], image_ids=[[1, 0]], masks=[masks],
+                                  questions=[question], max_new_tokens=MAX_TOKENS,
+                                  kmeans_generator=torch.Generator().manual_seed(0))[0]
+    assert expected
+    parts = [{"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": png_data_url(first)}},
+             {"type": "image_url", "image_url": {"url": png_data_url(second)}}]
+    regions = [{"box": BOX, "image": 1}, {"rle": encode_rle(masks[1])}]
+    answer = ask(client, [{"role": "user", "content": parts}], regions=regions)
+    assert answer.choices[0].message.content == expected
+    with pytest.raises(openai.BadRequestError) as error:
+        ask(client, [{"role": "user", "content": parts}], regions=[{"box": BOX, "image": 2}, regions[1]])
+    body = error.value.body
+    assert body["param"] == "regions[0].image" and "out of range: the message has 2 image(s)" in body["message"]
+
+
 def test_stop_strings_cut_the_answer(loaded, client):
     image = random_image(0)
     full = reference(loaded, image, [box_to_mask(BOX, HEIGHT, WIDTH)], "What is <region>?")
