@@ -29,6 +29,8 @@ flash-attention the fast loop runs the LLM with SDPA (flash-attn's padded path s
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import inspect
 import logging
 import threading
@@ -49,6 +51,9 @@ LENGTH_BUCKET = 256  # cache lengths are rounded up to a multiple of this, so ne
 DEFAULT_CHECK_EVERY = 8  # decode steps between two host reads of the finished flags
 MAX_BUCKETS = 2  # buckets (caches + graphs) kept per model; the least recently used one is dropped
 _MASKED_ATTENTION = ("sdpa", "eager")
+# the decoder's per-row buffers (`[B, ...]`), moved by a compaction; `noise` is not one: it is drawn in the
+# original row numbering and gathered by `order` in the step
+ROW_BUFFERS = ("input_ids", "positions", "valid", "finished", "lengths", "generated", "out", "order")
 COMPILE_OPTIONS = {"mode": "reduce-overhead", "fullgraph": True}
 # Qwen2's forward names its cache argument `cache` in transformers >= 5.2x, `past_key_values` before
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
@@ -128,10 +133,17 @@ class StaticDecoder:
         self.generated = zeros(batch_size, vocab, dtype=torch.bool)  # the repetition penalty's set
         self.noise = torch.ones(batch_size, vocab, dtype=torch.float32, device=self.device)  # Exp(1) draws
         self.out = zeros(batch_size, cache_len)
+        self.order = torch.arange(batch_size, device=self.device)  # the original row at each active position
         self.processors = ProcessorState.allocate(vocab, self.device)
         self.structure: tuple | None = None
         self._steps: dict[tuple, Callable[[], None]] = {}
         self._pool = None
+        # compaction: the full-size per-row buffers, cache and processor state; the attributes above are
+        # views of their first `rows` rows (`_use_rows`), all `B` of them until a call compacts
+        self.rows = batch_size
+        self._full = {name: getattr(self, name) for name in ROW_BUFFERS}
+        self._full_cache, self._full_processors = self.cache, self.processors
+        self._views: dict[int, dict] = {batch_size: dict(self._full, cache=self.cache, processors=self.processors)}
 
     # ---- the device-only part ----------------------------------------------------------------------
 
@@ -147,7 +159,7 @@ class StaticDecoder:
         """Choose the next token of every row from `logits` `[B, V]` float32 and record it."""
         sample = self.structure[0]
         scores = process_scores(logits, self.step, self.generated, self.processors, self.structure)
-        tokens = choose_tokens(scores, self.noise if sample else None)
+        tokens = choose_tokens(scores, self._active_noise() if sample else None)
         tokens = torch.where(self.finished, self.processors.pad_token_id, tokens)  # (B,)
         self.out.index_copy_(1, self.step, tokens[:, None])
         self.lengths.add_((~self.finished).long())
@@ -156,6 +168,13 @@ class StaticDecoder:
         self.finished.logical_or_(self.processors.eos_mask[tokens])
         self.input_ids.copy_(tokens[:, None])
         self.step.add_(1)
+
+    def _active_noise(self) -> torch.Tensor:
+        """`[rows, V]`: the noise of the active rows (`noise` is drawn for all `B` rows, in their original
+        numbering, so a row's draw does not depend on compaction)."""
+        if self.order.shape[0] == self.noise.shape[0]:  # the full batch: `order` is the identity
+            return self.noise
+        return self.noise.index_select(0, self.order)
 
     def decode_step(self) -> None:
         """One decode step on the buffers: Qwen2 on the fed token of each row, `lm_head`, `select`."""
@@ -175,25 +194,33 @@ class StaticDecoder:
 
     # ---- capture -----------------------------------------------------------------------------------
 
-    def _step_function(self, structure: tuple) -> Callable[[], None]:
-        """The step for `structure`: eager, compiled, or a CUDA graph replay (captured on first use)."""
-        if structure in self._steps:
-            return self._steps[structure]
-        if self.graph == "eager":
-            step = self.decode_step
-        elif self.graph == "compile":
-            for buffer in self._buffers():
-                torch._dynamo.mark_static_address(buffer)
-            step = torch.compile(self.decode_step, **self.compile_options)
-        else:
-            step = self._capture()
-        self._steps[structure] = step
+    def _step_function(self, structure: tuple, rows: int) -> Callable[[], None]:
+        """The step for `structure` on the first `rows` rows: eager, compiled, or a CUDA graph replay
+        (captured on first use, which must come before the call's prefill: the warm-up runs steps)."""
+        key = (structure, rows)
+        if key in self._steps:
+            return self._steps[key]
+        active = self.rows
+        self._use_rows(rows)
+        try:
+            if self.graph == "eager":
+                step = self.decode_step
+            elif self.graph == "compile":
+                for buffer in self._buffers():
+                    torch._dynamo.mark_static_address(buffer)
+                # one compiled step per row count, never a dynamic batch dimension
+                step = torch.compile(self.decode_step, **{"dynamic": False, **self.compile_options})
+            else:
+                step = self._capture()
+        finally:
+            self._use_rows(active)
+        self._steps[key] = step
         return step
 
     def _buffers(self) -> list[torch.Tensor]:
         state = self.processors
         return [self.input_ids, self.positions, self.slot, self.step, self.valid, self.finished, self.lengths,
-                self.generated, self.noise, self.out, state.penalty, state.temperature, state.top_p_cut,
+                self.generated, self.noise, self.out, self.order, state.penalty, state.temperature, state.top_p_cut,
                 state.min_new_tokens, state.eos_mask, state.pad_token_id]
 
     def _capture(self) -> Callable[[], None]:
@@ -212,15 +239,79 @@ class StaticDecoder:
             self.decode_step()
         return graph.replay
 
+    # ---- compaction ---------------------------------------------------------------------------------
+
+    def _row_buffers(self) -> list[torch.Tensor]:
+        """Every full-size per-row tensor of the step (`[B, ...]`): what a compaction permutes (the
+        cache's keys and values apart: `_compact` moves their live rows only)."""
+        return [self._full[name] for name in ROW_BUFFERS] + list(self._full_processors.row_tensors().values())
+
+    def _use_rows(self, rows: int) -> None:
+        """Point the step's per-row buffers, processor state and cache at the first `rows` rows (views,
+        made once per row count, so a captured or compiled step always reads the same tensors)."""
+        if rows not in self._views:
+            self._views[rows] = {name: full[:rows] for name, full in self._full.items()}
+            per_row = {name: t[:rows] for name, t in self._full_processors.row_tensors().items()}
+            self._views[rows]["processors"] = dataclasses.replace(self._full_processors, **per_row)
+            self._views[rows]["cache"] = self._cache_rows(rows)
+        for name, value in self._views[rows].items():
+            setattr(self, name, value)
+        self.rows = rows
+
+    def _cache_rows(self, rows: int) -> StaticCache:
+        """A `StaticCache` over the first `rows` rows of the bucket's cache.
+
+        A shallow copy of the full cache and of each of its (initialised) layers, whose `keys`/`values`
+        are views `[:rows]` of the full layer's tensors and whose `cumulative_length` is the full layer's
+        very tensor (so a step on either cache advances both); every other attribute (`is_initialized`,
+        `max_cache_len`, device, heads) stays the full layer's. `StaticLayer.update` then writes the new
+        keys of the `rows` rows in place, as it does for the full cache (transformers 5.17 and 5.24)."""
+        if not all(layer.is_initialized for layer in self._full_cache.layers):
+            raise RuntimeError("the bucket's cache is allocated by its first update (prefill or capture)")
+        view = copy.copy(self._full_cache)
+        view.layers = []
+        for full in self._full_cache.layers:
+            layer = copy.copy(full)
+            layer.keys, layer.values, layer.batch_size = full.keys[:rows], full.values[:rows], rows
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+            view.layers.append(layer)
+        return view
+
+    def _compact(self, finished: list[bool], order: list[int]) -> None:
+        """Move the live rows of the active ones to the front and continue on the next power of two of
+        them, when they are at most half of the active rows (`finished`: the host's flags of the active
+        rows; `order`: the host's original row of each position, updated in place).
+
+        Device-only: a stable `argsort` of the finished flags (live rows first, in order; the host makes
+        the same permutation from `finished`), then `index_select`/`index_copy_` of every per-row buffer
+        and of the live rows of each layer's keys and values."""
+        live = finished.count(False)
+        rows = 1 << max(live - 1, 0).bit_length()  # the next power of two >= live
+        if live == 0 or live > self.rows // 2:
+            return
+        permutation = torch.argsort(self.finished.to(torch.uint8), stable=True)  # (rows,) live positions first
+        front = torch.arange(self.rows, device=self.device)
+        for buffer in self._row_buffers():
+            buffer.index_copy_(0, front, buffer.index_select(0, permutation))
+        kept, moved = front[:live], permutation[:live]
+        for layer in self._full_cache.layers:
+            for states in (layer.keys, layer.values):
+                states.index_copy_(0, kept, states.index_select(0, moved))
+        by_flag = sorted(range(self.rows), key=finished.__getitem__)  # stable: the device permutation
+        order[: self.rows] = [order[position] for position in by_flag]
+        self._use_rows(rows)
+
     # ---- one call ----------------------------------------------------------------------------------
 
     def _prefill(self, batch: dict, model_kwargs: dict, options: SamplingOptions) -> torch.Tensor:
-        """Reset the bucket, run the prompt through the model's forward, copy its keys and values into the
-        static cache; `[B, V]` float32 logits of the last position.
+        """Reset the bucket (to all `B` rows), run the prompt through the model's forward, copy its keys
+        and values into the static cache; `[B, V]` float32 logits of the last position.
 
         The prefill itself uses the forward's own (dynamic) cache: its attention then spans the prompt
         only, with SDPA's causal kernel, instead of the whole bucket under a mask (and its numbers are
         those of `generate`'s prefill)."""
+        self._use_rows(self.batch_size)
         attention_mask = batch["attention_mask"]
         length = attention_mask.shape[1]
         out = self.model(**batch, **model_kwargs, use_cache=True, logits_to_keep=1, return_dict=True)
@@ -237,6 +328,7 @@ class StaticDecoder:
         self.lengths.zero_()
         self.generated.zero_()
         self.out.fill_(options.pad_token_id)
+        torch.arange(self.batch_size, out=self.order)
         return out.logits[:, -1].float()
 
     def generate(
@@ -248,6 +340,7 @@ class StaticDecoder:
         model_kwargs: dict | None = None,
         check_every: int = DEFAULT_CHECK_EVERY,
         on_tokens: OnTokens | None = None,
+        compact: bool = True,
     ) -> torch.Tensor:
         """New tokens `[B, n]` (CPU, long; `pad_token_id` after a row's end) for a placed processor batch.
 
@@ -259,6 +352,9 @@ class StaticDecoder:
             model_kwargs: more inputs for the prefill forward (`kmeans_generator`).
             check_every: decode steps between host reads of the finished flags (and stream chunks).
             on_tokens: streaming callback (`StreamChunk` per host check; returns rows to cancel).
+            compact: at a host check where at most half of the rows the step runs are still live, move
+                the live rows to the front and run the step on the next power of two of them (the
+                tokens are the same; False keeps every row in the step until the last one ends).
         """
         length = batch["input_ids"].shape[1]
         if batch["input_ids"].shape[0] != self.batch_size or length + options.max_new_tokens > self.cache_len:
@@ -268,9 +364,15 @@ class StaticDecoder:
             )
         if options.do_sample and generator is None:
             raise ValueError("sampling needs a torch.Generator (generator=...)")
+        if not isinstance(compact, bool):
+            raise TypeError(f"compact must be a bool, got {compact!r}")
+        self._use_rows(self.batch_size)
         self.structure = options.structure
         self.processors.load(options)
-        step = self._step_function(self.structure)
+        step = self._step_function(self.structure, self.batch_size)
+        if compact and self.graph == "cuda_graph":  # every row count is captured before the prefill
+            for rows in compacted_row_counts(self.batch_size):
+                self._step_function(self.structure, rows)
         logits = self._prefill(batch, model_kwargs or {}, options)
 
         def draw():
@@ -279,31 +381,56 @@ class StaticDecoder:
 
         draw()
         self.select(logits)
+        order = list(range(self.batch_size))  # the host's original row at each active position
         done = 1
-        finished = on_tokens is not None and self._stream(on_tokens, 0, done)  # the first token at once
-        while done < options.max_new_tokens and not finished:
+        finished = self._check(on_tokens, 0, done, order) if on_tokens is not None else None  # the first token
+        while done < options.max_new_tokens and not (finished is not None and all(finished)):
+            if compact and finished is not None and self.rows > 1:
+                self._compact(finished, order)
+                step = self._step_function(self.structure, self.rows)
             burst = min(check_every, options.max_new_tokens - done)
             for _ in range(burst):
                 draw()
                 step()
             start, done = done, done + burst
-            # the host check: one sync per burst
-            finished = self._stream(on_tokens, start, done) if on_tokens is not None else bool(self.finished.all())
-        width = int(self.lengths.max())
-        return self.out[:, :width].to("cpu", copy=True)  # a copy: the buffer serves the next call
+            finished = self._check(on_tokens, start, done, order)  # the host check: one sync per burst
+        return self._tokens(order)
 
-    def _stream(self, on_tokens: OnTokens, start: int, stop: int) -> bool:
-        """Hand the tokens `[start, stop)` of each row to `on_tokens`, cancel the rows it returns;
-        True when every row has finished."""
-        tokens, lengths, finished = self.out[:, start:stop].tolist(), self.lengths.tolist(), self.finished.tolist()
-        chunk = StreamChunk([row[: max(0, n - start)] for row, n in zip(tokens, lengths)], finished)
+    def _check(self, on_tokens: OnTokens | None, start: int, stop: int, order: list[int]) -> list[bool]:
+        """The host check: the finished flags of the active rows (one read) and, when streaming, their
+        tokens `[start, stop)` handed to `on_tokens` in the original row numbering, the rows it returns
+        cancelled; the flags after the cancels."""
+        finished = self.finished.tolist()
+        if on_tokens is None:
+            return finished
+        tokens, lengths = self.out[:, start:stop].tolist(), self.lengths.tolist()
+        chunk = StreamChunk([[] for _ in order], [True] * len(order))  # rows compacted away: finished, no tokens
+        for position, (row, n, done) in enumerate(zip(tokens, lengths, finished)):
+            chunk.tokens[order[position]], chunk.finished[order[position]] = row[: max(0, n - start)], done
         cancel = sorted({int(r) for r in (on_tokens(chunk) or ())})
         if any(not 0 <= r < self.batch_size for r in cancel):
             raise ValueError(f"on_tokens returned rows {cancel}; rows are 0..{self.batch_size - 1}")
-        if cancel:
-            self.finished[cancel] = True
-            finished = [f or i in cancel for i, f in enumerate(finished)]
-        return all(finished)
+        positions = [order.index(r) for r in cancel]
+        live = [p for p in positions if p < self.rows and not finished[p]]
+        if live:
+            self.finished[live] = True
+            for p in live:
+                finished[p] = True
+        return finished
+
+    def _tokens(self, order: list[int]) -> torch.Tensor:
+        """The new tokens `[B, n]` on the CPU in the original row order (one read)."""
+        lengths, out = self._full["lengths"], self._full["out"]
+        width = int(lengths.max())
+        tokens = out[:, :width].to("cpu", copy=True)  # a copy: the buffer serves the next call
+        if order == sorted(order):
+            return tokens
+        return tokens[sorted(range(len(order)), key=order.__getitem__)]  # position of each original row
+
+
+def compacted_row_counts(batch_size: int) -> list[int]:
+    """The row counts a compacted step of a `batch_size` bucket runs: the powers of two below it."""
+    return [1 << k for k in range((batch_size - 1).bit_length()) if 1 << k < batch_size][::-1]
 
 
 class DecoderPool:
@@ -360,6 +487,7 @@ def fast_generate(
     graph: str = "auto",
     check_every: int = DEFAULT_CHECK_EVERY,
     on_tokens: OnTokens | None = None,
+    compact: bool = True,
 ) -> torch.Tensor:
     """New tokens `[B, n]` (CPU long) of `model` for a placed processor `batch`, with the fast loop.
 
@@ -374,4 +502,4 @@ def fast_generate(
     with pool.lock, masked_attention(model), torch.inference_mode():
         decoder = pool.get(model, batch_size, length + options.max_new_tokens, graph)
         return decoder.generate(batch, options, generator=generator, model_kwargs=model_kwargs,
-                                check_every=check_every, on_tokens=on_tokens)
+                                check_every=check_every, on_tokens=on_tokens, compact=compact)

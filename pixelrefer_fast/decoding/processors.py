@@ -51,6 +51,11 @@ class ProcessorState:
         return cls(scalar(torch.float32), scalar(torch.float32), scalar(torch.float32), scalar(torch.long, (1,)),
                    scalar(torch.bool, (vocab_size,)), scalar(torch.long))
 
+    def row_tensors(self) -> dict[str, torch.Tensor]:
+        """The per-row fields (`[B, ...]`) by name: the fast loop's compaction permutes them with its own
+        per-row buffers and runs a compacted step on their first rows. None yet: every field is per call."""
+        return {}
+
     def load(self, options: SamplingOptions) -> None:
         """Write `options`' values (host -> device copies; no sync)."""
         self.penalty.fill_(options.repetition_penalty)
