@@ -20,6 +20,28 @@ Rows stop independently (a finished row emits `pad_token_id`; the output is cut 
 row, as `generate` does). Sampling noise (`exponential_` from the caller's `torch.Generator`) is
 drawn outside the graph, one launch per step, so the step itself holds no generator.
 
+Compaction (`compact=True`, the default): rows that finish leave the step. At a host check where
+the live rows are at most half of the rows the step runs, `_compact` moves them to the front of
+every per-row buffer (`_row_buffers`: `ROW_BUFFERS` and the processors' `row_tensors()`) and of
+every layer's keys and values (a stable `argsort` of the finished flags, `index_select` /
+`index_copy_`, on the device), and the step continues on the first `b` rows, `b` the next power of
+two >= the live rows: a bucket runs at most `log2(B) + 1` step shapes, each its own CUDA graph (all
+captured before the prefill of the first compacting call, since a capture's warm-up runs steps; one
+graph pool), compiled step (`dynamic=False`) or eager step. The host keeps the original row of each
+position: `StreamChunk`s and `on_tokens`' cancels use the original numbering, and the tokens come
+back in the original row order. The prefill resets the bucket to all `B` rows.
+
+The step on `b < B` rows runs Qwen2 on a `StaticCache` whose layers are shallow copies of the
+bucket's (initialised) `StaticLayer`s with `keys`/`values` the views `[:b]` of the full tensors,
+`batch_size = b`, and the full layer's own `cumulative_length` tensor (`_cache_rows`): the update
+writes in place at the shared position, as for the full cache, and transformers sees an ordinary
+initialised static cache (checked on 5.17 and 5.24, whose initialised `StaticLayer` reads only
+`is_initialized`, `keys`, `values`, `cumulative_length`, `device` and `max_cache_len`). The per-row step buffers are
+likewise the views `[:b]` of the full ones (`_use_rows`), so `decode_step` itself is unchanged.
+Sampling stays that of `generate`: the noise is still drawn for all `B` rows in their original
+numbering (`[B, V]` from the one batch generator each step) and the step gathers its rows' noise by
+`order` (`_active_noise`), so each row keeps its own draw.
+
 The attention mask of a step is built here from the bucket's `[B, L]` key mask and handed to
 Qwen2 as its prepared mask mapping (`{"full_attention": mask}`): transformers' own mask builder
 reads tensors on the host in eager mode. SDPA and eager attention are supported; under
@@ -493,7 +515,7 @@ def fast_generate(
 
     The bucket (`B` x the prompt length plus `max_new_tokens` rounded up to `LENGTH_BUCKET`) is
     taken from the model's pool or built (then kept, with its captured steps, for the next calls).
-    See `StaticDecoder.generate` for the arguments.
+    See `StaticDecoder.generate` for the arguments (`compact=False` keeps finished rows in the step).
     """
     graph = resolve_graph_mode(check_graph_mode(graph), model.device)
     check_every = check_every_steps(check_every)
