@@ -309,9 +309,9 @@ class StaticDecoder:
         the same permutation from `finished`), then `index_select`/`index_copy_` of every per-row buffer
         and of the live rows of each layer's keys and values."""
         live = finished.count(False)
-        rows = 1 << max(live - 1, 0).bit_length()  # the next power of two >= live
         if live == 0 or live > self.rows // 2:
             return
+        rows = 1 << (live - 1).bit_length()  # the next power of two >= live
         permutation = torch.argsort(self.finished.to(torch.uint8), stable=True)  # (rows,) live positions first
         front = torch.arange(self.rows, device=self.device)
         for buffer in self._row_buffers():
@@ -327,13 +327,12 @@ class StaticDecoder:
     # ---- one call ----------------------------------------------------------------------------------
 
     def _prefill(self, batch: dict, model_kwargs: dict, options: SamplingOptions) -> torch.Tensor:
-        """Reset the bucket (to all `B` rows), run the prompt through the model's forward, copy its keys
-        and values into the static cache; `[B, V]` float32 logits of the last position.
+        """Reset the bucket (its `B` rows, made active by the caller), run the prompt through the model's
+        forward, copy its keys and values into the static cache; `[B, V]` float32 logits of the last position.
 
         The prefill itself uses the forward's own (dynamic) cache: its attention then spans the prompt
         only, with SDPA's causal kernel, instead of the whole bucket under a mask (and its numbers are
         those of `generate`'s prefill)."""
-        self._use_rows(self.batch_size)
         attention_mask = batch["attention_mask"]
         length = attention_mask.shape[1]
         out = self.model(**batch, **model_kwargs, use_cache=True, logits_to_keep=1, return_dict=True)
