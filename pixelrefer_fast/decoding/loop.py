@@ -77,6 +77,9 @@ _MASKED_ATTENTION = ("sdpa", "eager")
 # original row numbering and gathered by `order` in the step
 ROW_BUFFERS = ("input_ids", "positions", "valid", "finished", "lengths", "generated", "out", "order")
 COMPILE_OPTIONS = {"mode": "reduce-overhead", "fullgraph": True}
+# dynamo's recompile limit while a compiled step compiles: `decode_step`'s code gets one entry per (bucket,
+# options structure, row count), past dynamo's default of 8 (which `fullgraph=True` turns into an error)
+COMPILED_STEPS_LIMIT = 64
 # Qwen2's forward names its cache argument `cache` in transformers >= 5.2x, `past_key_values` before
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 
@@ -231,13 +234,26 @@ class StaticDecoder:
                 for buffer in self._buffers():
                     torch._dynamo.mark_static_address(buffer)
                 # one compiled step per row count, never a dynamic batch dimension
-                step = torch.compile(self.decode_step, **{"dynamic": False, **self.compile_options})
+                step = self._compiles_once(torch.compile(self.decode_step, **{"dynamic": False, **self.compile_options}),
+                                           key)
             else:
                 step = self._capture()
         finally:
             self._use_rows(active)
         self._steps[key] = step
         return step
+
+    def _compiles_once(self, compiled: Callable[[], None], key: tuple) -> Callable[[], None]:
+        """`compiled`, its first call (the compilation) under dynamo's recompile limit raised to
+        `COMPILED_STEPS_LIMIT`; the later calls are `compiled` itself."""
+
+        def first_call():
+            limit = max(torch._dynamo.config.recompile_limit, COMPILED_STEPS_LIMIT)
+            with torch._dynamo.config.patch(recompile_limit=limit):
+                compiled()
+            self._steps[key] = compiled
+
+        return first_call
 
     def _buffers(self) -> list[torch.Tensor]:
         state = self.processors

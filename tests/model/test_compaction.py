@@ -220,18 +220,21 @@ def test_compact_must_be_a_bool(setup):
 
 
 def test_compacted_steps_compile_without_graph_breaks(setup):
+    """Three options structures x 4 row counts: 12 compilations of the step's code, past dynamo's default
+    recompile limit (8, an error under `fullgraph=True`)."""
     model, processor, batch = setup
-    options = resolve_options(model.generation_config, processor.tokenizer, 12,
-                              {"eos_token_id": NEVER, "do_sample": True}).sampling
     # fullgraph=True raises on any graph break; the eager backend keeps the test fast (no code generation)
     decoders = [StaticDecoder(model, ROWS, 256, "eager"),
                 StaticDecoder(model, ROWS, 256, "compile", {"backend": "eager", "fullgraph": True})]
     torch._dynamo.reset()
-    results = []
-    with torch.inference_mode(), pixelrefer_kernels.force("torch"):
-        for decoder in decoders:
-            results.append(decoder.generate(batch, options, generator=torch.Generator().manual_seed(3),
-                                            model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)},
-                                            check_every=2, on_tokens=_Cancel([2, 12, 2, 2, 4, 4, 2, 2])))
-    assert {key[1] for key in decoders[1]._steps} == {8, 4, 1}  # 3 rows live after 3 tokens, 1 after 5
-    assert torch.equal(results[0], results[1]), f"eager {results[0].tolist()} != compiled {results[1].tolist()}"
+    for options in ({}, {"do_sample": True}, {"do_sample": True, "top_k": 0, "repetition_penalty": 1.3}):
+        plan = resolve_options(model.generation_config, processor.tokenizer, 12, {"eos_token_id": NEVER, **options})
+        results = []
+        with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+            for decoder in decoders:
+                # checks after 1, 3, 5, ... tokens: 8 rows, then 4 (at 3 tokens), 2 (at 7), 1 (at 9)
+                results.append(decoder.generate(batch, plan.sampling, generator=torch.Generator().manual_seed(3),
+                                                model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)},
+                                                check_every=2, on_tokens=_Cancel([2, 12, 2, 2, 2, 4, 6, 8])))
+        assert torch.equal(results[0], results[1]), f"{options}: eager {results[0].tolist()} != compiled {results[1].tolist()}"
+    assert len(decoders[1]._steps) == 12 and {key[1] for key in decoders[1]._steps} == {8, 4, 2, 1}
