@@ -510,11 +510,12 @@ def _cancel_row_0_after(n):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("graph", ["cuda_graph", "compile"])
 @pytest.mark.parametrize("options", [pytest.param({}, id="greedy"), pytest.param({"do_sample": True}, id="sample")])
-def test_cuda_compacted_step_matches_hf(cuda_setup, graph, options):
-    """Row 0 cancelled after 3 tokens: row 1 finishes on the one-row step (captured or compiled)."""
+def test_cuda_compacted_step_matches_hf(cuda_setup, options):
+    """Row 0 cancelled after 3 tokens: row 1 finishes on the one-row CUDA graph (the compiled compacted
+    steps are checked on the CPU, `tests/model/test_compaction.py`, to keep the GPU window short)."""
     model, processor, batch = cuda_setup
+    graph = "cuda_graph"
     plan = resolve_options(model.generation_config, processor.tokenizer, NEW, {"eos_token_id": NEVER, **options})
     with pixelrefer_kernels.force("torch"):
         hf = generate_new_tokens(model, batch, plan, decoding="hf", seed=5, on_tokens=_cancel_row_0_after(3))
