@@ -36,8 +36,9 @@ bucket's (initialised) `StaticLayer`s with `keys`/`values` the views `[:b]` of t
 `batch_size = b`, and the full layer's own `cumulative_length` tensor (`_cache_rows`): the update
 writes in place at the shared position, as for the full cache, and transformers sees an ordinary
 initialised static cache (checked on 5.17 and 5.24, whose initialised `StaticLayer` reads only
-`is_initialized`, `keys`, `values`, `cumulative_length`, `device` and `max_cache_len`). The per-row step buffers are
-likewise the views `[:b]` of the full ones (`_use_rows`), so `decode_step` itself is unchanged.
+`is_initialized`, `keys`, `values`, `cumulative_length`, `device` and `max_cache_len`). The
+per-row step buffers are likewise the views `[:b]` of the full ones (`_use_rows`), so
+`decode_step` itself is unchanged.
 Sampling stays that of `generate`: the noise is still drawn for all `B` rows in their original
 numbering (`[B, V]` from the one batch generator each step) and the step gathers its rows' noise by
 `order` (`_active_noise`), so each row keeps its own draw.
@@ -234,8 +235,8 @@ class StaticDecoder:
                 for buffer in self._buffers():
                     torch._dynamo.mark_static_address(buffer)
                 # one compiled step per row count, never a dynamic batch dimension
-                step = self._compiles_once(torch.compile(self.decode_step, **{"dynamic": False, **self.compile_options}),
-                                           key)
+                compiled = torch.compile(self.decode_step, **{"dynamic": False, **self.compile_options})
+                step = self._compiles_once(compiled, key)
             else:
                 step = self._capture()
         finally:
