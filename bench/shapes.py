@@ -192,6 +192,11 @@ DECODE_CPU = (
     DecodeCase("cpudefault_lite_b1_32tok", "cpu-default", "lite", batch=1, new_tokens=32),
     DecodeCase("cpudefault_full_b4_32tok", "cpu-default", "full", batch=4, new_tokens=32),
 )
+# ragged batches (bench_decode.py's compaction pairs): row 0 runs `new_tokens`, the others are cancelled after
+# `RAGGED_SHORT` tokens, as the server ends rows at their `max_tokens`
+RAGGED_SHORT = 4
+RAGGED_CPU = (DecodeCase("cpudefault_lite_b8_64tok", "cpu-default", "lite", batch=8, new_tokens=64),)
+RAGGED_CUDA = (DecodeCase("lite2b_b16_64tok", "lite-2b", "lite", batch=16, new_tokens=64, image_size=(640, 480)),)
 DECODE_CUDA = (
     DecodeCase("lite2b_b1_32tok", "lite-2b", "lite", batch=1, new_tokens=32, image_size=(640, 480)),
     DecodeCase("lite2b_b16_32tok", "lite-2b", "lite", batch=16, new_tokens=32, image_size=(640, 480)),

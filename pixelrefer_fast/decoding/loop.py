@@ -23,6 +23,29 @@ tensors of `processors.ProcessorState`). Sampling noise (`exponential_` from the
 `processors.draw_noise`, one launch per step (per sampled row with per-row generators), so the step
 itself holds no generator.
 
+Compaction (`compact=True`, the default): rows that finish leave the step. At a host check where
+the live rows are at most half of the rows the step runs, `_compact` moves them to the front of
+every per-row buffer (`_row_buffers`: `ROW_BUFFERS` and the processors' `row_tensors()`) and of
+every layer's keys and values (a stable `argsort` of the finished flags, `index_select` /
+`index_copy_`, on the device), and the step continues on the first `b` rows, `b` the next power of
+two >= the live rows: a bucket runs at most `log2(B) + 1` step shapes, each its own CUDA graph (all
+captured before the prefill of the first compacting call, since a capture's warm-up runs steps; one
+graph pool), compiled step (`dynamic=False`) or eager step. The host keeps the original row of each
+position: `StreamChunk`s and `on_tokens`' cancels use the original numbering, and the tokens come
+back in the original row order. The prefill resets the bucket to all `B` rows.
+
+The step on `b < B` rows runs Qwen2 on a `StaticCache` whose layers are shallow copies of the
+bucket's (initialised) `StaticLayer`s with `keys`/`values` the views `[:b]` of the full tensors,
+`batch_size = b`, and the full layer's own `cumulative_length` tensor (`_cache_rows`): the update
+writes in place at the shared position, as for the full cache, and transformers sees an ordinary
+initialised static cache (checked on 5.17 and 5.24, whose initialised `StaticLayer` reads only
+`is_initialized`, `keys`, `values`, `cumulative_length`, `device` and `max_cache_len`). The
+per-row step buffers are likewise the views `[:b]` of the full ones (`_use_rows`), so
+`decode_step` itself is unchanged.
+Sampling stays that of `generate`: the noise is still drawn for all `B` rows in their original
+numbering (`[B, V]` from the one batch generator each step) and the step gathers its rows' noise by
+`order` (`_active_noise`), so each row keeps its own draw.
+
 The attention mask of a step is built here from the bucket's `[B, L]` key mask and handed to
 Qwen2 as its prepared mask mapping (`{"full_attention": mask}`): transformers' own mask builder
 reads tensors on the host in eager mode. SDPA and eager attention are supported; under
@@ -32,6 +55,8 @@ flash-attention the fast loop runs the LLM with SDPA (flash-attn's padded path s
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import inspect
 import logging
 import threading
@@ -52,7 +77,13 @@ LENGTH_BUCKET = 256  # cache lengths are rounded up to a multiple of this, so ne
 DEFAULT_CHECK_EVERY = 8  # decode steps between two host reads of the finished flags
 MAX_BUCKETS = 2  # buckets (caches + graphs) kept per model; the least recently used one is dropped
 _MASKED_ATTENTION = ("sdpa", "eager")
+# the decoder's per-row buffers (`[B, ...]`), moved by a compaction; `noise` is not one: it is drawn in the
+# original row numbering and gathered by `order` in the step
+ROW_BUFFERS = ("input_ids", "positions", "valid", "finished", "lengths", "generated", "out", "order")
 COMPILE_OPTIONS = {"mode": "reduce-overhead", "fullgraph": True}
+# dynamo's recompile limit while a compiled step compiles: `decode_step`'s code gets one entry per (bucket,
+# options structure, row count), past dynamo's default of 8 (which `fullgraph=True` turns into an error)
+COMPILED_STEPS_LIMIT = 64
 # Qwen2's forward names its cache argument `cache` in transformers >= 5.2x, `past_key_values` before
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 
@@ -131,10 +162,17 @@ class StaticDecoder:
         self.generated = zeros(batch_size, vocab, dtype=torch.bool)  # the repetition penalty's set
         self.noise = torch.ones(batch_size, vocab, dtype=torch.float32, device=self.device)  # Exp(1) draws
         self.out = zeros(batch_size, cache_len)
+        self.order = torch.arange(batch_size, device=self.device)  # the original row at each active position
         self.processors = ProcessorState.allocate(batch_size, vocab, self.device)
         self.structure: tuple | None = None
         self._steps: dict[tuple, Callable[[], None]] = {}
         self._pool = None
+        # compaction: the full-size per-row buffers, cache and processor state; the attributes above are
+        # views of their first `rows` rows (`_use_rows`), all `B` of them until a call compacts
+        self.rows = batch_size
+        self._full = {name: getattr(self, name) for name in ROW_BUFFERS}
+        self._full_cache, self._full_processors = self.cache, self.processors
+        self._views: dict[int, dict] = {batch_size: dict(self._full, cache=self.cache, processors=self.processors)}
 
     # ---- the device-only part ----------------------------------------------------------------------
 
@@ -149,7 +187,7 @@ class StaticDecoder:
     def select(self, logits: torch.Tensor) -> None:
         """Choose the next token of every row from `logits` `[B, V]` float32 and record it."""
         scores = process_scores(logits, self.step, self.generated, self.processors, self.structure)
-        tokens = choose_tokens(scores, self.processors, self.structure, self.noise)
+        tokens = choose_tokens(scores, self.processors, self.structure, self._active_noise() if self.structure[0] else None)
         tokens = torch.where(self.finished, self.processors.pad_token_id, tokens)  # (B,)
         self.out.index_copy_(1, self.step, tokens[:, None])
         self.lengths.add_((~self.finished).long())
@@ -158,6 +196,13 @@ class StaticDecoder:
         self.finished.logical_or_(self.processors.eos_mask[tokens])
         self.input_ids.copy_(tokens[:, None])
         self.step.add_(1)
+
+    def _active_noise(self) -> torch.Tensor:
+        """`[rows, V]`: the noise of the active rows (`noise` is drawn for all `B` rows, in their original
+        numbering, so a row's draw does not depend on compaction)."""
+        if self.order.shape[0] == self.noise.shape[0]:  # the full batch: `order` is the identity
+            return self.noise
+        return self.noise.index_select(0, self.order)
 
     def decode_step(self) -> None:
         """One decode step on the buffers: Qwen2 on the fed token of each row, `lm_head`, `select`."""
@@ -177,24 +222,45 @@ class StaticDecoder:
 
     # ---- capture -----------------------------------------------------------------------------------
 
-    def _step_function(self, structure: tuple) -> Callable[[], None]:
-        """The step for `structure`: eager, compiled, or a CUDA graph replay (captured on first use)."""
-        if structure in self._steps:
-            return self._steps[structure]
-        if self.graph == "eager":
-            step = self.decode_step
-        elif self.graph == "compile":
-            for buffer in self._buffers():
-                torch._dynamo.mark_static_address(buffer)
-            step = torch.compile(self.decode_step, **self.compile_options)
-        else:
-            step = self._capture()
-        self._steps[structure] = step
+    def _step_function(self, structure: tuple, rows: int) -> Callable[[], None]:
+        """The step for `structure` on the first `rows` rows: eager, compiled, or a CUDA graph replay
+        (captured on first use, which must come before the call's prefill: the warm-up runs steps)."""
+        key = (structure, rows)
+        if key in self._steps:
+            return self._steps[key]
+        active = self.rows
+        self._use_rows(rows)
+        try:
+            if self.graph == "eager":
+                step = self.decode_step
+            elif self.graph == "compile":
+                for buffer in self._buffers():
+                    torch._dynamo.mark_static_address(buffer)
+                # one compiled step per row count, never a dynamic batch dimension
+                compiled = torch.compile(self.decode_step, **{"dynamic": False, **self.compile_options})
+                step = self._compiles_once(compiled, key)
+            else:
+                step = self._capture()
+        finally:
+            self._use_rows(active)
+        self._steps[key] = step
         return step
+
+    def _compiles_once(self, compiled: Callable[[], None], key: tuple) -> Callable[[], None]:
+        """`compiled`, its first call (the compilation) under dynamo's recompile limit raised to
+        `COMPILED_STEPS_LIMIT`; the later calls are `compiled` itself."""
+
+        def first_call():
+            limit = max(torch._dynamo.config.recompile_limit, COMPILED_STEPS_LIMIT)
+            with torch._dynamo.config.patch(recompile_limit=limit):
+                compiled()
+            self._steps[key] = compiled
+
+        return first_call
 
     def _buffers(self) -> list[torch.Tensor]:
         return [self.input_ids, self.positions, self.slot, self.step, self.valid, self.finished, self.lengths,
-                self.generated, self.noise, self.out, *self.processors.tensors()]
+                self.generated, self.noise, self.out, self.order, *self.processors.tensors()]
 
     def _capture(self) -> Callable[[], None]:
         """Warm the step up on a side stream, then capture it; the state it leaves is reset by the prefill."""
@@ -212,11 +278,74 @@ class StaticDecoder:
             self.decode_step()
         return graph.replay
 
+    # ---- compaction ---------------------------------------------------------------------------------
+
+    def _row_buffers(self) -> list[torch.Tensor]:
+        """Every full-size per-row tensor of the step (`[B, ...]`): what a compaction permutes (the
+        cache's keys and values apart: `_compact` moves their live rows only)."""
+        return [self._full[name] for name in ROW_BUFFERS] + list(self._full_processors.row_tensors().values())
+
+    def _use_rows(self, rows: int) -> None:
+        """Point the step's per-row buffers, processor state and cache at the first `rows` rows (views,
+        made once per row count, so a captured or compiled step always reads the same tensors)."""
+        if rows not in self._views:
+            self._views[rows] = {name: full[:rows] for name, full in self._full.items()}
+            per_row = {name: t[:rows] for name, t in self._full_processors.row_tensors().items()}
+            self._views[rows]["processors"] = dataclasses.replace(self._full_processors, **per_row)
+            self._views[rows]["cache"] = self._cache_rows(rows)
+        for name, value in self._views[rows].items():
+            setattr(self, name, value)
+        self.rows = rows
+
+    def _cache_rows(self, rows: int) -> StaticCache:
+        """A `StaticCache` over the first `rows` rows of the bucket's cache.
+
+        A shallow copy of the full cache and of each of its (initialised) layers, whose `keys`/`values`
+        are views `[:rows]` of the full layer's tensors and whose `cumulative_length` is the full layer's
+        very tensor (so a step on either cache advances both); every other attribute (`is_initialized`,
+        `max_cache_len`, device, heads) stays the full layer's. `StaticLayer.update` then writes the new
+        keys of the `rows` rows in place, as it does for the full cache (transformers 5.17 and 5.24)."""
+        if not all(layer.is_initialized for layer in self._full_cache.layers):
+            raise RuntimeError("the bucket's cache is allocated by its first update (prefill or capture)")
+        view = copy.copy(self._full_cache)
+        view.layers = []
+        for full in self._full_cache.layers:
+            layer = copy.copy(full)
+            layer.keys, layer.values, layer.batch_size = full.keys[:rows], full.values[:rows], rows
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+            view.layers.append(layer)
+        return view
+
+    def _compact(self, finished: list[bool], order: list[int]) -> None:
+        """Move the live rows of the active ones to the front and continue on the next power of two of
+        them, when they are at most half of the active rows (`finished`: the host's flags of the active
+        rows; `order`: the host's original row of each position, updated in place).
+
+        Device-only: a stable `argsort` of the finished flags (live rows first, in order; the host makes
+        the same permutation from `finished`), then `index_select`/`index_copy_` of every per-row buffer
+        and of the live rows of each layer's keys and values."""
+        live = finished.count(False)
+        if live == 0 or live > self.rows // 2:
+            return
+        rows = 1 << (live - 1).bit_length()  # the next power of two >= live
+        permutation = torch.argsort(self.finished.to(torch.uint8), stable=True)  # (rows,) live positions first
+        front = torch.arange(self.rows, device=self.device)
+        for buffer in self._row_buffers():
+            buffer.index_copy_(0, front, buffer.index_select(0, permutation))
+        kept, moved = front[:live], permutation[:live]
+        for layer in self._full_cache.layers:
+            for states in (layer.keys, layer.values):
+                states.index_copy_(0, kept, states.index_select(0, moved))
+        by_flag = sorted(range(self.rows), key=finished.__getitem__)  # stable: the device permutation
+        order[: self.rows] = [order[position] for position in by_flag]
+        self._use_rows(rows)
+
     # ---- one call ----------------------------------------------------------------------------------
 
     def _prefill(self, batch: dict, model_kwargs: dict, options: SamplingOptions) -> torch.Tensor:
-        """Reset the bucket, run the prompt through the model's forward, copy its keys and values into the
-        static cache; `[B, V]` float32 logits of the last position.
+        """Reset the bucket (its `B` rows, made active by the caller), run the prompt through the model's
+        forward, copy its keys and values into the static cache; `[B, V]` float32 logits of the last position.
 
         The prefill itself uses the forward's own (dynamic) cache: its attention then spans the prompt
         only, with SDPA's causal kernel, instead of the whole bucket under a mask (and its numbers are
@@ -237,6 +366,7 @@ class StaticDecoder:
         self.lengths.zero_()
         self.generated.zero_()
         self.out.fill_(options.pad_token_id)
+        torch.arange(self.batch_size, out=self.order)
         return out.logits[:, -1].float()
 
     def generate(
@@ -248,6 +378,7 @@ class StaticDecoder:
         model_kwargs: dict | None = None,
         check_every: int = DEFAULT_CHECK_EVERY,
         on_tokens: OnTokens | None = None,
+        compact: bool = True,
     ) -> torch.Tensor:
         """New tokens `[B, n]` (CPU, long; `pad_token_id` after a row's end) for a placed processor batch.
 
@@ -260,6 +391,9 @@ class StaticDecoder:
             model_kwargs: more inputs for the prefill forward (`kmeans_generator`).
             check_every: decode steps between host reads of the finished flags (and stream chunks).
             on_tokens: streaming callback (`StreamChunk` per host check; returns rows to cancel).
+            compact: at a host check where at most half of the rows the step runs are still live, move
+                the live rows to the front and run the step on the next power of two of them (the
+                tokens are the same; False keeps every row in the step until the last one ends).
         """
         length = batch["input_ids"].shape[1]
         if batch["input_ids"].shape[0] != self.batch_size or length + options.max_new_tokens > self.cache_len:
@@ -268,9 +402,15 @@ class StaticDecoder:
                 f"bucket ({self.batch_size} rows x {self.cache_len} positions)"
             )
         check_generators(generator, options, self.batch_size)
+        if not isinstance(compact, bool):
+            raise TypeError(f"compact must be a bool, got {compact!r}")
+        self._use_rows(self.batch_size)
         self.structure = options.structure
         self.processors.load(options, self.batch_size)
-        step = self._step_function(self.structure)
+        step = self._step_function(self.structure, self.batch_size)
+        if compact and self.graph == "cuda_graph":  # every row count is captured before the prefill
+            for rows in compacted_row_counts(self.batch_size):
+                self._step_function(self.structure, rows)
         logits = self._prefill(batch, model_kwargs or {}, options)
 
         def draw():
@@ -279,31 +419,56 @@ class StaticDecoder:
 
         draw()
         self.select(logits)
+        order = list(range(self.batch_size))  # the host's original row at each active position
         done = 1
-        finished = on_tokens is not None and self._stream(on_tokens, 0, done)  # the first token at once
-        while done < options.max_new_tokens and not finished:
+        finished = self._check(on_tokens, 0, done, order) if on_tokens is not None else None  # the first token
+        while done < options.max_new_tokens and not (finished is not None and all(finished)):
+            if compact and finished is not None and self.rows > 1:
+                self._compact(finished, order)
+                step = self._step_function(self.structure, self.rows)
             burst = min(check_every, options.max_new_tokens - done)
             for _ in range(burst):
                 draw()
                 step()
             start, done = done, done + burst
-            # the host check: one sync per burst
-            finished = self._stream(on_tokens, start, done) if on_tokens is not None else bool(self.finished.all())
-        width = int(self.lengths.max())
-        return self.out[:, :width].to("cpu", copy=True)  # a copy: the buffer serves the next call
+            finished = self._check(on_tokens, start, done, order)  # the host check: one sync per burst
+        return self._tokens(order)
 
-    def _stream(self, on_tokens: OnTokens, start: int, stop: int) -> bool:
-        """Hand the tokens `[start, stop)` of each row to `on_tokens`, cancel the rows it returns;
-        True when every row has finished."""
-        tokens, lengths, finished = self.out[:, start:stop].tolist(), self.lengths.tolist(), self.finished.tolist()
-        chunk = StreamChunk([row[: max(0, n - start)] for row, n in zip(tokens, lengths)], finished)
+    def _check(self, on_tokens: OnTokens | None, start: int, stop: int, order: list[int]) -> list[bool]:
+        """The host check: the finished flags of the active rows (one read) and, when streaming, their
+        tokens `[start, stop)` handed to `on_tokens` in the original row numbering, the rows it returns
+        cancelled; the flags after the cancels."""
+        finished = self.finished.tolist()
+        if on_tokens is None:
+            return finished
+        tokens, lengths = self.out[:, start:stop].tolist(), self.lengths.tolist()
+        chunk = StreamChunk([[] for _ in order], [True] * len(order))  # rows compacted away: finished, no tokens
+        for position, (row, n, done) in enumerate(zip(tokens, lengths, finished)):
+            chunk.tokens[order[position]], chunk.finished[order[position]] = row[: max(0, n - start)], done
         cancel = sorted({int(r) for r in (on_tokens(chunk) or ())})
         if any(not 0 <= r < self.batch_size for r in cancel):
             raise ValueError(f"on_tokens returned rows {cancel}; rows are 0..{self.batch_size - 1}")
-        if cancel:
-            self.finished[cancel] = True
-            finished = [f or i in cancel for i, f in enumerate(finished)]
-        return all(finished)
+        positions = [order.index(r) for r in cancel]
+        live = [p for p in positions if p < self.rows and not finished[p]]
+        if live:
+            self.finished[live] = True
+            for p in live:
+                finished[p] = True
+        return finished
+
+    def _tokens(self, order: list[int]) -> torch.Tensor:
+        """The new tokens `[B, n]` on the CPU in the original row order (one read)."""
+        lengths, out = self._full["lengths"], self._full["out"]
+        width = int(lengths.max())
+        tokens = out[:, :width].to("cpu", copy=True)  # a copy: the buffer serves the next call
+        if order == sorted(order):
+            return tokens
+        return tokens[sorted(range(len(order)), key=order.__getitem__)]  # position of each original row
+
+
+def compacted_row_counts(batch_size: int) -> list[int]:
+    """The row counts a compacted step of a `batch_size` bucket runs: the powers of two below it."""
+    return [1 << k for k in range((batch_size - 1).bit_length()) if 1 << k < batch_size][::-1]
 
 
 class DecoderPool:
@@ -360,12 +525,13 @@ def fast_generate(
     graph: str = "auto",
     check_every: int = DEFAULT_CHECK_EVERY,
     on_tokens: OnTokens | None = None,
+    compact: bool = True,
 ) -> torch.Tensor:
     """New tokens `[B, n]` (CPU long) of `model` for a placed processor `batch`, with the fast loop.
 
     The bucket (`B` x the prompt length plus `max_new_tokens` rounded up to `LENGTH_BUCKET`) is
     taken from the model's pool or built (then kept, with its captured steps, for the next calls).
-    See `StaticDecoder.generate` for the arguments.
+    See `StaticDecoder.generate` for the arguments (`compact=False` keeps finished rows in the step).
     """
     graph = resolve_graph_mode(check_graph_mode(graph), model.device)
     check_every = check_every_steps(check_every)
@@ -374,4 +540,4 @@ def fast_generate(
     with pool.lock, masked_attention(model), torch.inference_mode():
         decoder = pool.get(model, batch_size, length + options.max_new_tokens, graph)
         return decoder.generate(batch, options, generator=generator, model_kwargs=model_kwargs,
-                                check_every=check_every, on_tokens=on_tokens)
+                                check_every=check_every, on_tokens=on_tokens, compact=compact)

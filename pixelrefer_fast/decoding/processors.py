@@ -71,10 +71,11 @@ class ProcessorState:
         return [self.penalty, self.sample_rows, self.temperature, self.top_p_cut, self.min_new_tokens,
                 self.eos_mask, self.suppress_mask, self.pad_token_id]
 
-    def row_tensors(self) -> list[torch.Tensor]:
-        """The per-row tensors (`[B, ...]`, row `r` at index `r` of dim 0): what a change of the
-        batch's rows (compaction) must permute, in place."""
-        return [self.sample_rows, self.temperature, self.top_p_cut]
+    def row_tensors(self) -> dict[str, torch.Tensor]:
+        """The per-row fields (`[B, ...]`, row `r` at index `r` of dim 0) by name: the fast loop's
+        compaction permutes them in place with its own per-row buffers and runs a compacted step on
+        their first rows."""
+        return {"sample_rows": self.sample_rows, "temperature": self.temperature, "top_p_cut": self.top_p_cut}
 
     def load(self, options: SamplingOptions, batch_size: int) -> None:
         """Write `options`' values (host -> device copies; no sync)."""

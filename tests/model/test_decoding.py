@@ -310,6 +310,39 @@ SAMPLING_CASES = [
 ]
 
 
+def _guard_steps(decoder, monkeypatch, events):
+    """Host reads raise inside the decoder's steps, `select` and compactions; steps (with their row
+    count), compactions and checks (a `tolist`, the host check's read) recorded in `events`."""
+    step, select, compact = decoder.decode_step, decoder.select, decoder._compact
+
+    def guarded_step():
+        events.append(("step", decoder.rows))
+        with _host_reads_raise():
+            step()
+
+    def guarded_select(logits):
+        with _host_reads_raise():
+            select(logits)
+
+    def guarded_compact(finished, order):
+        rows = decoder.rows
+        with _host_reads_raise():
+            compact(finished, order)
+        if decoder.rows != rows:
+            events.append("compact")
+
+    original_tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        events.append("check")
+        return original_tolist(self)
+
+    monkeypatch.setattr(decoder, "decode_step", guarded_step)
+    monkeypatch.setattr(decoder, "select", guarded_select)
+    monkeypatch.setattr(decoder, "_compact", guarded_compact)
+    return lambda on: monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist if on else original_tolist)
+
+
 @FULL_ONLY
 @pytest.mark.parametrize("sampling, generator", SAMPLING_CASES)
 def test_decode_loop_reads_the_host_only_at_checks(setup, monkeypatch, sampling, generator):
@@ -319,36 +352,47 @@ def test_decode_loop_reads_the_host_only_at_checks(setup, monkeypatch, sampling,
                               {"eos_token_id": NEVER, "min_new_tokens": 10, **sampling}, batch_size=2).sampling
     decoder = StaticDecoder(model, 2, 256, "eager")
     events = []
-    step, select = decoder.decode_step, decoder.select
-
-    def guarded_step():
-        events.append("step")
-        with _host_reads_raise():
-            step()
-
-    def guarded_select(logits):
-        with _host_reads_raise():
-            select(logits)
-
-    original_bool = torch.Tensor.__bool__
-
-    def counted_bool(self):
-        events.append("check")
-        return original_bool(self)
-
-    monkeypatch.setattr(decoder, "decode_step", guarded_step)
-    monkeypatch.setattr(decoder, "select", guarded_select)
+    count_checks = _guard_steps(decoder, monkeypatch, events)
     with torch.inference_mode(), pixelrefer_kernels.force("torch"):
         model_kwargs = {"kmeans_generator": torch.Generator().manual_seed(0)}
         reference = decoder.generate(batch, options, generator=generator(), model_kwargs=model_kwargs, check_every=4)
-        monkeypatch.setattr(torch.Tensor, "__bool__", counted_bool)
+        count_checks(True)
         events.clear()
         tokens = decoder.generate(batch, options, generator=generator(),
                                   model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)}, check_every=4)
-        monkeypatch.setattr(torch.Tensor, "__bool__", original_bool)
-    loop = events[events.index("step"):]
-    assert loop == ["step"] * 4 + ["check"] + ["step"] * 4 + ["check"] + ["step", "check"], loop
+        count_checks(False)
+    loop = events[events.index(("step", 2)):]
+    assert loop == [("step", 2)] * 4 + ["check"] + [("step", 2)] * 4 + ["check"] + [("step", 2), "check"], loop
     assert tokens.shape == (2, 10) and torch.equal(tokens, reference)
+
+
+@FULL_ONLY
+@pytest.mark.parametrize("sampling, generator", SAMPLING_CASES)
+def test_compacted_decode_loop_reads_the_host_only_at_checks(setup, monkeypatch, sampling, generator):
+    """Row 0 cancelled after 3 tokens: the compaction and the one-row steps read nothing on the host
+    (per-row values: the sampled row 1 is moved to the front with its own temperature and top-p)."""
+    variant, model, processor, batches = setup
+    options = resolve_options(model.generation_config, processor.tokenizer, 10,
+                              {"eos_token_id": NEVER, **sampling}, batch_size=2).sampling
+    decoder = StaticDecoder(model, 2, 256, "eager")
+    events = []
+    count_checks = _guard_steps(decoder, monkeypatch, events)
+    results = {}
+    with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+        for compact in (False, True):
+            count_checks(True)
+            events.clear()
+            results[compact] = decoder.generate(
+                batches[2], options, generator=generator(), compact=compact, check_every=2,
+                model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)},
+                on_tokens=lambda chunk: [0] if sum(chunk.finished) == 0 and len(chunk.tokens[0]) == 2 else None)
+            count_checks(False)
+    # checks read the finished flags, the tokens and the lengths: 3 reads each (the first after the prefill)
+    check = ["check"] * 3
+    loop = events[events.index(("step", 2)):]
+    assert loop == [("step", 2)] * 2 + check + ["compact"] + ([("step", 1)] * 2 + check) * 3 + [("step", 1)] + check
+    assert torch.equal(results[True], results[False])
+    assert (results[True][0, 3:] == options.pad_token_id).all()
 
 
 @FULL_ONLY
@@ -477,3 +521,56 @@ def test_cuda_graph_replays_without_host_sync(cuda_setup, monkeypatch):
         tokens = decoder.generate(batch, options, model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)},
                                   check_every=4)
     assert tokens.shape == (2, 9) and len(replays) == 8
+
+
+def _cancel_row_0_after(n):
+    """`on_tokens` cancelling row 0 once it has `n` tokens."""
+    received = []
+
+    def on_tokens(chunk):
+        received.extend(chunk.tokens[0])
+        return [0] if len(received) >= n else None
+    return on_tokens
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("options", [pytest.param({}, id="greedy"), pytest.param({"do_sample": True}, id="sample")])
+def test_cuda_compacted_step_matches_hf(cuda_setup, options):
+    """Row 0 cancelled after 3 tokens: row 1 finishes on the one-row CUDA graph (the compiled compacted
+    steps are checked on the CPU, `tests/model/test_compaction.py`, to keep the GPU window short)."""
+    model, processor, batch = cuda_setup
+    graph = "cuda_graph"
+    plan = resolve_options(model.generation_config, processor.tokenizer, NEW, {"eos_token_id": NEVER, **options})
+    with pixelrefer_kernels.force("torch"):
+        hf = generate_new_tokens(model, batch, plan, decoding="hf", seed=5, on_tokens=_cancel_row_0_after(3))
+        first = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph,
+                                    on_tokens=_cancel_row_0_after(3))
+        again = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph,
+                                    on_tokens=_cancel_row_0_after(3))
+        whole = generate_new_tokens(model, batch, plan, decoding="fast", seed=5, graph=graph)
+    assert torch.equal(first, hf), f"{graph}: fast {first.tolist()} != hf {hf.tolist()}"
+    assert torch.equal(again, first) and torch.equal(whole[1], first[1]) and torch.equal(whole[0, :3], first[0, :3])
+
+
+@pytest.mark.gpu
+def test_cuda_compacted_graph_replays_without_host_sync(cuda_setup, monkeypatch):
+    model, processor, batch = cuda_setup
+    options = resolve_options(model.generation_config, processor.tokenizer, 9, {"eos_token_id": NEVER}).sampling
+    decoder = StaticDecoder(model, 2, 256, "cuda_graph")
+    compact = decoder._compact
+
+    def no_sync(function, *args):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            function(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(decoder, "_compact", lambda *args: no_sync(compact, *args))
+    with torch.inference_mode(), pixelrefer_kernels.force("torch"):
+        tokens = decoder.generate(batch, options, model_kwargs={"kmeans_generator": torch.Generator().manual_seed(0)},
+                                  check_every=2, on_tokens=_cancel_row_0_after(3))
+        steps = {key[1]: step for key, step in decoder._steps.items()}
+        assert sorted(steps) == [1, 2] and decoder.rows == 1
+        no_sync(steps[1])  # the one-row graph replays without a sync
+    assert tokens.shape == (2, 9) and (tokens[0, 3:] == options.pad_token_id).all()
