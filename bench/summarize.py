@@ -67,7 +67,7 @@ def import_outdir(outdir: Path, profiles: Path = PROFILES) -> list[Path]:
     return written
 
 
-def _newest_bench(folder: Path) -> Path | None:
+def newest_bench(folder: Path) -> Path | None:
     """The benchmark file measured last (by its recorded timestamp; names sort by SHA within a day)."""
     files = list(folder.glob("*_bench.json"))
     if not files:
@@ -118,7 +118,7 @@ def render_summary(profiles: Path = PROFILES) -> str:
     folders = sorted(p for p in profiles.iterdir() if p.is_dir()) if profiles.is_dir() else []
     found = False
     for folder in folders:
-        newest = _newest_bench(folder)
+        newest = newest_bench(folder)
         if newest is None:
             continue
         found = True

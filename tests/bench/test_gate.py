@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import gate
+from bench.summarize import newest_bench
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_FLOORS = gate.load_thresholds(gate.THRESHOLDS, "cpu")
@@ -22,9 +23,9 @@ CPU_FLOORS = gate.load_thresholds(gate.THRESHOLDS, "cpu")
 @pytest.fixture(scope="module")
 def committed() -> dict:
     """The newest committed CPU results."""
-    files = sorted((REPO / "profiles" / "cpu").glob("*_bench.json"))
-    assert files, "profiles/cpu/ holds no committed *_bench.json"
-    return json.loads(files[-1].read_text())
+    newest = newest_bench(REPO / "profiles" / "cpu")  # the one SUMMARY.md shows
+    assert newest is not None, "profiles/cpu/ holds no committed *_bench.json"
+    return json.loads(newest.read_text())
 
 
 def _write(tmp_path: Path, results: dict, name: str = "results.json") -> Path:
