@@ -276,13 +276,17 @@ def test_varlen_attention_paths_agree_with_float64_reference(case):
     dtype, args, scale = case["dtype"], attention_args(case), case["scale"]
     ref64 = varlen_attention_ref(*attention_call(args, torch.float64), softmax_scale=scale)
     base = varlen_attention_ref(*attention_call(args, dtype), softmax_scale=scale)
+    # the fast paths sum the head_dim-long score dot products and the key-long weighted sums of V in
+    # other orders than the reference: rounding errors of both reorderings add up
+    reduction = case["head_dim"] + max((k for _, k in case["segments"]), default=1)
     for path in [*paths(dtype, dot=True), "sdpa", "eager"]:
         if path == "torch":
             continue  # the torch family is sdpa and eager, named one by one
         out = run(path, "varlen_attention", varlen_attention, *attention_call(args, dtype, case["layouts"]), softmax_scale=scale)
         assert out.dtype == dtype and out.shape == ref64.shape
         assert_finite(f"varlen {path}", out)
-        assert_close(out, ref64, name=f"varlen {path}", baseline=base, atol=atol(dtype, ref64), rel_tol=REL_TOL[dtype])
+        assert_close(out, ref64, name=f"varlen {path}", baseline=base, atol=atol(dtype, ref64, reduction),
+                     rel_tol=REL_TOL[dtype])
 
 
 ATTENTION_CORRUPTIONS = ("nan_k", "inf_q", "overflow", "cu_end", "heads", "cu_dtype")
