@@ -9,7 +9,7 @@ pyarrow is needed for the output (`pip install "pixelrefer-fast[caption]"`), Ray
 engine (`[ray]`); both are imported only when used.
 """
 
-from .captioner import Captioner, checkpoint_config_hash, make_run_info
+from .captioner import Captioner, checkpoint_config_hash, make_run_info, task_seed
 from .job import CaptionSummary, pending_tasks, plan_units
 from .output import ShardWriter, read_captions
 from .prepare import PreparedUnit, decode_region, prepare_unit
@@ -29,4 +29,5 @@ __all__ = [
     "prepare_unit",
     "read_captions",
     "read_tasks",
+    "task_seed",
 ]

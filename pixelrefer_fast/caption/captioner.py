@@ -3,6 +3,10 @@
 `Captioner` holds the model, its processor and the run's settings; `rows(unit)` runs one batched
 `describe(inputs=...)` on the unit's processor output and returns one row per task (`output.SCHEMA`),
 error rows included. Both engines use it (the Ray engine inside its model actor).
+
+Each task's randomness (the parity k-means init, sampling when asked for) comes from its own seed,
+`task_seed(run seed, task)`, passed to `describe` as a per-item seed: an annotation's caption does not
+depend on the other annotations of its batch, so batch size, engine and resume points do not change it.
 """
 
 from __future__ import annotations
@@ -36,11 +40,22 @@ def checkpoint_config_hash(model_dir: str | Path) -> str:
     return config_hash(files)
 
 
-def make_run_info(model_name: str, config_digest: str, max_new_tokens: int, **generate_kwargs: Any) -> dict[str, str]:
-    """The run's constant columns: `model`, `config_hash` and `decoding` (JSON of the settings)."""
+def task_seed(seed: int, task: CaptionTask) -> int:
+    """The seed of one task's randomness: a hash of the run's `seed`, the task's image and annotation ids
+    (0 <= value < 2**63)."""
+    key = f"{seed}/{task.image_id}/{task.annotation_id}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
+
+
+def make_run_info(model_name: str, config_digest: str, max_new_tokens: int, *, seed: int = 0,
+                  **generate_kwargs: Any) -> dict[str, str]:
+    """The run's constant columns: `model`, `config_hash` and `decoding` (JSON of the settings: the
+    `describe` options and the run's `seed`)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    decoding = json.dumps({"max_new_tokens": max_new_tokens, **generate_kwargs}, sort_keys=True)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
+    decoding = json.dumps({"max_new_tokens": max_new_tokens, "seed": seed, **generate_kwargs}, sort_keys=True)
     return {"model": model_name, "config_hash": config_digest, "decoding": decoding}
 
 
@@ -50,7 +65,7 @@ class Captioner:
     Args:
         model, processor: the checkpoint's model and processor.
         run_info: `make_run_info`'s columns (`decoding` holds `max_new_tokens` and the
-            `describe` options, which are passed on).
+            `describe` options, which are passed on, and the run's `seed`).
     """
 
     def __init__(self, model, processor, *, run_info: dict[str, str]):
@@ -58,6 +73,7 @@ class Captioner:
         self.processor = processor
         self.run_info = dict(run_info)
         self.decoding = json.loads(run_info["decoding"])
+        self.seed = self.decoding.pop("seed", 0)
 
     def rows(self, unit: PreparedUnit) -> list[dict[str, Any]]:
         """One row per task of the unit: captions for the prepared tasks, error rows for the failed ones.
@@ -70,7 +86,9 @@ class Captioner:
         if unit.inputs is None:
             return rows
         try:
-            details = self.model.describe(self.processor, inputs=unit.inputs, return_details=True, **self.decoding)
+            seeds = [task_seed(self.seed, task) for task in unit.tasks]
+            details = self.model.describe(self.processor, inputs=unit.inputs, return_details=True, seed=seeds,
+                                          **self.decoding)
         except (ValueError, TypeError) as exc:
             logger.warning("a batch of %d failed in the model: %s", len(unit.tasks), exc)
             message = f"{type(exc).__name__}: " + " ".join(str(exc).split())

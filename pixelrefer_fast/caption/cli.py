@@ -45,6 +45,9 @@ def add_caption_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"generation budget per caption (default {DEFAULT_MAX_NEW_TOKENS}; captions stop at eos)")
     parser.add_argument("--shard-size", type=int, default=1000, help="rows per Parquet shard (default 1000)")
     parser.add_argument("--limit", type=int, help="caption only the first N annotations, in file order")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds each annotation's randomness (the parity k-means init) from this value and its "
+                        "ids, so a caption does not depend on its batch, the engine or a resume (default 0)")
     parser.add_argument("--workers", type=int, help="local: preparing processes (default min(4, cores - 1); 0 = none)")
     parser.add_argument("--prefetch", type=int, default=2, help="local: batches each worker prepares ahead (default 2)")
     parser.add_argument("--actors", type=int,
@@ -77,7 +80,8 @@ def run_caption(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.actors is not None and args.actors < 1:
         raise ValueError(f"--actors must be >= 1, got {args.actors}")
-    run_info = make_run_info(Path(args.model).resolve().name, checkpoint_config_hash(args.model), args.max_new_tokens)
+    run_info = make_run_info(Path(args.model).resolve().name, checkpoint_config_hash(args.model), args.max_new_tokens,
+                             seed=args.seed)
     out = Path(args.out)
     check_compatible(out, run_info)
     tasks = read_tasks(args.annotations, args.images, question=args.question, limit=args.limit)

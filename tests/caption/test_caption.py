@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("pycocotools")
 
+from pixelrefer_fast.caption.captioner import task_seed  # noqa: E402
 from pixelrefer_fast.caption.job import plan_units  # noqa: E402
 from pixelrefer_fast.caption.output import SHARD_GLOB, TMP_GLOB, read_captions, read_manifest  # noqa: E402
 from pixelrefer_fast.caption.prepare import decode_region, polygons_to_mask  # noqa: E402
@@ -29,6 +30,7 @@ from pixelrefer_fast.image_processing_pixelrefer_fast import load_image  # noqa:
 from pixelrefer_fast.loading import load_model_and_processor  # noqa: E402
 from tests.caption.coco_fixture import ALL_IDS, ERROR_IDS, make_caption_checkpoint, make_coco_dataset  # noqa: E402
 from tests.model.fixtures import DEMO_DIR  # noqa: E402
+from tests.serve.helpers import make_serving_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not DEMO_DIR.is_dir(), reason="demo photos not found")
 TOKENS = "4"
@@ -123,7 +125,7 @@ def test_captions_equal_describe(dataset, tmp_path, capsys, batch_size, workers)
     assert "does not exist" in rows["9"]["error"] and "RLE counts add up to 15 pixels" in rows["6"]["error"]
     manifest = read_manifest(tmp_path / "out")
     assert manifest["rows"] == 9 and len(manifest["shards"]) == 3
-    assert json.loads(manifest["decoding"]) == {"max_new_tokens": int(TOKENS)}
+    assert json.loads(manifest["decoding"]) == {"max_new_tokens": int(TOKENS), "seed": 0}
 
     model, processor = load_model_and_processor(str(model_dir), device="cpu")
     tasks = [t for t in read_tasks(annotations, images) if t.annotation_id not in ERROR_IDS]
@@ -173,6 +175,7 @@ def test_resume_after_sigkill(dataset, tmp_path, capsys):
         pytest.param(["--question", "Describe the image."], "exactly one '<region>'", id="question-without-region"),
         pytest.param(["--batch-size", "0"], "--batch-size must be >= 1", id="batch-size"),
         pytest.param(["--limit", "0"], "--limit must be >= 1", id="limit"),
+        pytest.param(["--seed", "-1"], "--seed must be an integer in [0, 2**63)", id="seed"),
     ],
 )
 def test_bad_input_exits_2(dataset, tmp_path, capsys, extra, message):
@@ -216,3 +219,27 @@ def test_jsonl_records_with_several_regions(dataset, tmp_path, capsys):
                               questions=[records[0]["question"]], max_new_tokens=int(TOKENS))
     assert rows["pair"]["caption"] == expected[0] and rows["pair"]["error"] is None
     assert rows["one"]["image_id"] == "8.jpg" and rows["one"]["error"] is None
+
+
+def test_parity_init_captions_do_not_depend_on_the_batch(dataset, tmp_path, capsys):
+    """With the parity (random) k-means init, each annotation draws from its own seed: batch size 1 and 4
+    give the same captions, each equal to `describe()` of that annotation alone with `task_seed`; another
+    `--seed` changes them."""
+    root, annotations, images, _ = dataset
+    model_dir = make_serving_checkpoint(tmp_path / "parity")  # visible, input-dependent text; parity init
+    runs = {}
+    for name, extra in {"b1": ("--batch-size", "1"), "b4": ("--batch-size", "4"),
+                        "other-seed": ("--batch-size", "4", "--seed", "7")}.items():
+        args = ["caption", "--model", str(model_dir), "--annotations", str(annotations), "--images", str(images),
+                "--out", str(tmp_path / name), "--max-new-tokens", "8", "--device", "cpu", "--no-progress",
+                "--workers", "0", *extra]
+        assert main(args) == 0, capsys.readouterr().err
+        runs[name] = {k: row["caption"] for k, row in _by_id(tmp_path / name).items() if row["error"] is None}
+    assert runs["b1"] == runs["b4"]
+    assert runs["other-seed"] != runs["b4"]  # the init matters for these regions, so the test can fail
+    model, processor = load_model_and_processor(str(model_dir), device="cpu")
+    for task in [t for t in read_tasks(annotations, images) if t.annotation_id not in ERROR_IDS][:3]:
+        image = load_image(task.image)
+        alone = model.describe(processor, images=[task.image], masks=[[decode_region(task.regions[0], *image.shape[:2])]],
+                               questions=[task.question], max_new_tokens=8, seed=[task_seed(0, task)])
+        assert runs["b4"][task.annotation_id] == alone[0]
