@@ -31,7 +31,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,6 +44,7 @@ from pixelrefer_fast.caption.local_engine import run_local  # noqa: E402
 from pixelrefer_fast.caption.output import ShardWriter  # noqa: E402
 from pixelrefer_fast.caption.prepare import decode_region  # noqa: E402
 from pixelrefer_fast.caption.records import read_tasks  # noqa: E402
+from pixelrefer_fast.masks import encode_rle  # noqa: E402
 from pixelrefer_fast.profiling.presets import ArchPreset, LLMShape, RegionShape, VisionShape, get_preset  # noqa: E402
 from pixelrefer_fast.profiling.sample import sample_scene  # noqa: E402
 from pixelrefer_fast.profiling.stages import build_model, make_processor  # noqa: E402
@@ -62,14 +62,6 @@ TINY = ArchPreset(
 PRESETS = {"tiny": TINY, "cpu-default": get_preset("cpu-default")}
 
 
-def _rle(mask: np.ndarray) -> dict:
-    """Uncompressed COCO RLE (column-major runs, background first)."""
-    flat = mask.T.reshape(-1)
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return {"size": list(mask.shape), "counts": [0, *runs] if flat[0] else runs}
-
-
 @pytest.fixture(scope="module")
 def records():
     from PIL import Image
@@ -81,7 +73,7 @@ def records():
         Image.fromarray(scene.image).save(root / f"{i}.jpg", quality=90)
         images.append({"id": i, "file_name": f"{i}.jpg", "height": IMAGE_SIZE[1], "width": IMAGE_SIZE[0]})
         for mask in scene.masks:
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "iscrowd": 1, "segmentation": _rle(mask)})
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "iscrowd": 1, "segmentation": encode_rle(mask)})
     (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     yield root
     shutil.rmtree(root, ignore_errors=True)
