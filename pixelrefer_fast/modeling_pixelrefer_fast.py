@@ -54,6 +54,7 @@ from .configuration_pixelrefer_fast import (
     PixelReferFastConfig,
     PixelReferFastLiteConfig,
 )
+from .decoding.prefix import SharedPrefixes, shared_prefixes
 from .defaults import DEFAULT_MAX_NEW_TOKENS
 from .modeling_infusion import PixelReferFastLiteRegionEncoder
 from .modeling_projector import PixelReferFastProjector
@@ -155,7 +156,8 @@ class PixelReferFastBatch:
     (masks as uint8, offsets, box coefficients, kept token rows). Host facts: the vision grids, merge
     sizes and layout (`vision_packing`), `vision_rows` (rows per source), the image grids, the
     region sizes and counts (`regions`), Lite's view offsets (`lite_views`), `has_padding` (the
-    attention mask holds a 0) and `sequence_shape` (B, T). The encoders take it as checked: nothing
+    attention mask holds a 0), `sequence_shape` (B, T) and `shared_prefixes` (rows whose prompts
+    begin with the same tokens and image, which the fast loop prefills once: `decoding.prefix`). The encoders take it as checked: nothing
     is read back from the device between `place_inputs` and the first logits (SDPA/eager attention,
     deterministic k-means init; the parity init draws from its CPU generator, on the host).
     """
@@ -176,6 +178,7 @@ class PixelReferFastBatch:
     kmeans_generator: torch.Generator | None
     has_padding: bool
     sequence_shape: tuple[int, ...]
+    shared_prefixes: SharedPrefixes | None = None
 
     def device_tensors(self) -> list[torch.Tensor]:
         """The tensors that live on the model's device (what a host read would have to sync on)."""
@@ -495,10 +498,15 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         grid = torch.cat([g for _, _, g, _ in sources]) if sources else None
         merge = torch.cat([m for _, _, _, m in sources]) if sources else None
         packing = pack_layout(grid, merge, pixels.shape[0], device) if sources else None
+        host_mask = None
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
-            has_padding = not bool(attention_mask.detach().to("cpu").bool().all())
+            host_mask = attention_mask.detach().to("cpu")
+            has_padding = not bool(host_mask.bool().all())
         else:  # none, or a prepared mask (generate's static cache): used as it is
             has_padding = attention_mask is not None
+        shared = None
+        if image_rows is not None and (host_mask is not None or attention_mask is None):
+            shared = shared_prefixes(host_ids, host_mask, image_slots, rows, region_slots)
         return PixelReferFastBatch(
             pixel_values=pixels,
             vision_grid_thw=grid,
@@ -516,6 +524,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
             kmeans_generator=inputs.kmeans_generator,
             has_padding=has_padding,
             sequence_shape=tuple(host_ids.shape),
+            shared_prefixes=shared,
         )
 
     def _check_region_inputs(self, inputs: PixelReferFastInputs) -> None:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 import logging
 import threading
 from collections import OrderedDict
@@ -68,6 +67,7 @@ import torch
 from transformers import Qwen2Model, StaticCache
 
 from .options import SamplingOptions
+from .prefix import CACHE_KEYWORD, prompt_cache, shared_prefill
 from .processors import Generators, ProcessorState, check_generators, choose_tokens, draw_noise, process_scores
 
 logger = logging.getLogger("pixelrefer_fast")
@@ -84,8 +84,6 @@ COMPILE_OPTIONS = {"mode": "reduce-overhead", "fullgraph": True}
 # dynamo's recompile limit while a compiled step compiles: `decode_step`'s code gets one entry per (bucket,
 # options structure, row count), past dynamo's default of 8 (which `fullgraph=True` turns into an error)
 COMPILED_STEPS_LIMIT = 64
-# Qwen2's forward names its cache argument `cache` in transformers >= 5.2x, `past_key_values` before
-CACHE_KEYWORD = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -343,19 +341,24 @@ class StaticDecoder:
 
     # ---- one call ----------------------------------------------------------------------------------
 
-    def _prefill(self, batch: dict, model_kwargs: dict, options: SamplingOptions) -> torch.Tensor:
+    def _prefill(self, batch: dict, model_kwargs: dict, options: SamplingOptions, share_prefixes: bool) -> torch.Tensor:
         """Reset the bucket (its `B` rows, made active by the caller), run the prompt through the model's
         forward, copy its keys and values into the static cache; `[B, V]` float32 logits of the last position.
 
         The prefill itself uses the forward's own (dynamic) cache: its attention then spans the prompt
         only, with SDPA's causal kernel, instead of the whole bucket under a mask (and its numbers are
-        those of `generate`'s prefill)."""
+        those of `generate`'s prefill). Rows sharing a prompt prefix (`share_prefixes`) go through
+        `prefix.shared_prefill` instead: each shared prefix once, then the rest of every row."""
         attention_mask = batch["attention_mask"]
         length = attention_mask.shape[1]
-        out = self.model(**batch, **model_kwargs, use_cache=True, logits_to_keep=1, return_dict=True)
-        prompt_cache = next(out[key] for key in ("cache", "past_key_values") if out.get(key) is not None)
+        plan = getattr(batch.get("multimodal_inputs"), "shared_prefixes", None)
+        if plan is not None and share_prefixes:
+            logits, cache = shared_prefill(self.model, batch, plan, model_kwargs)
+        else:
+            out = self.model(**batch, **model_kwargs, use_cache=True, logits_to_keep=1, return_dict=True)
+            logits, cache = out.logits[:, -1].float(), prompt_cache(out)
         self.cache.reset()
-        for index, layer in enumerate(prompt_cache.layers):
+        for index, layer in enumerate(cache.layers):
             self.cache.update(layer.keys, layer.values, index)
         self.valid.zero_()
         self.valid[:, :length] = attention_mask.bool()
@@ -367,7 +370,7 @@ class StaticDecoder:
         self.generated.zero_()
         self.out.fill_(options.pad_token_id)
         torch.arange(self.batch_size, out=self.order)
-        return out.logits[:, -1].float()
+        return logits
 
     def generate(
         self,
@@ -379,6 +382,7 @@ class StaticDecoder:
         check_every: int = DEFAULT_CHECK_EVERY,
         on_tokens: OnTokens | None = None,
         compact: bool = True,
+        share_prefixes: bool = True,
     ) -> torch.Tensor:
         """New tokens `[B, n]` (CPU, long; `pad_token_id` after a row's end) for a placed processor batch.
 
@@ -394,6 +398,9 @@ class StaticDecoder:
             compact: at a host check where at most half of the rows the step runs are still live, move
                 the live rows to the front and run the step on the next power of two of them (the
                 tokens are the same; False keeps every row in the step until the last one ends).
+            share_prefixes: when the packed inputs found rows with the same prompt prefix (the same
+                image: `prefix.SharedPrefixes`), prefill each such prefix once (`prefix.shared_prefill`);
+                False runs every row's whole prompt.
         """
         length = batch["input_ids"].shape[1]
         if batch["input_ids"].shape[0] != self.batch_size or length + options.max_new_tokens > self.cache_len:
@@ -404,6 +411,8 @@ class StaticDecoder:
         check_generators(generator, options, self.batch_size)
         if not isinstance(compact, bool):
             raise TypeError(f"compact must be a bool, got {compact!r}")
+        if not isinstance(share_prefixes, bool):
+            raise TypeError(f"share_prefixes must be a bool, got {share_prefixes!r}")
         self._use_rows(self.batch_size)
         self.structure = options.structure
         self.processors.load(options, self.batch_size)
@@ -411,7 +420,7 @@ class StaticDecoder:
         if compact and self.graph == "cuda_graph":  # every row count is captured before the prefill
             for rows in compacted_row_counts(self.batch_size):
                 self._step_function(self.structure, rows)
-        logits = self._prefill(batch, model_kwargs or {}, options)
+        logits = self._prefill(batch, model_kwargs or {}, options, share_prefixes)
 
         def draw():
             if options.do_sample:
@@ -526,12 +535,14 @@ def fast_generate(
     check_every: int = DEFAULT_CHECK_EVERY,
     on_tokens: OnTokens | None = None,
     compact: bool = True,
+    share_prefixes: bool = True,
 ) -> torch.Tensor:
     """New tokens `[B, n]` (CPU long) of `model` for a placed processor `batch`, with the fast loop.
 
     The bucket (`B` x the prompt length plus `max_new_tokens` rounded up to `LENGTH_BUCKET`) is
     taken from the model's pool or built (then kept, with its captured steps, for the next calls).
-    See `StaticDecoder.generate` for the arguments (`compact=False` keeps finished rows in the step).
+    See `StaticDecoder.generate` for the arguments (`compact=False` keeps finished rows in the step,
+    `share_prefixes=False` prefills every row's whole prompt).
     """
     graph = resolve_graph_mode(check_graph_mode(graph), model.device)
     check_every = check_every_steps(check_every)
@@ -540,4 +551,5 @@ def fast_generate(
     with pool.lock, masked_attention(model), torch.inference_mode():
         decoder = pool.get(model, batch_size, length + options.max_new_tokens, graph)
         return decoder.generate(batch, options, generator=generator, model_kwargs=model_kwargs,
-                                check_every=check_every, on_tokens=on_tokens, compact=compact)
+                                check_every=check_every, on_tokens=on_tokens, compact=compact,
+                                share_prefixes=share_prefixes)
