@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from bench.harness import run_pair
+from bench.shapes import TINY_PRESET
 
 pytest.importorskip("pyarrow")
 
@@ -44,21 +45,14 @@ from pixelrefer_fast.caption.output import ShardWriter  # noqa: E402
 from pixelrefer_fast.caption.prepare import decode_region  # noqa: E402
 from pixelrefer_fast.caption.records import read_tasks  # noqa: E402
 from pixelrefer_fast.masks import encode_rle  # noqa: E402
-from pixelrefer_fast.profiling.presets import ArchPreset, LLMShape, RegionShape, VisionShape, get_preset  # noqa: E402
+from pixelrefer_fast.profiling.presets import get_preset  # noqa: E402
 from pixelrefer_fast.profiling.sample import sample_scene  # noqa: E402
 from pixelrefer_fast.profiling.stages import build_model, make_processor  # noqa: E402
 from pixelrefer_fast.profiling.sweep import SweepPoint  # noqa: E402
 
 IMAGES, REGIONS, NEW_TOKENS, BATCH = 4, 4, 8, 8
 IMAGE_SIZE = (336, 252)
-TINY = ArchPreset(
-    name="tiny", description="the tests' tiny checkpoint sizes",
-    vision=VisionShape(hidden_size=48, intermediate_size=80, num_layers=2, num_heads=2),
-    llm=LLMShape(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                 vocab_size=32768),
-    region=RegionShape(mask_num=4),
-)
-PRESETS = {"tiny": TINY, "cpu-default": get_preset("cpu-default")}
+PRESETS = {"tiny": TINY_PRESET, "cpu-default": get_preset("cpu-default")}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +80,8 @@ def _model(name: str):
         _built.clear()
         preset = PRESETS[name]
         built = build_model(preset, "full", torch.device("cpu"), torch.float32)
-        built.model.config.kmeans_init = "deterministic"
+        # the region encoder copied the config's init when it was built: both are switched
+        built.model.config.kmeans_init = built.model.model.region_encoder.kmeans_init = "deterministic"
         point = SweepPoint(variant="full", regions=REGIONS, mask_num=preset.region.mask_num, image_size=IMAGE_SIZE,
                            max_tokens=None, frames=1, batch=BATCH)
         _built.update(name=name, model=built.model, processor=make_processor(built, preset, point, share_images=True))

@@ -29,22 +29,16 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from bench.harness import run_pair  # noqa: E402
+from bench.shapes import TINY_PRESET  # noqa: E402
 from pixelrefer_fast.masks import encode_rle  # noqa: E402
-from pixelrefer_fast.profiling.presets import ArchPreset, LLMShape, RegionShape, VisionShape, get_preset  # noqa: E402
+from pixelrefer_fast.profiling.presets import get_preset  # noqa: E402
 from pixelrefer_fast.profiling.sample import sample_scene  # noqa: E402
 from pixelrefer_fast.profiling.stages import build_model, make_processor  # noqa: E402
 from pixelrefer_fast.profiling.sweep import SweepPoint  # noqa: E402
 
 REQUESTS, CLIENTS, REGIONS, NEW_TOKENS = 16, 16, 2, 16
 IMAGE_SIZE = (112, 84)
-TINY = ArchPreset(
-    name="tiny", description="the tests' tiny checkpoint sizes",
-    vision=VisionShape(hidden_size=48, intermediate_size=80, num_layers=2, num_heads=2),
-    llm=LLMShape(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                 vocab_size=32768),
-    region=RegionShape(mask_num=4),
-)
-PRESETS = {"tiny": TINY, "cpu-default": get_preset("cpu-default")}
+PRESETS = {"tiny": TINY_PRESET, "cpu-default": get_preset("cpu-default")}
 SETTINGS = {"fast": {"max_batch": 16, "batch_window_ms": 10.0}, "baseline": {"max_batch": 1, "batch_window_ms": 0.0}}
 
 

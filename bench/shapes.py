@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pixelrefer_fast.profiling.presets import ArchPreset, LLMShape, RegionShape, VisionShape
+
 K = 32  # object tokens per region (mask_num)
 C = 1152  # vision channels (SigLIP-NaViT hidden size)
 D = 1536  # LLM hidden size of the 2B models
@@ -202,4 +204,15 @@ DECODE_CUDA = (
     DecodeCase("lite2b_b16_32tok", "lite-2b", "lite", batch=16, new_tokens=32, image_size=(640, 480)),
     DecodeCase("2b_b1_32tok", "2b", "full", batch=1, new_tokens=32, image_size=(640, 480)),
     DecodeCase("2b_b16_32tok", "2b", "full", batch=16, new_tokens=32, image_size=(640, 480)),
+)
+
+
+# ---- the tests' tiny sizes (bench_caption.py, bench_serve.py) ----------------------------------------
+
+TINY_PRESET = ArchPreset(
+    name="tiny", description="the tests' tiny checkpoint sizes",
+    vision=VisionShape(hidden_size=48, intermediate_size=80, num_layers=2, num_heads=2),
+    llm=LLMShape(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                 vocab_size=32768),
+    region=RegionShape(mask_num=4),
 )

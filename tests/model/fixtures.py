@@ -35,6 +35,26 @@ def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+def set_kmeans_init(model, mode: str) -> None:
+    """Switch a loaded model's k-means init (`"deterministic"` / `"parity"`): its config and its region
+    encoder, which copied the config's value when it was built."""
+    model.config.kmeans_init = model.model.region_encoder.kmeans_init = mode
+
+
+def tiny_model_and_processor(directory: str | Path, variant: str):
+    """A tiny random checkpoint of `variant` written under `directory`, loaded with SDPA attention and the
+    deterministic k-means init, and its processor."""
+    from transformers import AutoModelForCausalLM
+
+    from pixelrefer_fast import PixelReferFastProcessor
+    from tests.model.tiny_checkpoint import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(directory, variant, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa")
+    set_kmeans_init(model, "deterministic")
+    return model, PixelReferFastProcessor.from_pretrained(checkpoint)
+
+
 def box_mask(height: int, width: int, top: int, left: int, box_h: int, box_w: int) -> np.ndarray:
     """uint8 {0, 1} mask with a box_h x box_w rectangle at (top, left)."""
     mask = np.zeros((height, width), dtype=np.uint8)

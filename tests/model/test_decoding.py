@@ -22,19 +22,16 @@ from pixelrefer_fast.decoding import (
     resolve_options,
 )
 from pixelrefer_fast.decoding import loop as loop_module
-from tests.model.fixtures import box_mask, disc_mask
+from tests.model.fixtures import box_mask, disc_mask, textured
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
 
 NEW = 12
 
 
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
 
 ITEMS = [
-    dict(image=_image(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
-    dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+    dict(image=textured(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
+    dict(image=textured(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
          question="Compare <region> with <region>."),
 ]
 

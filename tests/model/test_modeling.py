@@ -3,7 +3,6 @@ batch vs item-by-item, placeholder/feature count errors, the generation plumbing
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -11,21 +10,18 @@ from transformers import AutoModelForCausalLM
 import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
 from pixelrefer_fast.modeling_pixelrefer_fast import MULTIMODAL_KEYS
-from tests.model.fixtures import box_mask, disc_mask
+from tests.model.fixtures import box_mask, disc_mask, textured
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
 
 MAX_NEW = 6
 
 
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
 
 def _video(frames=3, h=56, w=84, seed=5):
     """Frames where some 28x28 blocks repeat the previous frame (pruned by the token compression)."""
-    video = [_image(h, w, seed)]
+    video = [textured(h, w, seed)]
     for t in range(1, frames):
-        frame = _image(h, w, seed + t)
+        frame = textured(h, w, seed + t)
         frame[:28, :28] = video[-1][:28, :28]
         video.append(frame)
     return video
@@ -33,14 +29,14 @@ def _video(frames=3, h=56, w=84, seed=5):
 
 ITEMS = {
     "full": [
-        dict(image=_image(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
-        dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+        dict(image=textured(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
+        dict(image=textured(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
              question="Compare <region> with <region>."),
         dict(video=_video(), masks=[box_mask(56, 84, 8, 8, 30, 30)], frame_ids=[1], question="Describe <region>."),
     ],
     "lite": [
-        dict(image=_image(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
-        dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+        dict(image=textured(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
+        dict(image=textured(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
              question="Compare <region> with <region>."),
         dict(video=_video(), masks=[[box_mask(56, 84, 8, 8, 30, 30), box_mask(56, 84, 10, 10, 30, 30)]],
              frame_ids=[[0, 2]], question="Describe <region>."),

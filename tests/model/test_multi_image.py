@@ -4,23 +4,15 @@ own image; the official processor call gives every image 1/N of the pixel budget
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
 from pixelrefer_fast.image_processing_pixelrefer_fast import PixelReferFastImageProcessor
-from tests.model.fixtures import box_mask, disc_mask
-from tests.model.tiny_checkpoint import make_tiny_checkpoint
+from tests.model.fixtures import box_mask, disc_mask, textured, tiny_model_and_processor
 
-
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-A, B = _image(56, 70, 2), _image(70, 98, 1)
+A, B = textured(56, 70, 2), textured(70, 98, 1)
 ON_A, ON_B = disc_mask(56, 70, 20, 20, 9), box_mask(70, 98, 10, 12, 30, 40)
 QUESTION = "Compare <region> with <region>."
 
@@ -28,10 +20,7 @@ QUESTION = "Compare <region> with <region>."
 @pytest.fixture(scope="module", params=["full", "lite"])
 def setup(request, tmp_path_factory):
     variant = request.param
-    directory = make_tiny_checkpoint(tmp_path_factory.mktemp(variant), variant, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
-    model.config.kmeans_init = model.model.region_encoder.kmeans_init = "deterministic"
-    return variant, model, PixelReferFastProcessor.from_pretrained(directory)
+    return variant, *tiny_model_and_processor(tmp_path_factory.mktemp(variant), variant)
 
 
 def _features(model, batch):
@@ -47,7 +36,7 @@ def _close(got, expected):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_each_region_is_pooled_from_its_own_image(setup):
+def test_each_region_is_pooled_from_its_owntextured(setup):
     """Region 0 lies on image 1 (B), region 1 on image 0 (A): their features are those of B's and A's
     regions asked about alone; the full model's image tokens are A's then B's."""
     variant, model, processor = setup
@@ -91,7 +80,7 @@ def test_each_image_gets_its_share_of_the_pixel_budget(full):
     """As the official processor call: N images are resized with `max_pixels // N` each (full model;
     Lite's 336 global view has a fixed size)."""
     small = PixelReferFastProcessor(full.tokenizer, PixelReferFastImageProcessor(max_pixels=28 * 28 * 12))
-    big = _image(140, 196, 3)
+    big = textured(140, 196, 3)
     on_big = box_mask(140, 196, 10, 10, 40, 40)
     batch = small([dict(image=[big, big.copy()], image_ids=[0, 1], masks=[on_big, on_big], question="<region> <region>")])
     alone = small.image_processor.preprocess([big], num_images=2)

@@ -8,27 +8,19 @@ host work per region). SDPA attention: flash-attn's unpadding reads the sequence
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import pixelrefer_kernels
-from pixelrefer_fast import PixelReferFastProcessor
 from pixelrefer_fast.modeling_pixelrefer_fast import PixelReferFastModel
-from tests.model.fixtures import box_mask, disc_mask
+from tests.model.fixtures import box_mask, disc_mask, textured, tiny_model_and_processor
 from tests.model.no_sync import DeviceRead, forbid_device_reads
-from tests.model.tiny_checkpoint import make_tiny_checkpoint
-
-
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def _video(frames=3, h=56, w=84, seed=5):
-    video = [_image(h, w, seed)]
+    video = [textured(h, w, seed)]
     for t in range(1, frames):
-        frame = _image(h, w, seed + t)
+        frame = textured(h, w, seed + t)
         frame[:28, :28] = video[-1][:28, :28]  # a repeated block: pruned by the token compression
         video.append(frame)
     return video
@@ -37,14 +29,14 @@ def _video(frames=3, h=56, w=84, seed=5):
 # two items of different lengths (left padding), two regions, and for the full model a compressed video
 ITEMS = {
     "full": [
-        dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+        dict(image=textured(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
              question="Compare <region> with <region>."),
         dict(video=_video(), masks=[box_mask(56, 84, 8, 8, 30, 30)], frame_ids=[1], question="Describe <region>."),
     ],
     "lite": [
-        dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+        dict(image=textured(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
              question="Compare <region> with <region> in this picture, please."),
-        dict(image=_image(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
+        dict(image=textured(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
     ],
 }
 
@@ -52,10 +44,7 @@ ITEMS = {
 @pytest.fixture(scope="module", params=["full", "lite"])
 def setup(request, tmp_path_factory):
     variant = request.param
-    directory = make_tiny_checkpoint(tmp_path_factory.mktemp(variant), variant, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
-    model.config.kmeans_init = model.model.region_encoder.kmeans_init = "deterministic"
-    processor = PixelReferFastProcessor.from_pretrained(directory)
+    model, processor = tiny_model_and_processor(tmp_path_factory.mktemp(variant), variant)
     raw = dict(processor([dict(item) for item in ITEMS[variant]]))
     assert not bool(raw["attention_mask"].all())  # the padded prefill path is the one under test
     return model, raw

@@ -9,7 +9,6 @@ per-row values (no host read, no graph break) is tested in `test_decoding.py`.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -18,22 +17,19 @@ import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
 from pixelrefer_fast.decoding import fast_generate, generate_new_tokens, resolve_options
 from pixelrefer_fast.decoding.processors import ProcessorState, choose_tokens, draw_noise
-from tests.model.fixtures import box_mask, disc_mask
+from tests.model.fixtures import box_mask, disc_mask, textured
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
 
 NEW = 10
 NEVER = [0]  # an eos id the tiny models do not produce: every row runs NEW steps
 
 
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
 
 ITEMS = [
-    dict(image=_image(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
-    dict(image=_image(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
+    dict(image=textured(70, 98, 1), masks=[box_mask(70, 98, 10, 12, 30, 40)], question="What is <region>?"),
+    dict(image=textured(56, 70, 2), masks=[disc_mask(56, 70, 20, 20, 9), box_mask(56, 70, 30, 35, 20, 30)],
          question="Compare <region> with <region>."),
-    dict(image=_image(64, 64, 3), masks=[box_mask(64, 64, 5, 5, 40, 50)], question="Describe <region> briefly."),
+    dict(image=textured(64, 64, 3), masks=[box_mask(64, 64, 5, 5, 40, 50)], question="Describe <region> briefly."),
 ]
 # item 0 greedy; items 1 and 2 sampled with their own temperature, top-p and seed (top-k: the checkpoint's 20)
 TEMPERATURE = [0.0, 0.9, 1.3]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,20 +10,15 @@ from transformers import AutoModelForCausalLM
 
 import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
-from tests.model.fixtures import box_mask, disc_mask
+from tests.model.fixtures import box_mask, disc_mask, set_kmeans_init, textured
 from tests.model.no_sync import forbid_device_reads
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
 
-
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-A, B = _image(56, 70, 2), _image(70, 98, 1)
+A, B = textured(56, 70, 2), textured(70, 98, 1)
 
 
 def _video(frames=3, h=56, w=84, seed=5):
-    return [_image(h, w, seed + t) for t in range(frames)]
+    return [textured(h, w, seed + t) for t in range(frames)]
 
 
 def _items(variant, path_of_a):
@@ -106,26 +100,26 @@ def test_each_image_is_in_the_batch_once(setup):
 
 def test_shared_images_give_the_same_logits(setup):
     _, model, shared, separate = setup
-    model.config.kmeans_init = model.model.region_encoder.kmeans_init = "deterministic"
+    set_kmeans_init(model, "deterministic")
     _assert_same(_run(model, shared), _run(model, separate))
 
 
 def test_parity_kmeans_draws_from_the_same_generators(setup):
     """The parity init draws from the per-region generators in region order, as without sharing."""
     _, model, shared, separate = setup
-    model.config.kmeans_init = model.model.region_encoder.kmeans_init = "parity"
+    set_kmeans_init(model, "parity")
     regions = shared["crop_grid_thw"].shape[0]
     try:
         expected = _run(model, separate, [torch.Generator().manual_seed(10 + r) for r in range(regions)])
         got = _run(model, shared, [torch.Generator().manual_seed(10 + r) for r in range(regions)])
     finally:
-        model.config.kmeans_init = model.model.region_encoder.kmeans_init = "deterministic"
+        set_kmeans_init(model, "deterministic")
     _assert_same(got, expected)
 
 
 def test_shared_greedy_answers_equal_the_separate_ones(setup):
     variant, model, shared, separate = setup
-    model.config.kmeans_init = model.model.region_encoder.kmeans_init = "deterministic"
+    set_kmeans_init(model, "deterministic")
     processor = PixelReferFastProcessor.from_pretrained(model.name_or_path)
     answers = [model.describe(processor, inputs=batch, max_new_tokens=4, min_new_tokens=4)
                for batch in (shared, separate)]
@@ -144,7 +138,7 @@ def test_distinct_images_are_not_indexed(setup):
 
 def test_a_shared_batch_reads_nothing_back(setup):
     variant, model, shared, _ = setup
-    model.config.kmeans_init = model.model.region_encoder.kmeans_init = "deterministic"
+    set_kmeans_init(model, "deterministic")
     with torch.inference_mode(), pixelrefer_kernels.force("torch"):
         placed = model.place_inputs(shared)
         packed = placed["multimodal_inputs"]

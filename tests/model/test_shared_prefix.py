@@ -3,7 +3,6 @@ before it prefill that prefix once; the logits, the prompt's cache and the token
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -13,18 +12,15 @@ from pixelrefer_fast import PixelReferFastProcessor
 from pixelrefer_fast.decoding import generate_new_tokens, resolve_options
 from pixelrefer_fast.decoding.loop import StaticDecoder
 from pixelrefer_fast.decoding.prefix import shared_prefill, shared_prefixes
-from tests.model.fixtures import box_mask, disc_mask
+from tests.model.fixtures import box_mask, disc_mask, textured
 from tests.model.no_sync import forbid_device_reads
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
 
 NEW = 8
 
 
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
-
-A, B, C = _image(224, 280, 1), _image(168, 196, 2), _image(112, 140, 3)
+A, B, C = textured(224, 280, 1), textured(168, 196, 2), textured(112, 140, 3)
 
 
 def _items():
