@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.harness import run_pair
+from bench.harness import MODEL_SLOT, run_pair
 from bench.shapes import TINY_PRESET
 
 pytest.importorskip("pyarrow")
@@ -72,20 +72,19 @@ def records():
     shutil.rmtree(root, ignore_errors=True)
 
 
-_built: dict = {}
-
-
 def _model(name: str):
-    if _built.get("name") != name:
-        _built.clear()
+    """The preset's full model (deterministic k-means init) and its processor, in `MODEL_SLOT`."""
+
+    def build():
         preset = PRESETS[name]
         built = build_model(preset, "full", torch.device("cpu"), torch.float32)
         # the region encoder copied the config's init when it was built: both are switched
         built.model.config.kmeans_init = built.model.model.region_encoder.kmeans_init = "deterministic"
         point = SweepPoint(variant="full", regions=REGIONS, mask_num=preset.region.mask_num, image_size=IMAGE_SIZE,
                            max_tokens=None, frames=1, batch=BATCH)
-        _built.update(name=name, model=built.model, processor=make_processor(built, preset, point, share_images=True))
-    return _built["model"], _built["processor"]
+        return built.model, make_processor(built, preset, point, share_images=True)
+
+    return MODEL_SLOT.get(("caption", name), build)
 
 
 def _calls(root: Path, name: str, role: str):

@@ -30,13 +30,12 @@ Run: `python -m pytest bench/bench_decode.py --benchmark-enable` (CPU cases abou
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 
 import pytest
 import torch
 
-from bench.harness import run_pair
+from bench.harness import MODEL_SLOT, run_pair
 from bench.shapes import DECODE_CPU, DECODE_CUDA, RAGGED_CPU, RAGGED_CUDA, RAGGED_SHORT, DecodeCase
 from pixelrefer_fast.decoding import fast_generate, generate_new_tokens, resolve_options
 from pixelrefer_fast.profiling.presets import LLMShape, get_preset
@@ -50,18 +49,6 @@ COMPACT = {"fast": True, "baseline": False}
 TINY_LLM = LLMShape(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                     vocab_size=32768)
 
-_built: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _free_models():
-    yield
-    _built.clear()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _preset(name: str):
     if name == "tiny":
         return dataclasses.replace(get_preset("cpu-default"), name="tiny", llm=TINY_LLM)
@@ -69,13 +56,9 @@ def _preset(name: str):
 
 
 def _model_and_batch(case: DecodeCase, device: torch.device, dtype: torch.dtype):
-    key = (case.preset, case.variant, str(device), dtype)
-    if _built.get("key") != key:
-        _built.clear()
-        gc.collect()
-        preset = _preset(case.preset)
-        _built.update(key=key, built=build_model(preset, case.variant, device, dtype), preset=preset)
-    built, preset = _built["built"], _built["preset"]
+    preset = _preset(case.preset)
+    built = MODEL_SLOT.get((case.preset, case.variant, str(device), dtype),
+                           lambda: build_model(preset, case.variant, device, dtype))
     point = SweepPoint(variant=case.variant, regions=1, mask_num=preset.region.mask_num, image_size=case.image_size,
                        max_tokens=None, frames=1, batch=case.batch)
     processor = make_processor(built, preset, point)

@@ -26,13 +26,12 @@ Run: `python -m pytest bench/bench_model.py --benchmark-enable` (the CPU pairs t
 
 from __future__ import annotations
 
-import gc
 from contextlib import contextmanager
 
 import pytest
 import torch
 
-from bench.harness import run_pair
+from bench.harness import MODEL_SLOT, run_pair
 from bench.shapes import MODEL_CPU, MODEL_CUDA, ModelCase
 from pixelrefer_fast.profiling.presets import get_preset
 from pixelrefer_fast.profiling.sample import sample_scene
@@ -42,31 +41,11 @@ from pixelrefer_kernels import force, last_backend
 
 ROUNDS = {"fast": 5, "baseline": 3}  # timed describe() calls; CPU runs 5 of each (noisier machine)
 
-# the one model alive at a time: GPU memory peaks must not count a previous case's weights
-_built: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _free_models():
-    yield
-    _built.clear()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _model(case: ModelCase, device: torch.device, dtype: torch.dtype):
     """The built model and processor of `case`, reusing the previous one when the preset matches."""
-    key = (case.preset, case.variant, str(device), dtype)
-    if _built.get("key") != key:
-        _built.clear()
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        preset = get_preset(case.preset)
-        built = build_model(preset, case.variant, device, dtype)
-        _built.update(key=key, built=built, preset=preset)
-    built, preset = _built["built"], _built["preset"]
+    preset = get_preset(case.preset)
+    built = MODEL_SLOT.get((case.preset, case.variant, str(device), dtype),
+                           lambda: build_model(preset, case.variant, device, dtype))
     point = SweepPoint(variant=case.variant, regions=case.regions, mask_num=preset.region.mask_num,
                        image_size=case.image_size, max_tokens=None, frames=1, batch=case.items)
     return built.model, make_processor(built, preset, point)

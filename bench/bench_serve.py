@@ -28,7 +28,7 @@ import torch
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from bench.harness import run_pair  # noqa: E402
+from bench.harness import MODEL_SLOT, run_pair  # noqa: E402
 from bench.shapes import TINY_PRESET  # noqa: E402
 from pixelrefer_fast.masks import encode_rle  # noqa: E402
 from pixelrefer_fast.profiling.presets import get_preset  # noqa: E402
@@ -60,23 +60,19 @@ def _pair(preset: str) -> str:
     return f"serve_cpu_fp32_{preset.replace('-', '')}_full_{REQUESTS}req_{REGIONS}reg_{NEW_TOKENS}tok_batched_vs_one_at_a_time"
 
 
-_engines: dict = {}  # one preset's engine alive at a time
-
-
 def _engine(name: str):
+    """The server engine of the preset's full model, in `MODEL_SLOT`."""
     from pixelrefer_fast.serve.engine import Engine
 
-    if name in _engines:
-        return _engines[name]
-    _engines.clear()
-    preset = PRESETS[name]
-    built = build_model(preset, "full", torch.device("cpu"), torch.float32)
-    point = SweepPoint(variant="full", regions=REGIONS, mask_num=preset.region.mask_num, image_size=IMAGE_SIZE,
-                       max_tokens=None, frames=1, batch=REQUESTS)
-    processor = make_processor(built, preset, point)
-    built.model.generation_config.min_new_tokens = NEW_TOKENS
-    _engines[name] = Engine(built.model, processor)
-    return _engines[name]
+    def build():
+        preset = PRESETS[name]
+        built = build_model(preset, "full", torch.device("cpu"), torch.float32)
+        point = SweepPoint(variant="full", regions=REGIONS, mask_num=preset.region.mask_num, image_size=IMAGE_SIZE,
+                           max_tokens=None, frames=1, batch=REQUESTS)
+        built.model.generation_config.min_new_tokens = NEW_TOKENS
+        return Engine(built.model, make_processor(built, preset, point))
+
+    return MODEL_SLOT.get(("serve", name), build)
 
 
 @pytest.mark.parametrize("role", ["baseline", "fast"])

@@ -9,11 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.harness import SKIPPED_PAIRS
+from bench.harness import MODEL_SLOT, SKIPPED_PAIRS
 from bench.machine import machine_info as collect_machine_info
 from pixelrefer_kernels import interpret_mode
 
 BENCH_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_the_model_slot():
+    """Each benchmark module's model is freed when the module is done."""
+    yield
+    MODEL_SLOT.clear()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,11 +9,15 @@
   not installed, ...) and records it, so the gate reports the pair as "not measured" instead of
   missing (`skipped_pairs` in the saved JSON, written by `bench/conftest.py`).
 - `synced(fn, device)`: `fn` followed by a device synchronisation.
+- `MODEL_SLOT`: the one benchmark model alive at a time (`ModelSlot`), freed after each module
+  (`bench/conftest.py`), so GPU memory peaks never count a previous case's weights.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +28,32 @@ ROLES = ("fast", "baseline")
 _measured: dict[str, dict[str, tuple[float, dict]]] = {}
 # pair -> why it was skipped on this machine (saved in the JSON by bench/conftest.py)
 SKIPPED_PAIRS: dict[str, str] = {}
+
+
+class ModelSlot:
+    """Holds one built value (a model and what goes with it) under a key; asking for another key frees
+    the held one first."""
+
+    def __init__(self):
+        self._key: Any = None
+        self._value: Any = None
+
+    def get(self, key, build: Callable[[], Any]) -> Any:
+        """The value built for `key`: the held one, or `build()` once the held one is freed."""
+        if self._value is None or self._key != key:
+            self.clear()
+            self._value, self._key = build(), key
+        return self._value
+
+    def clear(self) -> None:
+        """Drop the held value and return its memory (the CUDA cache too)."""
+        self._key = self._value = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+MODEL_SLOT = ModelSlot()
 
 
 def synchronize(device: torch.device | str) -> None:
