@@ -25,6 +25,7 @@ from pixelrefer_fast.image_processing_pixelrefer_fast import PixelReferFastImage
 from pixelrefer_fast.masks import decode_rle
 from pixelrefer_fast.processing_pixelrefer_fast import REGION_PLACEHOLDER, PixelReferFastProcessor, PixelReferItem
 from tests.model.fixtures import make_tiny_tokenizer
+from tests.model.test_masks import runs_of
 
 MASK_NUM = 4
 SMALL_BUDGET = 64 * 14 * 14 * 4
@@ -277,16 +278,7 @@ def rle_dicts(draw):
         encoded = coco.encode(mask) if height and width else {"size": [height, width], "counts": b""}
         if kind == "valid":
             return {"size": [height, width], "counts": encoded["counts"]}, mask
-        flat = mask.T.reshape(-1)
-        runs, value, run_length = [], 0, 0
-        for v in flat:
-            if v == value:
-                run_length += 1
-            else:
-                runs.append(run_length)
-                value, run_length = v, 1
-        runs.append(run_length)
-        return {"size": [height, width], "counts": runs}, mask
+        return {"size": [height, width], "counts": runs_of(mask)}, mask
     if kind == "random-string":
         return {"size": [height, width], "counts": draw(st.text(max_size=20))}, None
     if kind == "random-list":
