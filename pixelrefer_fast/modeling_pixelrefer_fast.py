@@ -47,6 +47,7 @@ from transformers import GenerationMixin, PreTrainedModel, Qwen2Model
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import checkpoint
+from .attention_mask import causal_padding_mask
 from .configuration_pixelrefer_fast import (
     LITE_MODEL_TYPE,
     MODEL_TYPE,
@@ -665,16 +666,7 @@ class PixelReferFastModel(PixelReferFastPreTrainedModel, Qwen2Model):
         implementation = self.config._attn_implementation
         if implementation not in ("sdpa", "eager") or getattr(self, "has_sliding_layers", False):
             return attention_mask
-        length = attention_mask.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
-        allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T)
-        # padding queries attend to nothing; let them attend everywhere (their rows are never read), as
-        # transformers' own SDPA mask does, so no row is all -inf
-        allowed = allowed | ~allowed.any(-1, keepdim=True)
-        if implementation == "eager":
-            dtype = self.embed_tokens.weight.dtype
-            allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return {"full_attention": allowed}
+        return causal_padding_mask(attention_mask.bool(), 0, implementation, self.embed_tokens.weight.dtype)
 
     def forward(
         self,

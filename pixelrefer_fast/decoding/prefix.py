@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, Qwen2Model
 
+from ..attention_mask import causal_padding_mask
+
 # Qwen2's forward names its cache argument `cache` in transformers >= 5.2x, `past_key_values` before
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 MIN_SHARED_TOKENS = 32  # a prefix shorter than this is not worth the extra LLM calls
@@ -97,19 +99,6 @@ def shared_prefixes(host_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     return plan
 
 
-def _causal_mask(valid: torch.Tensor, start: int, implementation: str, dtype: torch.dtype) -> dict:
-    """`{"full_attention": [B, 1, T - start, T]}`: query `q` (position `start + q`) sees the valid keys
-    up to itself; padding queries see every key (their outputs are never read; no row is all -inf).
-    Bool for SDPA, additive for eager attention."""
-    length = valid.shape[1]
-    positions = torch.arange(length, device=valid.device)
-    allowed = (positions[None, :] <= positions[start:, None])[None, None] & valid[:, None, None, :]  # (B, 1, Q, T)
-    allowed = allowed | ~allowed.any(-1, keepdim=True)
-    if implementation == "eager":
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    return {"full_attention": allowed}
-
-
 def shared_prefill(model, batch: dict, plan: SharedPrefixes, model_kwargs: dict) -> tuple[torch.Tensor, DynamicCache]:
     """`(logits [B, V] float32 of the last position, the prompt's cache)` of a placed batch whose packed
     inputs carry `plan` (see the module docstring). SDPA or eager attention."""
@@ -122,7 +111,7 @@ def shared_prefill(model, batch: dict, plan: SharedPrefixes, model_kwargs: dict)
     split = plan.split
     prefix_cache = _prefix_cache(inner, embeds, plan, split)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    mask = _causal_mask(attention_mask.bool(), split, inner.config._attn_implementation, embeds.dtype)
+    mask = causal_padding_mask(attention_mask.bool(), split, inner.config._attn_implementation, embeds.dtype)
     out = inner.run_llm(inputs_embeds=embeds[:, split:], attention_mask=mask, position_ids=positions[:, split:],
                         use_cache=True, **{CACHE_KEYWORD: prefix_cache})
     logits = model.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)
@@ -137,28 +126,28 @@ def prompt_cache(out):
 def _prefix_cache(inner, embeds: torch.Tensor, plan: SharedPrefixes, split: int) -> DynamicCache:
     """The cache of positions `[0, split)`: each row's prefix keys and values (computed once per group) at
     its own positions, zeros at its padding."""
-    batch, _, _ = embeds.shape
     by_length: dict[int, list[tuple[int, ...]]] = {}
     for rows in plan.groups:
         by_length.setdefault(plan.lengths[rows[0]], []).append(rows)
-    layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    layers: list[list[torch.Tensor]] | None = None
     for length, groups in by_length.items():
         first = [rows[0] for rows in groups]
-        pads = [plan.pads[row] for row in first]
-        prefix = torch.stack([embeds[row, pad:pad + length] for row, pad in zip(first, pads)])  # (G, P, D)
+        prefix = torch.stack([embeds[row, plan.pads[row]:plan.pads[row] + length] for row in first])  # (G, P, D)
         computed = prompt_cache(inner.run_llm(inputs_embeds=prefix, use_cache=True))
-        for index, layer in enumerate(computed.layers):
-            if layers is None:
-                layers = [(layer.keys.new_zeros(batch, *layer.keys.shape[1:2], split, layer.keys.shape[-1]),
-                           layer.values.new_zeros(batch, *layer.values.shape[1:2], split, layer.values.shape[-1]))
-                          for _ in computed.layers]
-            keys, values = layers[index]
-            for group, rows in enumerate(groups):
-                for row in rows:
-                    pad = plan.pads[row]
-                    kept = max(0, split - pad)  # the row's prefix positions before the split
-                    keys[row, :, pad:split] = layer.keys[group, :, :kept]
-                    values[row, :, pad:split] = layer.values[group, :, :kept]
+        # per row of these groups: its group, and the prefix position each of its positions [0, split) holds
+        rows = [row for rows in groups for row in rows]
+        owner = torch.tensor([group for group, rows in enumerate(groups) for _ in rows])  # (R,)
+        source = torch.arange(split)[None, :] - torch.tensor([plan.pads[row] for row in rows])[:, None]  # (R, split)
+        padding = (source < 0).to(embeds.device, non_blocking=True)[:, None, :, None]  # (R, 1, split, 1)
+        source = source.clamp(min=0).to(embeds.device, non_blocking=True)
+        rows, owner = (t.to(embeds.device, non_blocking=True) for t in (torch.tensor(rows), owner))
+        if layers is None:
+            layers = [[t.new_zeros(embeds.shape[0], t.shape[1], split, t.shape[3]) for t in (layer.keys, layer.values)]
+                      for layer in computed.layers]
+        for full, layer in zip(layers, computed.layers):
+            for target, tensor in zip(full, (layer.keys, layer.values)):  # (G, H, P, D) -> rows (R, H, split, D)
+                index = source[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3])
+                target[rows] = tensor[owner].gather(2, index).masked_fill(padding, 0)
     cache = DynamicCache()
     for index, (keys, values) in enumerate(layers):
         cache.update(keys, values, index)
