@@ -108,6 +108,12 @@ class InfusionWeights(NamedTuple):
             attention.out_proj.bias,
         )
 
+    def contiguous(self) -> "InfusionWeights":
+        """The same weights in dense row-major storage (no copy of those already so). The fast paths
+        take them so, whatever views the caller passed: PyTorch's CPU `linear` with a strided bias
+        rounds the product and the sum separately (in fp16, a chained error four times the fused one)."""
+        return InfusionWeights(*(t.contiguous() for t in self))
+
 
 # ---- reference ----------------------------------------------------------------------------------------
 
@@ -361,15 +367,14 @@ def _residual_layer_norm_fwd_kernel(
 def _residual_layer_norm_triton(x, y, weight, bias, eps, carry_bias=None):
     """`(x + y + carry_bias, LayerNorm(x + y))` over the last dim of `[..., C]` tensors.
 
-    `y` None: no residual; `carry_bias` None: the first result is None (nothing stored).
+    `y` None: no residual; `carry_bias` None: the first result is None (nothing stored). The `[C]`
+    vectors must be contiguous (`_infuse` passes `InfusionWeights.contiguous()`).
     """
     channels = x.shape[-1]
     # rows pass a stride; the channels and the [C] vectors are read as dense
     x2d = x.reshape(-1, channels)  # (rows, C)
     y2d = x2d if y is None else y.reshape(-1, channels)  # (rows, C)
     x2d, y2d = (t if t.stride(-1) == 1 else t.contiguous() for t in (x2d, y2d))
-    weight, bias = weight.contiguous(), bias.contiguous()
-    carry_bias = None if carry_bias is None else carry_bias.contiguous()
     out = torch.empty(x2d.shape, dtype=x.dtype, device=x.device)
     carry = None if carry_bias is None else torch.empty(x2d.shape, dtype=x.dtype, device=x.device)
     if x2d.shape[0]:
@@ -403,6 +408,7 @@ def _plans(queries, cu_local, region_local, cu_global, region_global, num_heads)
 
 def _infuse(queries, local_feats, global_feats, plans, local_weights, global_weights, num_heads, eps, attention_core, residual_layer_norm):
     num_regions, num_tokens, channels = queries.shape
+    local_weights, global_weights = local_weights.contiguous(), global_weights.contiguous()
     _, normed = residual_layer_norm(queries, None, local_weights.ln_weight, local_weights.ln_bias, eps)
     local = _stage_attention(normed, local_feats, local_weights, plans[0], num_heads, attention_core)
     local = F.linear(local, local_weights.out_proj_weight, local_weights.out_proj_bias)

@@ -212,13 +212,13 @@ def _check_complete(data: bytes, name: str, what: str) -> None:
         raise ValueError(f"{name}: the PNG {what} is truncated or corrupt (no IEND chunk at its end)")
 
 
-def _header_size(source, name: str, what: str) -> tuple[int, int] | None:
-    """(height, width) from the header of an encoded image (a path or a binary file object; nothing decoded),
-    or None when PIL cannot identify the format."""
+def _header_size(data: bytes, name: str, what: str) -> tuple[int, int] | None:
+    """(height, width) from the header of an encoded image's `data` (nothing decoded), or None when PIL
+    cannot identify the format."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as pil:
+            with Image.open(io.BytesIO(data)) as pil:
                 width, height = pil.size
     except Image.DecompressionBombError as exc:
         raise ValueError(f"{name}: the {what} is too large to decode ({exc}); the limit here "
@@ -228,27 +228,26 @@ def _header_size(source, name: str, what: str) -> tuple[int, int] | None:
     return height, width
 
 
-def _decode_checked(data: bytes, source, name: str, what: str) -> np.ndarray:
-    """The RGB pixels of an encoded image's `data` (read from `source`, a path or a binary file object):
-    header size and completeness checked first, then OpenCV (`imread` for a path, `imdecode` for bytes),
-    PIL for the formats OpenCV cannot read."""
+def _decode_checked(data: bytes, name: str, what: str) -> np.ndarray:
+    """The RGB pixels of an encoded image's `data`: header size and completeness checked first, then
+    OpenCV's `imdecode` (the decoder and EXIF orientation of the official `cv2.imread`), PIL for the
+    formats OpenCV cannot read."""
     import cv2
 
-    size = _header_size(source, name, what)
+    if not data:
+        raise ValueError(f"{name}: the {what} is empty")
+    size = _header_size(data, name, what)
     if size is not None:
         check_image_size(*size, name=f"{name} ({what})")
     _check_complete(data, name, what)
     try:
-        if isinstance(source, Path):
-            bgr = cv2.imread(str(source), cv2.IMREAD_COLOR)
-        else:
-            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
         raise ValueError(f"{name}: OpenCV could not decode the {what} ({exc})") from exc
     if bgr is not None:
         return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     try:
-        with Image.open(source) as pil:
+        with Image.open(io.BytesIO(data)) as pil:
             return to_rgb_array(pil, name=name)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{name}: could not decode the {what} ({exc})") from exc
@@ -262,16 +261,14 @@ def decode_image_bytes(data: bytes, *, name: str = "image") -> np.ndarray:
         ValueError: an image above `MAX_IMAGE_PIXELS` (refused from its header, before decoding), a
             truncated JPEG or PNG, or bytes no decoder reads (the message names `name`).
     """
-    if not data:
-        raise ValueError(f"{name}: the image data is empty")
-    return _decode_checked(data, io.BytesIO(data), name, "image data")
+    return _decode_checked(data, name, "image data")
 
 
 def load_image(image: Any, *, name: str = "image") -> np.ndarray:
     """Load an image (a path, PIL image, array or tensor) as HWC uint8 RGB.
 
-    Paths are read with OpenCV (`cv2.imread` + BGR->RGB), as the official `load_images`, so JPEG
-    decoding and EXIF orientation match it; files OpenCV cannot read (e.g. GIF) fall back to PIL.
+    A path's file is read once and decoded with OpenCV (`cv2.imdecode` + BGR->RGB: the pixels and EXIF
+    orientation of the official `load_images`' `cv2.imread`); files OpenCV cannot read (e.g. GIF) fall back to PIL.
     The header's size is checked against `MAX_IMAGE_PIXELS` before decoding, and a truncated JPEG
     or PNG is refused.
 
@@ -283,7 +280,7 @@ def load_image(image: Any, *, name: str = "image") -> np.ndarray:
         path = Path(image)
         if not path.is_file():
             raise ValueError(f"{name}: image file {str(path)!r} does not exist")
-        return _decode_checked(path.read_bytes(), path, name, f"image file {str(path)!r}")
+        return _decode_checked(path.read_bytes(), name, f"image file {str(path)!r}")
     return to_rgb_array(image, name=name)
 
 

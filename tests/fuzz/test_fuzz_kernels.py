@@ -20,7 +20,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pixelrefer_kernels import (
@@ -116,6 +116,14 @@ def atol(dtype: torch.dtype, ref: torch.Tensor, reduction: int = 1) -> float:
     return 2 * torch.finfo(dtype).eps * max(1.0, scale) * reduction**0.5
 
 
+def rel_ceiling(dtype: torch.dtype, base: torch.Tensor, ref64: torch.Tensor) -> float:
+    """The ceiling on a path's relative error: `REL_TOL[dtype]` plus twice the relative error of the
+    reference run in `dtype`. An output of a few elements (one bf16 token of 8 to 24 channels after two
+    attention stages) is a handful of roundings, and the reference's own error there can pass
+    `REL_TOL` alone (3.5e-2 in bf16); a path may be twice as far off, as the max-error rule allows."""
+    return REL_TOL[dtype] + 2 * rel_error(base, ref64)
+
+
 def assert_finite(name: str, t: torch.Tensor) -> None:
     bad = ~torch.isfinite(t)
     assert not bad.any(), f"{name}: {int(bad.sum())} non-finite element(s) for finite input, first at {bad.nonzero()[:3].tolist()}"
@@ -192,7 +200,7 @@ def test_region_pool_paths_agree_with_float64_reference(case):
         assert torch.equal(cu.cpu(), cu64.cpu()), f"{path}: cu_tokens {cu.tolist()} != reference {cu64.tolist()}"
         assert out.dtype == torch.float32 and out.shape == ref64.shape
         assert_finite(f"region_pool {path}", out)
-        assert_close(out, ref64, name=f"region_pool {path}", baseline=base, atol=atol(dtype, ref64), rel_tol=REL_TOL[dtype])
+        assert_close(out, ref64, name=f"region_pool {path}", baseline=base, atol=atol(dtype, ref64), rel_tol=rel_ceiling(dtype, base, ref64))
 
 
 POOL_CORRUPTIONS = ("nan_features", "short_cu_features", "decreasing_cu_masks", "zero_norm", "nan_mask", "int_features", "bad_weight_shape", "grid_rows")
@@ -286,7 +294,7 @@ def test_varlen_attention_paths_agree_with_float64_reference(case):
         assert out.dtype == dtype and out.shape == ref64.shape
         assert_finite(f"varlen {path}", out)
         assert_close(out, ref64, name=f"varlen {path}", baseline=base, atol=atol(dtype, ref64, reduction),
-                     rel_tol=REL_TOL[dtype])
+                     rel_tol=rel_ceiling(dtype, base, ref64))
 
 
 ATTENTION_CORRUPTIONS = ("nan_k", "inf_q", "overflow", "cu_end", "heads", "cu_dtype")
@@ -522,18 +530,39 @@ def infusion_args(case, dtype, layouts_=None):
     return [queries, local_feats, cu_local, region_local, global_feats, cu_global, region_global, *stages]
 
 
+# one bf16 token of 24 channels: the torch path at 2.2e-2 and the reference in bf16 at 1.3e-2 (seed
+# 3945, a CI failure under a flat 2e-2), and at seed 274 the reference alone at 3.5e-2
+ONE_BF16_TOKEN = dict(heads=2, channels=24, tokens=1, local_lengths=[6], global_lengths=[10], region_local=[0, 0], region_global=[0, 0],
+                      dtype=torch.bfloat16, layouts={name: "strided" if name.endswith("_bias") else "contiguous" for name in INFUSION_TENSORS})
+
+
+# fp16, a strided in_proj_bias: CPU `linear` rounded product and bias apart, 1.2e-2 against the
+# reference's 2.5e-3 in fp16 (3.2e-3 with a dense bias), before the fast paths made the weights dense
+STRIDED_FP16_BIAS = dict(heads=1, channels=8, tokens=1, local_lengths=[4, 7], global_lengths=[4, 7], region_local=[0, 0], region_global=[1, 1],
+                         dtype=torch.float16, layouts={"in_proj_bias": "strided"}, seed=8)
+WEIGHT_TENSORS = ("ln_weight", "ln_bias", "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")
+
+
 @given(infusion_cases())
+@example(case={**ONE_BF16_TOKEN, "seed": 3945})
+@example(case={**ONE_BF16_TOKEN, "seed": 274})
+@example(case=STRIDED_FP16_BIAS)
 def test_object_infusion_paths_agree_with_float64_reference(case):
     dtype, heads = case["dtype"], case["heads"]
     ref64 = object_infusion_ref(*infusion_args(case, torch.float64), num_heads=heads)
     base = object_infusion_ref(*infusion_args(case, dtype), num_heads=heads)
+    weight_layouts = {name: layout for name, layout in case["layouts"].items() if name in WEIGHT_TENSORS}
     for path in paths(dtype, dot=True):
         out = run(path, "object_infusion", object_infusion, *infusion_args(case, dtype, case["layouts"]), num_heads=heads)
         assert out.dtype == dtype and out.shape == ref64.shape
         assert_finite(f"infusion {path}", out)
+        # the weights' views change nothing: the fast paths compute on dense copies
+        strided_weights = run(path, "object_infusion", object_infusion, *infusion_args(case, dtype, weight_layouts), num_heads=heads)
+        dense_weights = run(path, "object_infusion", object_infusion, *infusion_args(case, dtype), num_heads=heads)
+        assert torch.equal(strided_weights, dense_weights), f"infusion {path}: the weights' memory layout changed the output"
         # the fast paths reassociate the projections (shared K/V, the absorbed path): channel-long sums
         assert_close(out, ref64, name=f"infusion {path}", baseline=base, atol=atol(dtype, ref64, case["channels"]),
-                     rel_tol=REL_TOL[dtype])
+                     rel_tol=rel_ceiling(dtype, base, ref64))
 
 
 INFUSION_CORRUPTIONS = ("region_out_of_range", "reversed_global_offsets", "weight_shape", "heads", "dtype_mix")

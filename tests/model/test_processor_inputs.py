@@ -406,3 +406,19 @@ def test_non_finite_pixels_are_refused_at_the_model_entry(tmp_path, variant, key
         model(**batch)
     with pytest.raises(ValueError, match=message):
         model.place_inputs(batch)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_image_file_gets_the_official_imread_pixels_and_exif_orientation(tmp_path, orientation):
+    """A path is read once and decoded from its bytes; the pixels and the EXIF rotation are those of the
+    official `cv2.imread`."""
+    import cv2
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # the EXIF Orientation tag
+    path = tmp_path / f"rotated{orientation}.jpg"
+    Image.fromarray(textured(40, 64, seed=orientation)).save(path, exif=exif.tobytes(), quality=90)
+    official = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    loaded = load_image(path)
+    assert loaded.shape == ((64, 40, 3) if orientation in (6, 8) else (40, 64, 3))
+    assert np.array_equal(loaded, official)
