@@ -55,7 +55,7 @@ from .configuration_pixelrefer_fast import (
     PixelReferFastConfig,
     PixelReferFastLiteConfig,
 )
-from .decoding.prefix import SharedPrefixes, shared_prefixes
+from .decoding.prefix import PACKED_KEY, SharedPrefixes, shared_prefixes
 from .defaults import DEFAULT_MAX_NEW_TOKENS
 from .modeling_infusion import PixelReferFastLiteRegionEncoder
 from .modeling_projector import PixelReferFastProjector
@@ -132,7 +132,6 @@ class PixelReferFastInputs:
 
 
 MULTIMODAL_KEYS = tuple(f.name for f in fields(PixelReferFastInputs))
-PACKED_KEY = "multimodal_inputs"  # the checked PixelReferFastBatch in place_inputs' output
 
 
 @dataclass(frozen=True)

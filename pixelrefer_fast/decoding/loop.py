@@ -67,7 +67,7 @@ import torch
 from transformers import Qwen2Model, StaticCache
 
 from .options import SamplingOptions
-from .prefix import CACHE_KEYWORD, prompt_cache, shared_prefill
+from .prefix import CACHE_KEYWORD, PACKED_KEY, prompt_cache, shared_prefill
 from .processors import Generators, ProcessorState, check_generators, choose_tokens, draw_noise, process_scores
 
 logger = logging.getLogger("pixelrefer_fast")
@@ -351,7 +351,7 @@ class StaticDecoder:
         `prefix.shared_prefill` instead: each shared prefix once, then the rest of every row."""
         attention_mask = batch["attention_mask"]
         length = attention_mask.shape[1]
-        plan = getattr(batch.get("multimodal_inputs"), "shared_prefixes", None)
+        plan = getattr(batch.get(PACKED_KEY), "shared_prefixes", None)
         if plan is not None and share_prefixes:
             logits, cache = shared_prefill(self.model, batch, plan, model_kwargs)
         else:

@@ -34,6 +34,9 @@ from ..attention_mask import causal_padding_mask
 
 # Qwen2's forward names its cache argument `cache` in transformers >= 5.2x, `past_key_values` before
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
+# the keyword under which the model's place_inputs puts the checked PixelReferFastBatch (its forward
+# takes it by that name; the decode loop reads the batch's shared prefixes from it)
+PACKED_KEY = "multimodal_inputs"
 MIN_SHARED_TOKENS = 32  # a prefix shorter than this is not worth the extra LLM calls
 
 
@@ -103,7 +106,7 @@ def shared_prefill(model, batch: dict, plan: SharedPrefixes, model_kwargs: dict)
     """`(logits [B, V] float32 of the last position, the prompt's cache)` of a placed batch whose packed
     inputs carry `plan` (see the module docstring). SDPA or eager attention."""
     inner = model.model
-    packed = batch["multimodal_inputs"]
+    packed = batch[PACKED_KEY]
     if model_kwargs.get("kmeans_generator") is not None:  # as the model's forward takes it
         packed = dataclasses.replace(packed, kmeans_generator=model_kwargs["kmeans_generator"])
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
