@@ -7,6 +7,7 @@ with a 4xx status; `param` names the request field at fault in OpenAI's notation
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 
@@ -45,11 +46,14 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 def param_path(location: Sequence[str | int]) -> str | None:
     """OpenAI's field notation for a location tuple: `("messages", 0, "content", 1)` ->
-    `"messages[0].content[1]"`; an empty location -> None."""
+    `"messages[0].content[1]"`; a key that is not an identifier (a client's unknown field `"a b"`) is
+    quoted, `regions[0]["a b"]`; an empty location -> None."""
     path = ""
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
+        elif not part.isidentifier():
+            path += f"[{json.dumps(part)}]"
         else:
             path += f".{part}" if path else str(part)
     return path or None

@@ -11,8 +11,9 @@ OpenAI's chat schema, narrowed to what a region model answers, plus two PixelRef
   with an optional `"image"` index among the message's images (in message order; default 0).
 - `frame_ids` (video): the frame of each region, or one for all.
 
-Wrong types and unknown fields are errors (never silently ignored); OpenAI fields with no meaning
-here are accepted only at their neutral value (`n` = 1, `logprobs` false, penalties 0).
+Wrong types, unknown fields and non-finite numbers (`NaN`, `Infinity`, which JSON parsers accept) are
+errors (never silently ignored); OpenAI fields with no meaning here are accepted only at their neutral
+value (`n` = 1, `logprobs` false, penalties 0).
 `parse_body` turns the raw body into a validated request, or a 400 naming the field.
 """
 
@@ -29,7 +30,7 @@ MAX_STOP_STRINGS = 4
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class MediaURL(_Strict):
@@ -139,8 +140,7 @@ class ChatCompletionRequest(_Strict):
 
 def _validation_error(exc: ValidationError) -> APIError:
     first = exc.errors()[0]
-    location = [part for part in first["loc"] if isinstance(part, int) or part.isidentifier()]
-    param = param_path(location)
+    param = param_path(first["loc"])
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = f"unknown field {param!r}; see the request schema in the README"

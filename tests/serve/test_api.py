@@ -9,6 +9,7 @@ row cancelled; identical requests get identical answers whatever their batch-mat
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 
@@ -264,6 +265,7 @@ ERROR_CASES = [
     pytest.param(with_("max_tokens", "2"), 400, "max_tokens", "valid integer", id="wrong-type"),
     pytest.param(with_("temperature", 3.0), 400, "temperature", "less than or equal to 2", id="temperature-range"),
     pytest.param(with_("bogus", 1), 400, "bogus", "unknown field", id="unknown-field"),
+    pytest.param(with_("regions.0.a b", 1), 400, 'regions[0]["a b"]', "unknown field", id="unknown-field-not-identifier"),
     pytest.param(with_("messages", None), 400, "messages", "Field required", id="no-messages"),
     pytest.param(with_("n", 2), 400, "n", "Input should be 1", id="n"),
     pytest.param(with_("model", "gpt-4o"), 404, "model", "does not exist", id="unknown-model"),
@@ -310,6 +312,21 @@ def test_errors_name_the_field(server, body, status, param, message):
     error = response.json()["error"]
     assert error["param"] == param and message in error["message"], error
     assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path, value, param", [
+    ("temperature", float("nan"), "temperature"),
+    ("regions.0.box", [2.0, 3.0, float("inf"), 20.0], "regions[0].box[2]"),
+    ("top_p", float("-inf"), "top_p"),
+])
+def test_non_finite_numbers_name_the_field(server, path, value, param):
+    """JSON's NaN and Infinity, which Python's json reads and writes, are refused where they stand (a NaN
+    temperature was refused as "less than or equal to 2", a NaN box coordinate reached the mask code)."""
+    body = json.dumps(with_(path, value)).encode()  # allow_nan: the literal NaN / Infinity tokens
+    response = httpx.post(server + "/v1/chat/completions", content=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and "finite number" in error["message"], error
 
 
 def test_bad_json_and_oversized_body(server):
