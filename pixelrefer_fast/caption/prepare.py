@@ -63,7 +63,8 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
     """Fill COCO polygons (each a flat `[x0, y0, x1, y1, ...]` list of >= 3 points) into an HxW mask.
 
     Raises:
-        ValueError: a polygon with fewer than 3 points, an odd number of coordinates or non-finite ones.
+        ValueError: a polygon with fewer than 3 points, an odd number of coordinates, non-finite ones, or
+            points farther than one image size outside the image (garbage, and slow to fill).
     """
     import cv2
 
@@ -77,7 +78,13 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
         if points.size < 6 or points.size % 2 or not np.isfinite(points).all():
             raise ValueError(f"segmentation polygon {index} must hold >= 3 finite (x, y) points, got {points.size} "
                              "values")
-        shapes.append(np.round(points.reshape(-1, 2)).astype(np.int32))  # (P, 2) x, y
+        xy = points.reshape(-1, 2)  # (P, 2) x, y
+        low, high = xy.min(0), xy.max(0)
+        if low[0] < -width or low[1] < -height or high[0] > 2 * width or high[1] > 2 * height:
+            raise ValueError(f"segmentation polygon {index} reaches far outside the {width}x{height} (WxH) image "
+                             f"(x {low[0]:g}..{high[0]:g}, y {low[1]:g}..{high[1]:g}); accepted: points within one "
+                             "image size of it")
+        shapes.append(np.round(xy).astype(np.int32))
     cv2.fillPoly(mask, shapes, 1)
     return mask
 

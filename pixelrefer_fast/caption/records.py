@@ -111,13 +111,16 @@ def _read_coco(data: Any, path: Path, images_root: Path, question: str) -> list[
                          f"prompt), got {question!r}")
     files: dict[str, str] = {}
     for index, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise ValueError(f"--annotations: {path}: images[{index}] needs 'id' and 'file_name'")
+        if not isinstance(image, dict) or not _is_key(image.get("id")) \
+                or not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            raise ValueError(f"--annotations: {path}: images[{index}] needs an 'id' (an integer or a string) and a "
+                             "'file_name' (a non-empty string)")
         files[str(image["id"])] = str(images_root / image["file_name"])
     tasks = []
     for index, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann:
-            raise ValueError(f"--annotations: {path}: annotations[{index}] needs 'id' and 'image_id'")
+        if not isinstance(ann, dict) or not _is_key(ann.get("id")) or not _is_key(ann.get("image_id")):
+            raise ValueError(f"--annotations: {path}: annotations[{index}] needs an 'id' and an 'image_id' (each an "
+                             "integer or a string)")
         image_id = str(ann["image_id"])
         image = files.get(image_id)
         region, problem = _coco_region(ann)
@@ -127,6 +130,11 @@ def _read_coco(data: Any, path: Path, images_root: Path, question: str) -> list[
                                  regions=(region,) if region is not None else (), question=question,
                                  problem=problem))
     return tasks
+
+
+def _is_key(value: Any) -> bool:
+    """COCO ids are integers (strings accepted): the resume keys and the image links are their text."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _coco_region(ann: dict) -> tuple[Any, str | None]:

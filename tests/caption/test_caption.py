@@ -92,6 +92,10 @@ def test_masks_match_pycocotools(dataset):
     assert decode_region(empty_polygon, h, w).sum() == 45 * 30  # unusable segmentation -> bbox
     with pytest.raises(ValueError, match="polygon 0"):
         polygons_to_mask([[1, 2, 3, 4]], h, w)
+    # a point beyond one image size outside: garbage (a fuzz case with 4e11 took 20 s to fill)
+    assert polygons_to_mask([[-w, -h, 2 * w, 0, 0, 2 * h]], h, w).all()
+    with pytest.raises(ValueError, match=r"polygon 1 reaches far outside .*x -1\.5e\+08\.\."):
+        polygons_to_mask([[1, 1, 9, 1, 9, 9], [-1.5e8, 2, 30, 4, 20, 25]], h, w)
 
 
 def test_jsonl_records(tmp_path):

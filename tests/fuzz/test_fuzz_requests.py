@@ -37,6 +37,7 @@ from pixelrefer_fast.processing_pixelrefer_fast import PixelReferFastProcessor  
 from pixelrefer_fast.serve.errors import APIError, param_path  # noqa: E402
 from pixelrefer_fast.serve.parse import ParseOptions, parse_request  # noqa: E402
 from pixelrefer_fast.serve.schema import ChatCompletionRequest, parse_body  # noqa: E402
+from tests.fuzz.strategies import json_values  # noqa: E402
 from tests.model.fixtures import make_tiny_tokenizer, textured  # noqa: E402
 
 MODEL = "tiny"
@@ -67,17 +68,6 @@ def valid_body() -> dict:
 
 
 BODY = valid_body()
-
-json_scalars = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 1, 2**63, 2**64, -(2**63) - 1]),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["<region>", "<image>", "data:image/png;base64,", "data:image/png;base64,!!", "user", MODEL]),
-)
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                               st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                           max_leaves=8)
-
 
 def _paths(node, prefix=()):
     """Every path to a value inside `node` (dict keys and list indices), the root excluded."""
