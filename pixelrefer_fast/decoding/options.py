@@ -18,15 +18,16 @@ beam search (`num_beams > 1`), several answers per item (`num_return_sequences >
 
 Per-item sampling: `do_sample`, `temperature` and `top_p` also take a list with one value per item
 (`ROW_OPTIONS`; the batch size must be given), resolved into `RowSampling`: row `i` samples when its
-`do_sample` is true and its `temperature` is not 0 (a 0 in a `temperature` list means greedy), with
-its own temperature and top-p; `top_k` and the repetition penalty stay batch-wide. transformers'
+`do_sample` is true and its `temperature` is at least `MIN_TEMPERATURE` (a 0 in a `temperature` list
+means greedy), with its own temperature and top-p; `top_k` and the repetition penalty stay batch-wide. transformers'
 `generate` has no per-row values, so the plan's `GenerationConfig` is then greedy and the `"hf"`
 path samples with `reference.RowSamplingProcessor` (the fast loop's own processors, per row).
 `check_seed` takes the matching per-item seeds.
 
 Decoding is greedy unless `do_sample=True` is passed (as the official scripts; the checkpoint's
-`do_sample` is not followed), and the repetition penalty covers the generated tokens only (the
-official code generates from `inputs_embeds`, so transformers' penalty never sees the prompt).
+`do_sample` is not followed), and greedy too with a temperature below `MIN_TEMPERATURE` (1e-5). The
+repetition penalty covers the generated tokens only (the official code generates from
+`inputs_embeds`, so transformers' penalty never sees the prompt).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ _INACTIVE = {
 _NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 # the options that take one value per item (a list or tuple)
 ROW_OPTIONS = ("do_sample", "temperature", "top_p")
+# Below this a temperature decodes greedily: the argmax is the limit of sampling as the temperature
+# goes to 0, and dividing float32 logits by a far smaller one overflows to inf (NaN probabilities,
+# then garbage tokens); vLLM's OpenAI server draws the same line.
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -294,7 +299,7 @@ def _row_sampling(per_item: dict, config: GenerationConfig, batch_size: int | No
         top_p = [_number(config.top_p, "top_p", 1.0)] * batch_size
         if any(do_sample) and not 0 < top_p[0] <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p[0]!r}")
-    sample = tuple(s and t != 0 for s, t in zip(do_sample, temperature))
+    sample = tuple(s and t >= MIN_TEMPERATURE for s, t in zip(do_sample, temperature))
     return RowSampling(
         do_sample=sample,
         temperature=tuple(t if s else 1.0 for s, t in zip(sample, temperature)),
@@ -339,6 +344,9 @@ def resolve_options(base: GenerationConfig, tokenizer, max_new_tokens, generate_
     config.min_new_tokens = check_count(config.min_new_tokens or 0, "min_new_tokens", 0)
     _check_search(config)
     rows = _row_sampling(per_item, config, batch_size) if per_item else None
+    if rows is None and config.do_sample and 0 < _number(config.temperature, "temperature", 1.0) < MIN_TEMPERATURE:
+        config.do_sample = False  # the greedy limit (MIN_TEMPERATURE); generate() would divide by it
+        user_set -= set(_NEUTRAL_SAMPLING)
     do_sample = any(rows.do_sample) if rows is not None else bool(config.do_sample)
     top_k = config.top_k if config.top_k is not None else 0
     if rows is not None:

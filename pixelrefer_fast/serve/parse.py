@@ -28,8 +28,8 @@ _IMAGE_PART = "\x00image part\x00"  # where an image part stands in the joined t
 
 @dataclass
 class SamplingParams:
-    """Per-request decoding options: `temperature` 0 = greedy; `seed` seeds both the k-means init
-    and the sampler of this request only."""
+    """Per-request decoding options: `temperature` 0 (or below `describe`'s `MIN_TEMPERATURE`) = greedy;
+    `seed` seeds both the k-means init and the sampler of this request only."""
 
     max_tokens: int
     temperature: float = 0.0

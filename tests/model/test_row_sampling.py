@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 import pixelrefer_kernels
 from pixelrefer_fast import PixelReferFastProcessor
 from pixelrefer_fast.decoding import fast_generate, generate_new_tokens, resolve_options
+from pixelrefer_fast.decoding.options import MIN_TEMPERATURE
 from pixelrefer_fast.decoding.processors import ProcessorState, choose_tokens, draw_noise
 from tests.model.fixtures import box_mask, disc_mask, textured
 from tests.model.tiny_checkpoint import make_tiny_checkpoint
@@ -105,6 +106,21 @@ def test_per_item_seeds_decide_the_samples(setup):
     first = _describe(model, processor, [0, 1, 2], seed=SEED, **options)
     other = _describe(model, processor, [0, 1, 2], seed=[SEED[0], 99, SEED[2]], **options)
     assert first[0] == other[0] and first[2] == other[2] and first[1] != other[1]
+
+
+@FULL_ONLY
+@pytest.mark.parametrize("decoding", ["fast", "hf"])
+def test_a_temperature_below_the_minimum_decodes_greedily(setup, decoding):
+    """1e-40 made every logit/temperature inf: NaN probabilities and the same garbage token each step, in both
+    decodings; below MIN_TEMPERATURE the row now takes the argmax, the limit of sampling at 0."""
+    model, processor, _ = setup
+    greedy = _describe(model, processor, [0, 1], decoding=decoding, seed=SEED[:2])
+    rows = _describe(model, processor, [0, 1], decoding=decoding, do_sample=True, temperature=[1e-40, 0.9 * MIN_TEMPERATURE],
+                     seed=SEED[:2])
+    scalar = _describe(model, processor, [0, 1], decoding=decoding, do_sample=True, temperature=1e-40, seed=SEED[:2])
+    assert rows == greedy == scalar
+    sampled = _describe(model, processor, [0, 1], decoding=decoding, do_sample=True, temperature=[1e-40, 1.3], seed=SEED[:2])
+    assert sampled[0] == greedy[0] and sampled[1] != greedy[1]
 
 
 @FULL_ONLY
