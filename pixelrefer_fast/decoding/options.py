@@ -33,7 +33,6 @@ repetition penalty covers the generated tokens only (the official code generates
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -74,6 +73,9 @@ ROW_OPTIONS = ("do_sample", "temperature", "top_p")
 # goes to 0, and dividing float32 logits by a far smaller one overflows to inf (NaN probabilities,
 # then garbage tokens); vLLM's OpenAI server draws the same line.
 MIN_TEMPERATURE = 1e-5
+# The float32 logits are divided by the temperature as a float32 number: one above this is inf there
+# (0 logits, -inf / inf = NaN for suppressed tokens).
+MAX_TEMPERATURE = 3.4e38
 
 
 @dataclass(frozen=True)
@@ -238,12 +240,18 @@ def _check_sampling(sampling: SamplingOptions) -> None:
             f"repetition_penalty must be a positive float (1.0 = off), got {sampling.repetition_penalty!r}"
         )
     if sampling.do_sample:
-        if not sampling.temperature > 0:
-            raise ValueError(f"temperature must be > 0 when do_sample=True, got {sampling.temperature!r}")
+        _check_temperature(sampling.temperature, "temperature", greedy_zero=False)
         if not 0 < sampling.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {sampling.top_p!r}")
         if sampling.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {sampling.top_k!r}")
+
+
+def _check_temperature(value: float, name: str, *, greedy_zero: bool) -> None:
+    """A sampling temperature: > 0 (or 0 = greedy, per item), and finite in float32 (`MAX_TEMPERATURE`)."""
+    if not (0 <= value if greedy_zero else 0 < value) or not value <= MAX_TEMPERATURE:
+        accepted = "a finite number >= 0 (0 = greedy)" if greedy_zero else "> 0 when do_sample=True"
+        raise ValueError(f"{name} must be {accepted} and at most {MAX_TEMPERATURE:g} (finite in float32), got {value!r}")
 
 
 def _number(value, name: str, default: float) -> float:
@@ -283,12 +291,11 @@ def _row_sampling(per_item: dict, config: GenerationConfig, batch_size: int | No
     if "temperature" in rows:
         temperature = [_number(t, f"temperature[{i}]", 1.0) for i, t in enumerate(rows["temperature"])]
         for i, t in enumerate(temperature):
-            if not (math.isfinite(t) and t >= 0):
-                raise ValueError(f"temperature[{i}] must be a finite number >= 0 (0 = greedy), got {t!r}")
+            _check_temperature(t, f"temperature[{i}]", greedy_zero=True)
     else:
         scalar = _number(config.temperature, "temperature", 1.0)
-        if any(do_sample) and not scalar > 0:
-            raise ValueError(f"temperature must be > 0 when do_sample=True, got {scalar!r}")
+        if any(do_sample):
+            _check_temperature(scalar, "temperature", greedy_zero=False)
         temperature = [scalar] * batch_size
     if "top_p" in rows:
         top_p = [_number(p, f"top_p[{i}]", 1.0) for i, p in enumerate(rows["top_p"])]

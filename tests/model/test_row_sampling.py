@@ -130,6 +130,9 @@ def test_a_temperature_below_the_minimum_decodes_greedily(setup, decoding):
     pytest.param({"temperature": [0.5, -1.0, 1.0]}, r"temperature\[1\] must be a finite number >= 0", id="negative"),
     pytest.param({"temperature": [0.5, float("nan"), 1.0]}, r"temperature\[1\] must be a finite number", id="nan"),
     pytest.param({"temperature": [0.5, "hot", 1.0]}, r"temperature\[1\] must be a number", id="string"),
+    # float32 logits divided by an inf (or a float above float32's range) temperature: 0 and NaN
+    pytest.param({"temperature": [0.5, float("inf"), 1.0]}, r"temperature\[1\] must be .* at most 3.4e\+38", id="inf"),
+    pytest.param({"temperature": 1e300}, r"temperature must be > 0 when do_sample=True and at most 3.4e\+38", id="huge"),
     pytest.param({"do_sample": [True, "yes", False]}, r"do_sample\[1\] must be True or False", id="do-sample"),
     pytest.param({"seed": [1, 2]}, r"seed has 2 values for 3 items", id="seed-length"),
     pytest.param({"seed": [1, -2, 3]}, r"seed\[1\] must be an integer in \[0, 2\*\*63\)", id="seed-range"),
