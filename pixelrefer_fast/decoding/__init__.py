@@ -69,6 +69,17 @@ def check_loop_options(graph, check_every) -> None:
         check_every_steps(check_every)
 
 
+def check_context(model, batch: dict, max_new_tokens: int) -> None:
+    """`ValueError` when the prompt and `max_new_tokens` outrun the model's context
+    (`max_position_embeddings`): positions the LLM was never trained on, and on the fast loop a static
+    cache of that many positions allocated up front (10**9 tokens asked for 128 GB)."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    prompt = batch["input_ids"].shape[1]
+    if context is not None and prompt + max_new_tokens > context:
+        raise ValueError(f"max_new_tokens={max_new_tokens} after a prompt of {prompt} tokens exceeds the model's context "
+                         f"of {context} positions (max_position_embeddings); accepted: at most {max(context - prompt, 0)}")
+
+
 def kmeans_generators_per_item(seeds, batch) -> list[torch.Generator] | None:
     """One CPU generator per region for the parity k-means init: item `i`'s regions share one
     seeded with `seeds[i]` (so they draw in order, as that item alone with `seed=seeds[i]`).
@@ -133,6 +144,7 @@ def generate_new_tokens(
     batch_size = batch["input_ids"].shape[0]
     seed = check_seed(seed, batch_size)
     plan.sampling.row_values(batch_size)  # per-item options for another batch size: ValueError
+    check_context(model, batch, plan.sampling.max_new_tokens)
     if streamer is not None and batch_size != 1:
         raise ValueError(f"streamer= takes a batch of one item (as transformers' streamers), got {batch_size}; "
                          "use on_tokens= to stream a batch")

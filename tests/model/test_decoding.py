@@ -192,6 +192,9 @@ def test_repetition_penalty_covers_generated_tokens_only(setup, monkeypatch):
     ({"max_new_tokens": 2.5}, "max_new_tokens must be an integer >= 1, got 2.5"),
     ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, got 0"),
     ({"max_new_tokens": True}, "max_new_tokens must be an integer >= 1"),
+    # the fast loop allocated a static cache of that many positions (10**9: 128 GB) before failing
+    ({"max_new_tokens": 10**9}, r"max_new_tokens=1000000000 after a prompt of \d+ tokens exceeds the model's context of "
+                                r"32768 positions \(max_position_embeddings\); accepted: at most \d+"),
     ({"min_new_tokens": -1}, "min_new_tokens must be an integer >= 0"),
     ({"do_sample": True, "top_p": 0.0}, "top_p must be in"),
     ({"seed": -1}, "seed must be None or an integer"),
