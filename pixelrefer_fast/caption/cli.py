@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def run_caption(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.actors is not None and args.actors < 1:
         raise ValueError(f"--actors must be >= 1, got {args.actors}")
+    _check_budget(Path(args.model), args.max_new_tokens)
     run_info = make_run_info(Path(args.model).resolve().name, checkpoint_config_hash(args.model), args.max_new_tokens,
                              seed=args.seed)
     out = Path(args.out)
@@ -105,3 +107,14 @@ def run_caption(args: argparse.Namespace) -> int:
                                 skipped=skipped, workers=args.workers, prefetch=args.prefetch, progress=progress)
     sys.stdout.write(summary.line() + "\n")
     return 0
+
+
+def _check_budget(model_dir: Path, max_new_tokens: int) -> None:
+    """Refuse, before anything is written, a budget that leaves no room for a prompt in the checkpoint's
+    context: every row would be an error row, and the resume rule would then keep them."""
+    config_file = model_dir / "config.json"
+    context = json.loads(config_file.read_text()).get("max_position_embeddings") if config_file.is_file() else None
+    if isinstance(context, int) and max_new_tokens >= context:
+        raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
+                         f"{context} positions (max_position_embeddings); accepted: below {context}")
+

@@ -180,12 +180,16 @@ def test_resume_after_sigkill(dataset, tmp_path, capsys):
         pytest.param(["--batch-size", "0"], "--batch-size must be >= 1", id="batch-size"),
         pytest.param(["--limit", "0"], "--limit must be >= 1", id="limit"),
         pytest.param(["--seed", "-1"], "--seed must be an integer in [0, 2**63)", id="seed"),
+        # every row would have been an error row, kept by the resume rule
+        pytest.param(["--max-new-tokens", "40000"], "--max-new-tokens 40000 leaves no room for a prompt in the model's "
+                     "context of 32768 positions", id="budget-over-context"),
     ],
 )
 def test_bad_input_exits_2(dataset, tmp_path, capsys, extra, message):
     code = main(_args(dataset, tmp_path / "out", *extra))
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_files_and_foreign_out_exit_2(dataset, tmp_path, capsys):
