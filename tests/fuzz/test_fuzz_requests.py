@@ -69,6 +69,7 @@ def valid_body() -> dict:
 
 BODY = valid_body()
 
+
 def _paths(node, prefix=()):
     """Every path to a value inside `node` (dict keys and list indices), the root excluded."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
