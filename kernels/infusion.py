@@ -515,7 +515,8 @@ def object_infusion(
         cu_local: `[L+1]` int offsets of the local maps (start 0, non-decreasing, end N_l).
         region_local: `[R]` int, local map of each region (several regions may share one).
         global_feats, cu_global `[G+1]`, region_global `[R]`: the same for the whole-image maps.
-        local_weights, global_weights: `InfusionWeights` (`ln_local` + `fusion_attention_local`, ...).
+        local_weights, global_weights: `InfusionWeights` (`ln_local` + `fusion_attention_local`, ...);
+            any views (the fast paths compute on dense copies, so the layout never changes the result).
         num_heads: heads (8 upstream; must divide C). eps: LayerNorm epsilon (1e-5 upstream).
         validate: check offsets, region indices and that every referenced map is non-empty. Shapes,
             dtypes, devices and the range of the region indices are always checked; with `False` the
