@@ -29,15 +29,20 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def checkpoint_config_hash(model_dir: str | Path) -> str:
-    """`config_hash` of a checkpoint folder's `config.json` and `generation_config.json` (when present),
-    as the files say, before any loading: a change of either (e.g. `repetition_penalty`) changes the hash."""
+def checkpoint_configs(model_dir: str | Path) -> dict[str, dict]:
+    """A checkpoint folder's `config.json` and `generation_config.json` (when present) by file name, as the
+    files say, before any loading."""
     directory = Path(model_dir)
     if not (directory / "config.json").is_file():
         raise ValueError(f"--model: {model_dir} has no config.json")
-    files = {name: json.loads((directory / name).read_text())
-             for name in ("config.json", "generation_config.json") if (directory / name).is_file()}
-    return config_hash(files)
+    return {name: json.loads((directory / name).read_text())
+            for name in ("config.json", "generation_config.json") if (directory / name).is_file()}
+
+
+def checkpoint_config_hash(model_dir: str | Path) -> str:
+    """`config_hash` of `checkpoint_configs`: a change of either file (e.g. `repetition_penalty`) changes
+    the hash."""
+    return config_hash(checkpoint_configs(model_dir))
 
 
 def task_seed(seed: int, task: CaptionTask) -> int:

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def run_caption(args: argparse.Namespace) -> int:
     import pixelrefer_kernels
 
     from ..loading import load_model_and_processor
-    from .captioner import Captioner, checkpoint_config_hash, make_run_info
+    from .captioner import Captioner, checkpoint_configs, config_hash, make_run_info
     from .job import pending_tasks, plan_units
     from .output import ShardWriter, check_compatible, require_pyarrow
     from .records import read_tasks
@@ -81,9 +80,9 @@ def run_caption(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.actors is not None and args.actors < 1:
         raise ValueError(f"--actors must be >= 1, got {args.actors}")
-    _check_budget(Path(args.model), args.max_new_tokens)
-    run_info = make_run_info(Path(args.model).resolve().name, checkpoint_config_hash(args.model), args.max_new_tokens,
-                             seed=args.seed)
+    configs = checkpoint_configs(args.model)
+    _check_budget(configs["config.json"], args.max_new_tokens)
+    run_info = make_run_info(Path(args.model).resolve().name, config_hash(configs), args.max_new_tokens, seed=args.seed)
     out = Path(args.out)
     check_compatible(out, run_info)
     tasks = read_tasks(args.annotations, args.images, question=args.question, limit=args.limit)
@@ -109,12 +108,11 @@ def run_caption(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_budget(model_dir: Path, max_new_tokens: int) -> None:
+def _check_budget(config: dict, max_new_tokens: int) -> None:
     """Refuse, before anything is written, a budget that leaves no room for a prompt in the checkpoint's
-    context: every row would be an error row, and the resume rule would then keep them."""
-    config_file = model_dir / "config.json"
-    context = json.loads(config_file.read_text()).get("max_position_embeddings") if config_file.is_file() else None
+    context (`config`: its `config.json`): every row would be an error row, and the resume rule would then
+    keep them."""
+    context = config.get("max_position_embeddings")
     if isinstance(context, int) and max_new_tokens >= context:
         raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
                          f"{context} positions (max_position_embeddings); accepted: below {context}")
-
