@@ -249,7 +249,8 @@ def _check_sampling(sampling: SamplingOptions) -> None:
 
 def _check_temperature(value: float, name: str, *, greedy_zero: bool) -> None:
     """A sampling temperature: > 0 (or 0 = greedy, per item), and finite in float32 (`MAX_TEMPERATURE`)."""
-    if not (0 <= value if greedy_zero else 0 < value) or not value <= MAX_TEMPERATURE:
+    above_lowest = value >= 0 if greedy_zero else value > 0  # False for NaN
+    if not (above_lowest and value <= MAX_TEMPERATURE):
         accepted = "a finite number >= 0 (0 = greedy)" if greedy_zero else "> 0 when do_sample=True"
         raise ValueError(f"{name} must be {accepted} and at most {MAX_TEMPERATURE:g} (finite in float32), got {value!r}")
 
